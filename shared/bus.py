@@ -1,0 +1,292 @@
+"""Thin NATS/JetStream adapters: connecting, declaring streams and buckets, and
+publishing events so that none is lost.
+
+Exception tree::
+
+    BusError
+     └── BusUnavailable      not connected to NATS right now (answer 503)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import nats
+import orjson
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from pydantic import BaseModel
+
+from shared import subjects
+from shared.events.envelope import Envelope
+from shared.events.registry import type_name
+from shared.ids import new_event_id
+
+log = logging.getLogger(__name__)
+
+
+class BusError(Exception):
+    pass
+
+
+class BusUnavailable(BusError):
+    pass
+
+
+def source_name(service: str) -> str:
+    return f"{service}/{socket.gethostname()}-{os.getpid()}"
+
+
+async def connect(url: str, name: str, **kwargs: Any) -> NATS:
+    """Connect and keep reconnecting for ever; callers check ``nc.is_connected``."""
+
+    async def _error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    async def _disconnected() -> None:
+        log.warning("nats disconnected")
+
+    async def _reconnected() -> None:
+        log.info("nats reconnected")
+
+    options: dict[str, Any] = {
+        "servers": [u.strip() for u in url.split(",") if u.strip()],
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 2,
+        "error_cb": _error,
+        "disconnected_cb": _disconnected,
+        "reconnected_cb": _reconnected,
+        # Publishing while disconnected must fail fast instead of buffering
+        # unboundedly; the event publisher keeps its own outbox.
+        "pending_size": 8 * 1024 * 1024,
+    }
+    options.update(kwargs)
+    return await nats.connect(**options)
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Declare the events stream and the buckets (idempotent; safe from every service)."""
+    config = StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        subjects=[subjects.EVENTS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+        duplicate_window=600.0,
+        description="Jetty trajectory events: the source of truth",
+    )
+    try:
+        await js.stream_info(subjects.EVENTS_STREAM)
+        await js.update_stream(config)
+    except NotFoundError:
+        await js.add_stream(config)
+    await ensure_object_store(js, replicas)
+    await ensure_tokens_bucket(js, replicas)
+
+
+async def ensure_object_store(js: JetStreamContext, replicas: int = 1) -> Any:
+    try:
+        return await js.object_store(subjects.CLAIMS_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        return await js.create_object_store(
+            config=ObjectStoreConfig(
+                bucket=subjects.CLAIMS_BUCKET,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                description="claim-check bodies too large for a NATS message",
+            )
+        )
+
+
+async def ensure_tokens_bucket(js: JetStreamContext, replicas: int = 1) -> Any:
+    try:
+        return await js.key_value(subjects.TOKENS_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        return await js.create_key_value(
+            config=KeyValueConfig(
+                bucket=subjects.TOKENS_BUCKET,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                description="API token hashes -> collection",
+            )
+        )
+
+
+def recorder_consumer_config() -> ConsumerConfig:
+    from nats.js.api import AckPolicy, DeliverPolicy
+
+    return ConsumerConfig(
+        durable_name=subjects.RECORDER_DURABLE,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30.0,
+        max_deliver=-1,
+        max_ack_pending=20_000,
+        filter_subject=subjects.EVENTS_ALL,
+    )
+
+
+class ClaimStore:
+    """Claim check: bodies too big for a NATS message live in the object store."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self._obs: Any = None
+
+    async def _store(self) -> Any:
+        if self._obs is None:
+            self._obs = await ensure_object_store(self._js)
+        return self._obs
+
+    async def put(self, key: str, data: bytes) -> str:
+        obs = await self._store()
+        await obs.put(key, data)
+        return key
+
+    async def get(self, key: str) -> bytes:
+        obs = await self._store()
+        result = await obs.get(key)
+        data: bytes = result.data or b""
+        return data
+
+    async def delete(self, key: str) -> None:
+        obs = await self._store()
+        with contextlib.suppress(NotFoundError):
+            await obs.delete(key)
+
+
+def encode_event(envelope: Envelope) -> bytes:
+    return orjson.dumps(envelope.model_dump(mode="json", exclude_none=True))
+
+
+async def decode_event(payload: bytes, claims: ClaimStore) -> Envelope:
+    envelope = Envelope.model_validate_json(payload)
+    if envelope.data is None and envelope.data_ref:
+        raw = await claims.get(envelope.data_ref)
+        envelope = envelope.model_copy(update={"data": orjson.loads(raw)})
+    return envelope
+
+
+class EventPublisher:
+    """Publishes events with a unique ``Nats-Msg-Id``; never drops one.
+
+    An event whose acknowledgement does not arrive is retried with the same id
+    (JetStream de-duplicates) until it is stored; :meth:`flush` waits for them.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        source: str,
+        claim_threshold: int,
+        ack_timeout: float = 2.0,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._source = source
+        self._claims = ClaimStore(js)
+        self._threshold = claim_threshold
+        self._ack_timeout = ack_timeout
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def build(
+        self,
+        collection: str,
+        trajectory_id: str,
+        data: BaseModel,
+        event_id: str | None = None,
+    ) -> tuple[str, bytes, str]:
+        event_type = type_name(data)
+        eid = event_id or new_event_id()
+        payload = data.model_dump(mode="json", exclude_none=False)
+        envelope = Envelope(
+            id=eid,
+            type=event_type,
+            source=self._source,
+            time=datetime.now(UTC),
+            trajectory_id=trajectory_id,
+            collection=collection,
+            data=payload,
+        )
+        encoded = encode_event(envelope)
+        if len(encoded) > self._threshold:
+            key = f"event/{eid}"
+            await self._claims.put(key, orjson.dumps(payload))
+            envelope = envelope.model_copy(update={"data": None, "data_ref": key})
+            encoded = encode_event(envelope)
+        return eid, encoded, subjects.event_subject(collection, event_type)
+
+    async def publish(
+        self,
+        collection: str,
+        trajectory_id: str,
+        data: BaseModel,
+        *,
+        wait: bool = True,
+        event_id: str | None = None,
+    ) -> str:
+        """Publish one event. ``wait`` waits (bounded) for the first acknowledgement;
+        either way the event keeps being retried in the background until stored."""
+        eid, encoded, subject = await self.build(collection, trajectory_id, data, event_id)
+        task = asyncio.create_task(self._deliver(subject, encoded, eid))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), self._ack_timeout)
+        return eid
+
+    async def _deliver(self, subject: str, payload: bytes, eid: str) -> None:
+        delay = 0.05
+        while True:
+            try:
+                if not self._nc.is_connected:
+                    raise BusUnavailable("not connected")
+                await self._js.publish(
+                    subject, payload, headers={"Nats-Msg-Id": eid}, timeout=self._ack_timeout
+                )
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # retried: the event must not be lost
+                log.warning("event %s not stored yet (%s); retrying in %.2fs", eid, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self, timeout: float = 30.0) -> None:
+        if not self._pending:
+            return
+        done, not_done = await asyncio.wait(set(self._pending), timeout=timeout)
+        if not_done:
+            log.error("%d events could not be stored before shutdown", len(not_done))
+            for task in not_done:
+                task.cancel()
+
+
+Handler = Callable[[Any], Awaitable[None]]

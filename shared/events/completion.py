@@ -1,0 +1,104 @@
+"""Events of one model call (a *completion step*) inside a trajectory.
+
+A passthrough trajectory is exactly one step: ``completion.requested`` then one of
+``completion.finished`` / ``completion.failed`` / ``completion.cancelled``. The
+projection must give the same rows whatever order these arrive in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["passthrough", "runbook"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Usage(_Frozen):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    # Provider-specific details (cached/reasoning tokens...) kept as given.
+    details: dict[str, int] = Field(default_factory=dict)
+    estimated: bool = False
+
+
+class ToolCall(_Frozen):
+    id: str | None = None
+    type: str = "function"
+    name: str | None = None
+    arguments: str = ""
+
+
+class ChoiceRecord(_Frozen):
+    index: int = 0
+    role: str = "assistant"
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class ResponseRecord(_Frozen):
+    """What the model produced; ``choices`` holds all of them when ``n`` > 1."""
+
+    content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    finish_reason: str | None = None
+    upstream_id: str | None = None
+    upstream_model: str | None = None
+    choices: list[ChoiceRecord] = Field(default_factory=list)
+
+
+class ErrorRecord(_Frozen):
+    status: int
+    type: str
+    message: str
+    code: str | None = None
+    param: str | None = None
+
+
+class CompletionRequested(_Frozen):
+    """The gateway accepted a call and a proxy took it."""
+
+    task: str
+    mode: Mode = "passthrough"
+    step_index: int = 0
+    model: str
+    provider: str
+    stream: bool
+    ingress: str = "chat.completions"
+    # The request as recorded: messages with large base64 redacted, plus parameters.
+    request: dict[str, Any]
+    received_at: datetime
+
+
+class _CompletionEnded(_Frozen):
+    task: str
+    mode: Mode = "passthrough"
+    step_index: int = 0
+    model: str
+    provider: str
+    response: ResponseRecord
+    usage: Usage | None = None
+    latency_ms: float
+    ttft_ms: float | None = None
+    received_at: datetime
+    ended_at: datetime
+
+
+class CompletionFinished(_CompletionEnded):
+    pass
+
+
+class CompletionFailed(_CompletionEnded):
+    error: ErrorRecord
+
+
+class CompletionCancelled(_CompletionEnded):
+    reason: str = "client_disconnected"

@@ -1,0 +1,34 @@
+"""Identifier formats. Trajectory ids are short, URL-safe and sortable by time."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 36)
+        out.append(_ALPHABET[r])
+    return "".join(reversed(out))
+
+
+def new_trajectory_id() -> str:
+    """``tr_`` + 9 chars of milliseconds + 12 random chars (base36, ~62 bits)."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(8), "big")
+    return "tr_" + _base36(ms, 9) + _base36(rand, 12)
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def is_trajectory_id(value: str) -> bool:
+    return (
+        len(value) == 24 and value.startswith("tr_") and all(c in _ALPHABET for c in value[3:])
+    )
