@@ -23,7 +23,9 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AckPolicy,
     ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
@@ -108,7 +110,9 @@ async def ensure_object_store(js: JetStreamContext, replicas: int = 1) -> Any:
     try:
         return await js.object_store(subjects.CLAIMS_BUCKET)
     except (BucketNotFoundError, NotFoundError):
+        # nats-py overwrites config.bucket with the ``bucket`` argument: pass both.
         return await js.create_object_store(
+            bucket=subjects.CLAIMS_BUCKET,
             config=ObjectStoreConfig(
                 bucket=subjects.CLAIMS_BUCKET,
                 storage=StorageType.FILE,
@@ -134,8 +138,6 @@ async def ensure_tokens_bucket(js: JetStreamContext, replicas: int = 1) -> Any:
 
 
 def recorder_consumer_config() -> ConsumerConfig:
-    from nats.js.api import AckPolicy, DeliverPolicy
-
     return ConsumerConfig(
         durable_name=subjects.RECORDER_DURABLE,
         deliver_policy=DeliverPolicy.ALL,
@@ -282,7 +284,7 @@ class EventPublisher:
     async def flush(self, timeout: float = 30.0) -> None:
         if not self._pending:
             return
-        done, not_done = await asyncio.wait(set(self._pending), timeout=timeout)
+        _, not_done = await asyncio.wait(set(self._pending), timeout=timeout)
         if not_done:
             log.error("%d events could not be stored before shutdown", len(not_done))
             for task in not_done:

@@ -53,9 +53,14 @@ class ApiError(Exception):
         if error_type is not None:
             self.error_type = error_type
         self.retry_after = retry_after
+        # Set once a trajectory exists for the failed call, so the error response
+        # still names it.
+        self.trajectory_id: str | None = None
 
     def body(self) -> ErrorBody:
-        return ErrorBody(message=self.message, type=self.error_type, param=self.param, code=self.code)
+        return ErrorBody(
+            message=self.message, type=self.error_type, param=self.param, code=self.code
+        )
 
     def to_json(self) -> bytes:
         return orjson.dumps({"error": self.body().model_dump()})

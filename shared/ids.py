@@ -29,6 +29,4 @@ def new_event_id() -> str:
 
 
 def is_trajectory_id(value: str) -> bool:
-    return (
-        len(value) == 24 and value.startswith("tr_") and all(c in _ALPHABET for c in value[3:])
-    )
+    return len(value) == 24 and value.startswith("tr_") and all(c in _ALPHABET for c in value[3:])

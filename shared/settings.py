@@ -13,7 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JETTY_", extra="ignore")
 
-    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL(s), comma separated")
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222", description="NATS server URL(s), comma separated"
+    )
     database_url: str = Field(
         default="postgresql://jetty@127.0.0.1:5432/jetty", description="PostgreSQL DSN"
     )

@@ -10,6 +10,7 @@ EVENTS_ALL = EVENTS_PREFIX + ".>"
 
 CHAT_REQUEST = "jetty.chat.request"
 CHAT_CANCEL = "jetty.chat.cancel"
+MODELS_LIST = "jetty.proxy.models"
 PROXY_QUEUE = "jetty-proxies"
 
 RECORDER_DURABLE = "jetty-recorder"

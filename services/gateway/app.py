@@ -1,0 +1,91 @@
+"""The gateway's aiohttp application: routes and the lifecycle of its clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.gateway import chat, trajectories
+from services.gateway.middleware import auth_middleware, errors_middleware
+from services.gateway.relay import ProxyRelay
+from services.gateway.settings import GatewaySettings
+from services.gateway.state import GATEWAY, Gateway
+from shared.bus import ClaimStore, connect, ensure_streams, source_name
+from shared.tokens import TokenStore
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+
+
+async def _connect_forever(settings: GatewaySettings) -> Gateway:
+    delay = 0.2
+    while True:
+        try:
+            nc = await connect(settings.nats_url, source_name("gateway"))
+            break
+        except Exception as exc:  # the bus is required: keep trying, say why
+            log.warning("cannot reach NATS yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    js = nc.jetstream()
+    await ensure_streams(js, settings.stream_replicas)
+    tokens = TokenStore(js)
+    if settings.bootstrap_token:
+        await tokens.register(settings.bootstrap_token, settings.bootstrap_collection, "bootstrap")
+    await tokens.watch()
+    relay = ProxyRelay(nc, settings.proxy_idle_timeout)
+    await relay.start()
+    return Gateway(
+        settings=settings, nc=nc, js=js, relay=relay, tokens=tokens, claims=ClaimStore(js)
+    )
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    gw = await _connect_forever(app[SETTINGS])
+    app[GATEWAY] = gw
+    yield
+    await gw.relay.stop()
+    await gw.tokens.close()
+    if gw.background:
+        await asyncio.wait(gw.background, timeout=2)
+    if gw.pool is not None:
+        await gw.pool.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(gw.nc.drain(), timeout=5)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    ready = gw.nc.is_connected
+    return web.json_response(
+        {"status": "ready" if ready else "unavailable", "nats": gw.nc.is_connected},
+        status=200 if ready else 503,
+    )
+
+
+def create_app(settings: GatewaySettings) -> web.Application:
+    # The body limit is enforced by chat.read_body with an OpenAI-shaped 413;
+    # aiohttp's own limit only backs it up.
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware],
+        client_max_size=settings.max_body_bytes + 1024,
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    app.router.add_post("/chat/completions", chat.chat_completions)
+    app.router.add_get("/v1/models", chat.list_models)
+    app.router.add_get("/api/v1/trajectories", trajectories.list_trajectories)
+    app.router.add_get("/api/v1/trajectories/{trajectory_id}", trajectories.get_trajectory)
+    return app

@@ -1,0 +1,22 @@
+"""Gateway settings (environment, prefix ``JETTY_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    bootstrap_token: str | None = Field(default=None, repr=False)
+    bootstrap_collection: str = "default"
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # A proxy sends a keep-alive frame every few seconds while its upstream is
+    # quiet; silence longer than this means the proxy is gone.
+    proxy_idle_timeout: float = Field(default=20.0, gt=0)
+    # How long a trajectory GET may wait for the recorder to catch up before
+    # answering (read-your-writes right after a completion).
+    consistency_wait: float = Field(default=3.0, ge=0)
+    db_pool_max: int = Field(default=10, ge=1)

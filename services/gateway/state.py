@@ -1,0 +1,38 @@
+"""Typed application state shared by the gateway's handlers."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from services.gateway.relay import ProxyRelay
+from services.gateway.settings import GatewaySettings
+from shared.bus import ClaimStore
+from shared.tokens import TokenRecord, TokenStore
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    nc: NATS
+    js: JetStreamContext
+    relay: ProxyRelay
+    tokens: TokenStore
+    claims: ClaimStore
+    pool: asyncpg.Pool | None = None
+    background: set[asyncio.Future[None]] = field(default_factory=set)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+AUTH = "jetty.auth"
+
+
+def auth_of(request: web.Request) -> TokenRecord:
+    record = request[AUTH]
+    assert isinstance(record, TokenRecord)
+    return record

@@ -1,0 +1,149 @@
+"""Query API: ``GET /api/v1/trajectories`` and ``GET /api/v1/trajectories/{id}``.
+
+Reads the Postgres projection. Right after a completion the recorder may not
+have applied its events yet, so a miss waits (bounded) while the recorder still
+has unprocessed events, instead of answering a false 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+import asyncpg
+from aiohttp import web
+from nats.js.errors import NotFoundError
+
+from services.gateway.state import GATEWAY, Gateway, auth_of
+from shared import subjects
+from shared.db import trajectories as queries
+from shared.errors import InvalidRequest, NotFound, Unavailable
+from shared.ids import is_trajectory_id
+
+log = logging.getLogger(__name__)
+
+STATUSES = frozenset({"pending", "running", "completed", "failed", "cancelled"})
+MAX_LIMIT = 200
+
+
+async def _pool(gw: Gateway) -> asyncpg.Pool:
+    # Created lazily: the chat path must work while Postgres is down.
+    if gw.pool is None:
+        try:
+            gw.pool = await asyncpg.create_pool(
+                gw.settings.database_url,
+                min_size=0,
+                max_size=gw.settings.db_pool_max,
+                timeout=5,
+                command_timeout=10,
+            )
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise _db_unavailable(exc) from None
+    return gw.pool
+
+
+def _db_unavailable(exc: BaseException) -> Unavailable:
+    log.warning("trajectory store unavailable: %s", exc.__class__.__name__)
+    err = Unavailable(
+        "The trajectory store is unavailable; please retry shortly.",
+        code="store_unavailable",
+        retry_after=1,
+    )
+    return err
+
+
+async def _recorder_lagging(gw: Gateway) -> bool:
+    """True while the recorder has events it has not committed yet."""
+    try:
+        info = await gw.js.consumer_info(
+            subjects.EVENTS_STREAM, subjects.RECORDER_DURABLE, timeout=1.0
+        )
+    except NotFoundError:
+        return True  # no recorder has ever attached: nothing is projected
+    except Exception as exc:
+        log.warning("cannot read recorder progress: %s", exc.__class__.__name__)
+        return False
+    return bool((info.num_pending or 0) + (info.num_ack_pending or 0))
+
+
+async def get_trajectory(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    collection = auth_of(request).collection
+    trajectory_id = request.match_info["trajectory_id"]
+    not_found = NotFound(
+        f"No trajectory with id '{trajectory_id}'.", param="trajectory_id", code="not_found"
+    )
+    if not is_trajectory_id(trajectory_id):
+        raise not_found
+    pool = await _pool(gw)
+    deadline = time.monotonic() + gw.settings.consistency_wait
+    delay = 0.005
+    while True:
+        try:
+            view = await queries.get_trajectory(pool, collection, trajectory_id)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise _db_unavailable(exc) from None
+        if view is not None:
+            return web.Response(body=view.model_dump_json(), content_type="application/json")
+        if time.monotonic() >= deadline or not await _recorder_lagging(gw):
+            break
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    if await _recorder_lagging(gw):
+        raise Unavailable(
+            "The trajectory store is catching up; retry shortly.",
+            code="projection_lagging",
+            retry_after=1,
+        )
+    raise not_found
+
+
+def _parse_since(raw: str) -> datetime:
+    try:
+        if raw.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(raw), UTC)
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except (ValueError, OverflowError):
+        raise InvalidRequest(
+            "Invalid value for 'since': use an ISO 8601 time or epoch seconds.", param="since"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+async def list_trajectories(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    collection = auth_of(request).collection
+    q = request.query
+    status = q.get("status")
+    if status is not None and status not in STATUSES:
+        raise InvalidRequest(
+            f"Invalid value for 'status': one of {', '.join(sorted(STATUSES))}.", param="status"
+        )
+    try:
+        limit = int(q.get("limit", "50"))
+    except ValueError:
+        limit = -1
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest(
+            f"Invalid value for 'limit': an integer from 1 to {MAX_LIMIT}.", param="limit"
+        )
+    since = _parse_since(q["since"]) if "since" in q else None
+    pool = await _pool(gw)
+    try:
+        page = await queries.list_trajectories(
+            pool,
+            collection,
+            task=q.get("task"),
+            status=status,
+            model=q.get("model"),
+            since=since,
+            limit=limit,
+            cursor=q.get("cursor"),
+        )
+    except queries.InvalidCursor:
+        raise InvalidRequest("Invalid value for 'cursor'.", param="cursor") from None
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise _db_unavailable(exc) from None
+    return web.Response(body=page.model_dump_json(), content_type="application/json")

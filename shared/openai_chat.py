@@ -1,0 +1,163 @@
+"""The OpenAI chat-completions request as we accept it, plus the ``jetty`` block.
+
+Validation is deliberately about shape, not policy: unknown top-level fields pass
+through to the provider untouched (``extra="allow"``), while the fields we read
+or that providers reject with an unhelpful error are checked here so the client
+gets a 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+
+from shared.errors import InvalidRequest
+
+TASK_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"
+DEFAULT_TASK = "_chat"
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ImageUrl(_Open):
+    url: str
+    detail: str | None = None
+
+
+class TextPart(_Open):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Open):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class OtherPart(_Open):
+    """``input_audio``, ``file``, ``refusal`` and future part types: kept as given."""
+
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _not_a_known_type(cls, value: str) -> str:
+        # A malformed text/image part must fail as itself, not slip through here.
+        if value in {"text", "image_url"}:
+            raise ValueError(f"malformed '{value}' content part")
+        return value
+
+
+ContentPart = Annotated[TextPart | ImagePart | OtherPart, Field(union_mode="left_to_right")]
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str
+
+
+class MessageToolCall(_Open):
+    id: str
+    type: str = "function"
+    function: FunctionCall
+
+
+class Message(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(_Open):
+    include_usage: StrictBool | None = None
+
+
+class JettyBlock(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: Annotated[str, Field(pattern=TASK_PATTERN)] | None = None
+    runbook: StrictBool = False
+    collection: str | None = None
+    agent: Literal["claude-code", "codex", "gemini-cli"] | None = None
+    file_paths: list[str] | None = None
+
+
+class ChatCompletionRequest(_Open):
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    messages: Annotated[list[Message], Field(min_length=1)]
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    user: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    jetty: JettyBlock | None = None
+
+    @property
+    def task(self) -> str:
+        return (self.jetty.task if self.jetty and self.jetty.task else None) or DEFAULT_TASK
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+def _param_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"str", "int", "float", "bool"} or "[" in part or part[:1].isupper():
+            # pydantic's union-branch labels are not part of the client's document
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Parse and validate; raises :class:`InvalidRequest` naming the parameter."""
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
+        ) from None
+    if not isinstance(raw, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    for required in ("model", "messages"):
+        if required not in raw:
+            raise InvalidRequest(
+                f"Missing required parameter: '{required}'.",
+                param=required,
+                code="missing_required_parameter",
+            )
+    try:
+        return ChatCompletionRequest.model_validate(raw)
+    except ValidationError as exc:
+        # For unions pydantic reports one error per branch; the deepest is the
+        # one that says what is actually wrong with the client's document.
+        first = max(reversed(exc.errors(include_url=False)), key=lambda e: len(e["loc"]))
+        param = _param_path(tuple(first["loc"]))
+        if param == "messages" and first["type"] == "too_short":
+            message = "'messages' must contain at least one message."
+            code = "empty_array"
+        else:
+            message = f"Invalid value for '{param}': {first['msg']}."
+            code = "invalid_value" if first["type"] != "missing" else "missing_required_parameter"
+        raise InvalidRequest(message, param=param or None, code=code) from None
