@@ -1,0 +1,60 @@
+"""``python -m services.proxy``: wiring only (settings, bus, providers, worker, signals)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from services.proxy.providers import build_providers
+from services.proxy.router import Router
+from services.proxy.settings import ProxySettings
+from services.proxy.worker import Worker
+from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
+from shared.logs import setup_logging, use_uvloop
+
+log = logging.getLogger("services.proxy")
+
+
+async def main(settings: ProxySettings) -> None:
+    nc = await connect(settings.nats_url, name=source_name("proxy"))
+    js = nc.jetstream()
+    await ensure_streams(js, settings.stream_replicas)
+    publisher = EventPublisher(nc, js, source_name("proxy"), settings.claim_threshold_bytes)
+    router = Router(build_providers(settings))
+    worker = Worker(
+        nc,
+        publisher,
+        ClaimStore(js),
+        router,
+        max_in_flight=settings.proxy_max_in_flight,
+        total_timeout=settings.upstream_total_timeout,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await worker.start()
+    log.info(
+        "proxy ready; models: %s",
+        ", ".join(card.id for card in router.model_cards()),
+    )
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: finishing in-flight calls")
+        await worker.stop(settings.proxy_shutdown_grace)
+        await publisher.flush()
+        await nc.drain()
+        log.info("proxy stopped")
+
+
+def run() -> None:
+    settings = ProxySettings()
+    setup_logging("proxy", settings.log_level)
+    use_uvloop()
+    asyncio.run(main(settings))
+
+
+if __name__ == "__main__":
+    run()

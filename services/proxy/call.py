@@ -1,0 +1,333 @@
+"""One call's lifecycle: body → route → ``completion.requested`` → provider →
+reply frames → exactly one terminal event → last frame.
+
+Invariants that must stay true:
+
+* exactly one of ``completion.finished|failed|cancelled`` per call, published
+  (and acknowledged by JetStream, bounded) *before* the last frame, so a client
+  that fetches its trajectory right after the response finds it;
+* nothing is sent after the last frame (keep-alives stop first);
+* a cancelled call closes its upstream request (the provider's stream is closed
+  by ``aclosing``) and records what had been produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
+
+from services.proxy.accumulate import Accumulator, usage_record
+from services.proxy.providers.base import (
+    ChatChunk,
+    CompletionUsage,
+    Provider,
+    UpstreamCall,
+    to_json,
+)
+from services.proxy.router import Router
+from shared.bus import ClaimStore, EventPublisher
+from shared.chatwire import ChatCall, Frame
+from shared.errors import ApiError, NotFound, Unavailable, UpstreamError, UpstreamTimeout
+from shared.events.completion import (
+    CompletionCancelled,
+    CompletionFailed,
+    CompletionFinished,
+    CompletionRequested,
+    ErrorRecord,
+    Usage,
+)
+from shared.openai_chat import ChatCompletionRequest, parse_chat_request
+from shared.redact import recorded_request
+
+log = logging.getLogger(__name__)
+
+CLIENT_DISCONNECTED: Final = "client_disconnected"
+PROXY_SHUTDOWN: Final = "proxy_shutdown"
+# The client gets usage once, in the final usage-only chunk, and only if it asked.
+_WITHOUT_USAGE: Final = {"usage"}
+_METADATA_KEY: Final = b',"jetty_metadata":'
+
+
+@dataclass(frozen=True, slots=True)
+class CallDeps:
+    """What every call shares: the bus, the router and the limits."""
+
+    nc: NATS
+    publisher: EventPublisher
+    claims: ClaimStore
+    router: Router
+    total_timeout: float
+
+
+def with_metadata(document: bytes, metadata: bytes) -> bytes:
+    """Append ``"jetty_metadata": …`` to a serialised JSON object without re-parsing it."""
+    return document[:-1] + _METADATA_KEY + metadata + b"}"
+
+
+class CallRun:
+    def __init__(self, deps: CallDeps, call: ChatCall, body: bytes, reply: str) -> None:
+        self.deps = deps
+        self.call = call
+        self.reply = reply
+        self._body = body
+        self.last_sent = time.monotonic()
+        # Set once the terminal event is decided: later cancels are ignored and
+        # keep-alives stop before the last frame goes out.
+        self.ended = False
+        self.closed = False
+        self.cancel_reason: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._acc = Accumulator()
+        self._request: ChatCompletionRequest | None = None
+        self._model = "unknown"
+        self._provider = "none"
+        self._reached_upstream = False
+        self._metadata = orjson.dumps(
+            {
+                "trajectory_id": call.trajectory_id,
+                "collection": call.collection,
+                "mode": call.mode,
+                "task": call.task,
+            }
+        )
+
+    # --- control from the worker ------------------------------------------------------
+
+    def cancel(self, reason: str) -> bool:
+        if self.ended or self.task is None or self.task.done():
+            return False
+        self.cancel_reason = reason
+        self.task.cancel()
+        return True
+
+    async def keepalive(self) -> None:
+        if not self.closed:
+            await self._send(Frame.KEEPALIVE)
+
+    # --- the lifecycle ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            reason = self.cancel_reason or "cancelled"
+            if self.cancel_reason is not None and task is not None:
+                # Our own cancellation (client gone or shutdown): absorb it so the
+                # cancellation can still be recorded and answered.
+                task.uncancel()
+            if not self.ended:
+                await self._cancelled(reason)
+            if self.cancel_reason is None:
+                raise
+        except ApiError as exc:
+            await self._failed(exc)
+        except Exception:
+            log.exception("call %s failed unexpectedly", self.call.trajectory_id)
+            await self._failed(
+                ApiError("The proxy failed while handling this request.", code="proxy_error")
+            )
+
+    async def _run(self) -> None:
+        body = await self._load_body()
+        request = parse_chat_request(body)
+        self._request = request
+        self._model = request.model
+        try:
+            route = self.deps.router.resolve(request.model)
+        except NotFound:
+            await self._requested(body, request)  # an unroutable call is a trajectory too
+            raise
+        self._provider = route.provider.name
+        await self._requested(body, request)
+        upstream = UpstreamCall(model=route.upstream_model, request=request, body=body)
+        deadline = asyncio.timeout(self.deps.total_timeout)
+        try:
+            # The deadline bounds the upstream part only: once the answer is complete,
+            # recording it and sending the last frame must not turn into a timeout.
+            async with deadline:
+                self._reached_upstream = True
+                if self.call.stream:
+                    await self._stream(route.provider, upstream)
+                    last, payload = Frame.DONE, b""
+                else:
+                    last, payload = Frame.RESPONSE, await self._complete(route.provider, upstream)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise UpstreamTimeout(
+                f"The call exceeded the proxy's limit of {self.deps.total_timeout:g}s.",
+                code="upstream_timeout",
+            ) from None
+        await self._finished()
+        await self._final(last, payload)
+
+    async def _load_body(self) -> bytes:
+        ref = self.call.body_ref
+        if ref is None:
+            return self._body
+        try:
+            body = await self.deps.claims.get(ref)
+        except Exception as exc:
+            log.warning("claim %s for %s unreadable: %r", ref, self.call.trajectory_id, exc)
+            raise Unavailable(
+                "The request body could not be loaded; please retry.", code="claim_unavailable"
+            ) from None
+        try:
+            await self.deps.claims.delete(ref)
+        except Exception as exc:  # the object store's own limits expire it later
+            log.warning("claim %s not deleted: %r", ref, exc)
+        return body
+
+    async def _complete(self, provider: Provider, upstream: UpstreamCall) -> bytes:
+        """The ``r`` frame's payload: the response plus ``jetty_metadata``."""
+        response = await provider.complete(upstream)
+        self._acc.add_response(response)
+        return with_metadata(to_json(response), self._metadata)
+
+    async def _stream(self, provider: Provider, upstream: UpstreamCall) -> None:
+        """Every ``c`` frame of the stream, the usage chunk last (if asked for)."""
+        acc = self._acc
+        first = True
+        usage_chunk: ChatChunk | None = None
+        async with aclosing(provider.stream(upstream)) as chunks:
+            async for chunk in chunks:
+                acc.add_chunk(chunk)
+                if not chunk.choices and chunk.usage is not None:
+                    usage_chunk = chunk  # held back: sent last, and only if asked for
+                    continue
+                data = to_json(chunk, _WITHOUT_USAGE if chunk.usage is not None else None)
+                if first:
+                    data = with_metadata(data, self._metadata)
+                    first = False
+                await self._send(Frame.CHUNK, data)
+        if self.call.include_usage:
+            if usage_chunk is None:
+                usage_chunk = acc.usage_chunk(self._usage()[0], self._model)
+            data = to_json(usage_chunk)
+            await self._send(Frame.CHUNK, with_metadata(data, self._metadata) if first else data)
+
+    # --- frames -----------------------------------------------------------------------
+
+    async def _send(self, kind: Frame, payload: bytes = b"") -> None:
+        try:
+            await self.deps.nc.publish(self.reply, kind.value + payload)
+        except MaxPayloadError:
+            raise UpstreamError(
+                "The response is larger than the message bus allows.", code="response_too_large"
+            ) from None
+        except NatsError as exc:
+            raise Unavailable(
+                f"The reply could not be sent ({exc.__class__.__name__}).", code="bus_unavailable"
+            ) from None
+        self.last_sent = time.monotonic()
+
+    async def _final(self, kind: Frame, payload: bytes = b"") -> None:
+        self.closed = True
+        try:
+            await self.deps.nc.publish(self.reply, kind.value + payload)
+        except NatsError as exc:
+            # The gateway will time the call out; the trajectory is already recorded.
+            log.warning("last frame of %s not sent: %r", self.call.trajectory_id, exc)
+
+    # --- events -----------------------------------------------------------------------
+
+    async def _requested(self, body: bytes, request: ChatCompletionRequest) -> None:
+        data = CompletionRequested(
+            task=self.call.task,
+            mode=self.call.mode,
+            step_index=self.call.step_index,
+            model=request.model,
+            provider=self._provider,
+            stream=self.call.stream,
+            ingress=self.call.ingress,
+            request=recorded_request(orjson.loads(body)),
+            received_at=datetime.fromtimestamp(self.call.received_at, UTC),
+        )
+        await self.deps.publisher.publish(
+            self.call.collection, self.call.trajectory_id, data, wait=False
+        )
+
+    def _usage(self) -> tuple[CompletionUsage, bool]:
+        """The upstream's usage, or our estimate (flagged) when it gave none."""
+        if self._acc.usage is not None:
+            return self._acc.usage, False
+        return self._acc.estimated_usage(self._request), True
+
+    def _ended_fields(self, *, finished: bool) -> dict[str, Any]:
+        ended = time.time()
+        received = self.call.received_at
+        first = self._acc.first_token_at
+        usage: Usage | None = None
+        # Estimate only where tokens were really spent: a finished call, or one that
+        # reached the upstream and produced something before it failed or was cancelled.
+        spent = finished or (self._reached_upstream and self._acc.has_output)
+        if self._acc.usage is not None or spent:
+            counted, estimated = self._usage()
+            usage = usage_record(counted, estimated=estimated)
+        return {
+            "task": self.call.task,
+            "mode": self.call.mode,
+            "step_index": self.call.step_index,
+            "model": self._model,
+            "provider": self._provider,
+            "response": self._acc.response_record(),
+            "usage": usage,
+            "latency_ms": max(0.0, (ended - received) * 1000),
+            "ttft_ms": max(0.0, (first - received) * 1000) if first is not None else None,
+            "received_at": datetime.fromtimestamp(received, UTC),
+            "ended_at": datetime.fromtimestamp(ended, UTC),
+        }
+
+    async def _publish_end(
+        self, data: CompletionFinished | CompletionFailed | CompletionCancelled
+    ) -> None:
+        await self.deps.publisher.publish(
+            self.call.collection, self.call.trajectory_id, data, wait=True
+        )
+
+    async def _finished(self) -> None:
+        self.ended = True
+        await self._publish_end(CompletionFinished(**self._ended_fields(finished=True)))
+
+    async def _failed(self, error: ApiError) -> None:
+        if self.ended:
+            # The terminal event is out; only the last frame can still be missing.
+            if not self.closed:
+                await self._final(Frame.ERROR, orjson.dumps(error.to_dict()))
+            return
+        self.ended = True
+        record = ErrorRecord(
+            status=error.status,
+            type=error.error_type,
+            message=error.message,
+            code=error.code,
+            param=error.param,
+        )
+        await self._publish_end(
+            CompletionFailed(**self._ended_fields(finished=False), error=record)
+        )
+        await self._final(Frame.ERROR, orjson.dumps(error.to_dict()))
+
+    async def _cancelled(self, reason: str) -> None:
+        self.ended = True
+        await self._publish_end(
+            CompletionCancelled(**self._ended_fields(finished=False), reason=reason)
+        )
+        if reason == PROXY_SHUTDOWN and not self.closed:
+            # The client is still there: tell it to retry elsewhere.
+            error = Unavailable(
+                "The model proxy is shutting down; please retry.", code="proxy_shutdown"
+            )
+            await self._final(Frame.ERROR, orjson.dumps(error.to_dict()))
+        self.closed = True

@@ -1,0 +1,347 @@
+"""Any upstream that speaks the OpenAI chat-completions wire format (OpenAI itself,
+and — configured by data in the next milestone — Groq, Mistral, DeepSeek, vLLM,
+Ollama…).
+
+The client's JSON is forwarded almost verbatim: ``jetty`` removed, ``model``
+rewritten to the upstream's name, and for streams ``stream_options.include_usage``
+forced on so the trajectory always gets usage (the worker decides whether the
+client sees it). Unknown fields pass through. Only server configuration decides
+the URL and the credentials; nothing from the client reaches a header.
+
+Timeouts (see :class:`Timeouts`) are enforced here per phase; the worker bounds
+the call as a whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import urllib.request
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from pydantic import ValidationError
+
+from services.proxy.providers.base import ChatChunk, ChatResponse, Provider, UpstreamCall
+from services.proxy.providers.sse import SSEDecoder
+from shared.errors import ApiError, RateLimited, UpstreamError, UpstreamTimeout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. ``connect``: TCP + TLS to the upstream. ``first_byte``: from sending
+    the request until the response headers (for streams, also until the first
+    event). ``read``: the longest silence allowed between two reads of a stream."""
+
+    connect: float = 10.0
+    first_byte: float = 300.0
+    read: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAICompatConfig:
+    name: str = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    # repr=False: the key must never reach a log line through a repr.
+    api_key: str | None = field(default=None, repr=False)
+    # Azure uses ``api-key: <key>``; most others ``Authorization: Bearer <key>``.
+    auth_header: str = "Authorization"
+    auth_scheme: str = "Bearer"
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
+    models: tuple[str, ...] = ()
+    timeouts: Timeouts = Timeouts()
+    pool_size: int = 1024
+
+
+def env_proxy(url: str) -> str | None:
+    """The operator's ``HTTPS_PROXY``/``HTTP_PROXY`` for ``url`` unless ``NO_PROXY``
+    exempts it, as the providers' own SDKs do (server environment only)."""
+    parts = urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """``retry-after-ms`` (OpenAI), else ``Retry-After`` as seconds or an HTTP date."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            log.debug("unparseable retry-after-ms header %r", raw_ms)
+    raw = headers.get("Retry-After")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
+    except (TypeError, ValueError):
+        log.debug("unparseable Retry-After header %r", raw)
+        return None
+
+
+def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+    """(message, type, param, code) from an error body of any common shape."""
+    try:
+        doc = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return (text[:500] or None), None, None, None
+    if not isinstance(doc, dict):
+        return None, None, None, None
+    err = doc.get("error", doc)
+    if isinstance(err, str):
+        return err, None, None, None
+    if not isinstance(err, dict):
+        return None, None, None, None
+    message = err.get("message") or err.get("detail") or doc.get("message")
+
+    def opt(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    return opt(message), opt(err.get("type")), opt(err.get("param")), opt(err.get("code"))
+
+
+def error_from_status(
+    provider: str, status: int, body: bytes, headers: Mapping[str, str]
+) -> ApiError:
+    """Map an upstream HTTP error to what our client should see."""
+    message, err_type, param, code = _error_fields(body)
+    if status == 429:
+        return RateLimited(
+            message or f"The upstream provider '{provider}' is rate limiting requests.",
+            code=code or "rate_limit_exceeded",
+            retry_after=retry_after_seconds(headers),
+        )
+    if status in (401, 403):
+        # Our provider key failed, not the client's token: never a 401 to the client,
+        # and the upstream's message (which may quote part of the key) is not echoed.
+        return UpstreamError(
+            f"The upstream provider '{provider}' rejected this server's credentials "
+            f"(HTTP {status}). This is a server configuration problem.",
+            code="upstream_auth_failed",
+        )
+    if status == 408:
+        return UpstreamTimeout(
+            f"The upstream provider '{provider}' timed out (HTTP 408).", code="upstream_timeout"
+        )
+    if 400 <= status < 500:
+        return ApiError(
+            message or f"The upstream provider '{provider}' rejected the request (HTTP {status}).",
+            status=status,
+            error_type=err_type or "invalid_request_error",
+            param=param,
+            code=code,
+        )
+    return UpstreamError(
+        f"The upstream provider '{provider}' failed (HTTP {status})"
+        + (f": {message}" if message else "."),
+        code="upstream_error",
+    )
+
+
+def error_from_stream(provider: str, payload: Any) -> ApiError:
+    """An ``{"error": …}`` object sent inside a 200 response or an SSE stream."""
+    message, err_type, param, code = _error_fields(orjson.dumps({"error": payload}))
+    return ApiError(
+        message or f"The upstream provider '{provider}' reported an error.",
+        status=502,
+        error_type=err_type or "upstream_error",
+        param=param,
+        code=code or "upstream_error",
+    )
+
+
+class OpenAICompatProvider(Provider):
+    def __init__(self, config: OpenAICompatConfig) -> None:
+        self.name = config.name
+        self._config = config
+        self._url = config.base_url.rstrip("/") + "/chat/completions"
+        self._session: aiohttp.ClientSession | None = None
+        self._http_proxy = env_proxy(self._url)
+        headers = {"Content-Type": "application/json", **config.extra_headers}
+        if config.api_key:
+            scheme = f"{config.auth_scheme} " if config.auth_scheme else ""
+            headers[config.auth_header] = scheme + config.api_key
+        self._headers = {**headers, "Accept": "application/json"}
+        self._stream_headers = {**headers, "Accept": "text/event-stream"}
+
+    def models(self) -> Sequence[str]:
+        return self._config.models
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        t = self._config.timeouts
+        # One pooled connector for every call: reusing warm TLS connections is most
+        # of an HTTP proxy's latency budget. Pool waits are bounded by first_byte.
+        connector = aiohttp.TCPConnector(
+            limit=self._config.pool_size, limit_per_host=0, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect),
+            # Not trust_env: aiohttp then re-reads the environment and ~/.netrc on every
+            # request (measured at ~40% of the proxy's CPU). The proxy is resolved once.
+            trust_env=False,
+            auto_decompress=True,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _body(self, call: UpstreamCall, stream: bool) -> bytes:
+        if call.body:
+            raw: dict[str, Any] = orjson.loads(call.body)
+        else:
+            raw = call.request.model_dump(mode="json", exclude_unset=True)
+        raw.pop("jetty", None)
+        raw["model"] = call.model
+        if stream:
+            raw["stream"] = True
+            options = raw.get("stream_options")
+            raw["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+        return orjson.dumps(raw)
+
+    async def _send(self, body: bytes, stream: bool) -> aiohttp.ClientResponse:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        timeouts = self._config.timeouts
+        headers = self._stream_headers if stream else self._headers
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                response = await self._session.post(
+                    self._url, data=body, headers=headers, proxy=self._http_proxy
+                )
+                if response.status >= 400:
+                    try:
+                        error_body = await response.read()
+                    finally:
+                        response.release()
+                    raise error_from_status(
+                        self.name, response.status, error_body, response.headers
+                    )
+                return response
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamTimeout(
+                f"Timed out connecting to the upstream provider '{self.name}' "
+                f"(after {timeouts.connect:g}s).",
+                code="upstream_connect_timeout",
+            ) from None
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"The upstream provider '{self.name}' did not answer within "
+                f"{timeouts.first_byte:g}s.",
+                code="upstream_timeout",
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                f"Could not reach the upstream provider '{self.name}' ({exc.__class__.__name__}).",
+                code="upstream_unreachable",
+            ) from None
+
+    async def complete(self, call: UpstreamCall) -> ChatResponse:
+        response = await self._send(self._body(call, stream=False), stream=False)
+        try:
+            data = await response.read()
+        except aiohttp.ClientError as exc:
+            response.close()
+            raise UpstreamError(
+                f"The upstream provider '{self.name}' dropped the response "
+                f"({exc.__class__.__name__}).",
+                code="upstream_interrupted",
+            ) from None
+        finally:
+            response.release()
+        try:
+            parsed = ChatResponse.model_validate_json(data)
+        except ValidationError:
+            raise UpstreamError(
+                f"The upstream provider '{self.name}' sent a malformed response.",
+                code="upstream_malformed",
+            ) from None
+        extra = parsed.__pydantic_extra__
+        if not parsed.choices and extra and "error" in extra:
+            raise error_from_stream(self.name, extra["error"])
+        return parsed
+
+    async def stream(self, call: UpstreamCall) -> AsyncGenerator[ChatChunk, None]:
+        timeouts = self._config.timeouts
+        response = await self._send(self._body(call, stream=True), stream=True)
+        clean = False
+        try:
+            decoder = SSEDecoder()
+            finished = False
+            wait = timeouts.first_byte
+            while True:
+                try:
+                    async with asyncio.timeout(wait):
+                        piece = await response.content.readany()
+                except TimeoutError:
+                    raise UpstreamTimeout(
+                        f"The upstream provider '{self.name}' went silent for {wait:g}s "
+                        "in the middle of a stream.",
+                        code="upstream_timeout",
+                    ) from None
+                except aiohttp.ClientError as exc:
+                    raise self._interrupted(exc) from None
+                wait = timeouts.read
+                for event in decoder.feed(piece) if piece else decoder.end():
+                    if event.data == b"[DONE]":
+                        clean = True
+                        return
+                    chunk = self._parse_chunk(event.data)
+                    if any(c.finish_reason for c in chunk.choices):
+                        finished = True
+                    yield chunk
+                if not piece:
+                    break
+            # EOF without [DONE]: acceptable only from a server that had finished.
+            if not finished or decoder.pending:
+                raise self._interrupted(None)
+            clean = True
+        finally:
+            if clean:
+                response.release()
+            else:
+                # Cancelled, failed or abandoned: drop the connection so the upstream
+                # stops generating (and billing) at once.
+                response.close()
+
+    def _parse_chunk(self, data: bytes) -> ChatChunk:
+        try:
+            chunk = ChatChunk.model_validate_json(data)
+        except ValidationError:
+            raise UpstreamError(
+                f"The upstream provider '{self.name}' sent a malformed stream event.",
+                code="upstream_malformed",
+            ) from None
+        extra = chunk.__pydantic_extra__
+        if extra and "error" in extra:
+            raise error_from_stream(self.name, extra["error"])
+        return chunk
+
+    def _interrupted(self, exc: Exception | None) -> UpstreamError:
+        why = f" ({exc.__class__.__name__})" if exc is not None else ""
+        return UpstreamError(
+            f"The upstream provider '{self.name}' closed the stream before it was complete{why}.",
+            code="upstream_stream_interrupted",
+        )

@@ -1,0 +1,172 @@
+"""Which provider serves a ``model`` string, and under which upstream name.
+
+Rules, in order (all data, no per-provider code):
+
+1. ``<provider>/<model>`` where ``<provider>`` is configured → that provider,
+   upstream name ``<model>`` (which may itself contain slashes:
+   ``openai/meta-llama/Llama-3-8B`` for a vLLM behind ``OPENAI_BASE_URL``).
+2. A bare name matching one of a provider's well-known patterns
+   (:data:`DEFAULT_BARE_RULES`, e.g. ``gpt-*`` → ``openai``) → that provider, if
+   configured, with the name unchanged.
+3. Anything else → 404 ``model_not_found``; when the name points at a provider we
+   know but that has no configuration, the message says which variable to set.
+
+``GET /v1/models`` lists every model of every configured provider under an id
+that rule 1 or 2 routes back to the same place.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+from services.proxy.providers.base import ModelCard, Provider
+from shared.errors import NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class BareRule:
+    """Bare model names (``fnmatch`` globs) that belong to one provider family."""
+
+    provider: str
+    patterns: tuple[str, ...]
+
+
+# The next milestone adds claude-* → anthropic, gemini-* → gemini, command-* → cohere…
+DEFAULT_BARE_RULES: Final = (
+    BareRule(
+        "openai",
+        (
+            "gpt-*",
+            "chatgpt-*",
+            "o1",
+            "o1-*",
+            "o3",
+            "o3-*",
+            "o4-*",
+            "codex-*",
+            "computer-use-*",
+            "text-embedding-*",
+            "omni-moderation-*",
+            "ft:gpt-*",
+            "ft:o*",
+        ),
+    ),
+)
+
+# How to enable a provider we know of but that is not configured (for 404 messages).
+SETUP_HINTS: Final[Mapping[str, str]] = {
+    "openai": "set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI endpoint)",
+}
+
+_CACHE_LIMIT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: Provider
+    upstream_model: str
+
+
+def model_not_found(model: str, message: str) -> NotFound:
+    return NotFound(
+        message,
+        param="model",
+        code="model_not_found",
+        error_type="invalid_request_error",
+    )
+
+
+class Router:
+    def __init__(
+        self,
+        providers: Iterable[Provider],
+        rules: Sequence[BareRule] = DEFAULT_BARE_RULES,
+        hints: Mapping[str, str] = SETUP_HINTS,
+    ) -> None:
+        self._providers = {p.name: p for p in providers}
+        self._rules = [
+            (rule.provider, re.compile("|".join(fnmatch.translate(p) for p in rule.patterns)))
+            for rule in rules
+        ]
+        self._hints = hints
+        self._created = int(time.time())
+        # Model strings repeat endlessly; resolving each once keeps routing O(1).
+        self._cache: dict[str, Route] = {}
+        self._models_json = self._build_models_json()
+
+    @property
+    def providers(self) -> Sequence[Provider]:
+        return tuple(self._providers.values())
+
+    def resolve(self, model: str) -> Route:
+        route = self._cache.get(model)
+        if route is None:
+            route = self._resolve(model)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[model] = route
+        return route
+
+    def _bare_family(self, model: str) -> str | None:
+        for name, pattern in self._rules:
+            if pattern.match(model):
+                return name
+        return None
+
+    def _resolve(self, model: str) -> Route:
+        prefix, slash, rest = model.partition("/")
+        if slash:
+            provider = self._providers.get(prefix)
+            if provider is not None and rest:
+                return Route(provider, rest)
+            if provider is None and prefix in self._hints:
+                raise self._unconfigured(model, prefix)
+        family = self._bare_family(model)
+        if family is not None:
+            provider = self._providers.get(family)
+            if provider is not None:
+                return Route(provider, model)
+            if family in self._hints:
+                raise self._unconfigured(model, family)
+        configured = ", ".join(f"'{name}/…'" for name in self._providers) or "none"
+        raise model_not_found(
+            model,
+            f"The model '{model}' does not exist or cannot be routed by this server. "
+            f"Use 'mock/<name>' for the built-in mock model, or '<provider>/<model>' "
+            f"for a configured provider (configured: {configured}). "
+            "GET /v1/models lists the models available.",
+        )
+
+    def _unconfigured(self, model: str, provider: str) -> NotFound:
+        return model_not_found(
+            model,
+            f"The model '{model}' belongs to provider '{provider}', which is not "
+            f"configured on this server ({self._hints[provider]}).",
+        )
+
+    def _card_id(self, provider: Provider, model: str) -> str:
+        if self._bare_family(model) == provider.name:
+            return model
+        return f"{provider.name}/{model}"
+
+    def model_cards(self) -> list[ModelCard]:
+        return [
+            ModelCard(id=self._card_id(p, m), created=self._created, owned_by=p.name)
+            for p in self._providers.values()
+            for m in p.models()
+        ]
+
+    def _build_models_json(self) -> bytes:
+        data = [card.model_dump(mode="json") for card in self.model_cards()]
+        return orjson.dumps({"object": "list", "data": data})
+
+    def models_json(self) -> bytes:
+        """The OpenAI ``GET /v1/models`` document (built once: configuration is static)."""
+        return self._models_json
