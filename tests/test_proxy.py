@@ -10,19 +10,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from jsonschema import Draft202012Validator, ValidationError
+from jsonschema import ValidationError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import ObjectNotFoundError
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 
 from services.proxy.providers.mock import MockProvider
 from services.proxy.providers.openai_compat import (
@@ -45,50 +41,9 @@ from shared.events.completion import (
 from shared.ids import new_trajectory_id
 from shared.openai_chat import parse_chat_request
 from tests.fakes.openai_upstream import FakeUpstream, Script
+from tests.openapi import validate
 
 KEY = "sk-proxy-test-key-000111222"
-ROOT = Path(__file__).resolve().parent.parent
-SPEC_CANDIDATES = (
-    ROOT / "tests" / "specs" / "openai-openapi.json",
-    ROOT.parent / "shared" / "specs" / "openai-openapi.json",
-)
-
-# --- OpenAPI schema validation -----------------------------------------------------------
-
-
-def _nullable_to_null(node: Any) -> Any:
-    """The spec is OpenAPI 3.1 but still uses 3.0's ``nullable: true`` in places (e.g.
-    a stream choice's ``finish_reason``), which JSON Schema ignores; turn it into
-    what it means so real OpenAI documents (``"finish_reason": null``) validate."""
-    if isinstance(node, list):
-        return [_nullable_to_null(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: _nullable_to_null(value) for key, value in node.items()}
-    if out.get("nullable") is True:
-        del out["nullable"]
-        kind = out.get("type")
-        if isinstance(kind, str) and not ({"$ref", "anyOf", "oneOf", "allOf"} & out.keys()):
-            out["type"] = [kind, "null"]
-            if "enum" in out:
-                out["enum"] = [*out["enum"], None]
-        else:
-            return {"anyOf": [out, {"type": "null"}]}
-    return out
-
-
-@cache
-def _registry() -> Registry:
-    for path in SPEC_CANDIDATES:
-        if path.is_file():
-            spec = _nullable_to_null(orjson.loads(path.read_bytes()))
-            return Registry().with_resource("urn:openai", DRAFT202012.create_resource(spec))
-    raise FileNotFoundError(f"OpenAI OpenAPI spec not found in {SPEC_CANDIDATES}")
-
-
-def validate(schema_name: str, document: Any) -> None:
-    schema = {"$ref": f"urn:openai#/components/schemas/{schema_name}"}
-    Draft202012Validator(schema, registry=_registry()).validate(document)
 
 
 def test_schema_check_is_strict() -> None:
