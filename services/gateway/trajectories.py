@@ -19,12 +19,14 @@ from nats.js.errors import NotFoundError
 from services.gateway.state import GATEWAY, Gateway, auth_of
 from shared import subjects
 from shared.db import trajectories as queries
+from shared.db.trajectories import TrajectoryView
 from shared.errors import InvalidRequest, NotFound, Unavailable
 from shared.ids import is_trajectory_id
 
 log = logging.getLogger(__name__)
 
 STATUSES = frozenset({"pending", "running", "completed", "failed", "cancelled"})
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
 MAX_LIMIT = 200
 
 
@@ -54,50 +56,66 @@ def _db_unavailable(exc: BaseException) -> Unavailable:
     return err
 
 
-async def _recorder_lagging(gw: Gateway) -> bool:
-    """True while the recorder has events it has not committed yet."""
+async def _projection_caught_up(gw: Gateway) -> bool:
+    """Wait (bounded) until the recorder has committed every event that was in the
+    stream when we started waiting; False if it did not get there in time."""
+    deadline = time.monotonic() + gw.settings.consistency_wait
     try:
-        info = await gw.js.consumer_info(
-            subjects.EVENTS_STREAM, subjects.RECORDER_DURABLE, timeout=1.0
-        )
+        stream = await gw.js.stream_info(subjects.EVENTS_STREAM)
+        target = stream.state.last_seq
+        delay = 0.002
+        while True:
+            info = await gw.js.consumer_info(
+                subjects.EVENTS_STREAM, subjects.RECORDER_DURABLE, timeout=1.0
+            )
+            if info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= target:
+                return True
+            if time.monotonic() + delay > deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
     except NotFoundError:
-        return True  # no recorder has ever attached: nothing is projected
+        return False  # no recorder has attached yet: nothing is projected
     except Exception as exc:
         log.warning("cannot read recorder progress: %s", exc.__class__.__name__)
         return False
-    return bool((info.num_pending or 0) + (info.num_ack_pending or 0))
+
+
+async def _load(gw: Gateway, collection: str, trajectory_id: str) -> TrajectoryView | None:
+    pool = await _pool(gw)
+    try:
+        return await queries.get_trajectory(pool, collection, trajectory_id)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise _db_unavailable(exc) from None
 
 
 async def get_trajectory(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     collection = auth_of(request).collection
     trajectory_id = request.match_info["trajectory_id"]
-    not_found = NotFound(
+    if not is_trajectory_id(trajectory_id):
+        raise _not_found(trajectory_id)
+    view = await _load(gw, collection, trajectory_id)
+    if view is None or view.status not in TERMINAL:
+        # Read-your-writes: events published before this request (the end of the
+        # call the client just saw) may still be on their way to Postgres.
+        caught_up = await _projection_caught_up(gw)
+        view = await _load(gw, collection, trajectory_id)
+        if view is None:
+            if not caught_up:
+                raise Unavailable(
+                    "The trajectory store is catching up; retry shortly.",
+                    code="projection_lagging",
+                    retry_after=1,
+                )
+            raise _not_found(trajectory_id)
+    return web.Response(body=view.model_dump_json(), content_type="application/json")
+
+
+def _not_found(trajectory_id: str) -> NotFound:
+    return NotFound(
         f"No trajectory with id '{trajectory_id}'.", param="trajectory_id", code="not_found"
     )
-    if not is_trajectory_id(trajectory_id):
-        raise not_found
-    pool = await _pool(gw)
-    deadline = time.monotonic() + gw.settings.consistency_wait
-    delay = 0.005
-    while True:
-        try:
-            view = await queries.get_trajectory(pool, collection, trajectory_id)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise _db_unavailable(exc) from None
-        if view is not None:
-            return web.Response(body=view.model_dump_json(), content_type="application/json")
-        if time.monotonic() >= deadline or not await _recorder_lagging(gw):
-            break
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.1)
-    if await _recorder_lagging(gw):
-        raise Unavailable(
-            "The trajectory store is catching up; retry shortly.",
-            code="projection_lagging",
-            retry_after=1,
-        )
-    raise not_found
 
 
 def _parse_since(raw: str) -> datetime:
