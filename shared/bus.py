@@ -118,7 +118,7 @@ async def ensure_object_store(js: JetStreamContext, replicas: int = 1) -> Any:
                 storage=StorageType.FILE,
                 replicas=replicas,
                 description="claim-check bodies too large for a NATS message",
-            )
+            ),
         )
 
 

@@ -1,0 +1,363 @@
+"""The projection: completion events -> ``steps`` and ``trajectories`` rows.
+
+Plain functions over an asyncpg connection, no transport; tests call them directly.
+What must stay true (and is tested):
+
+* **Idempotent.** Every event id goes into ``processed_events`` in the same
+  transaction as its state change; an id already there changes nothing.
+* **Order-independent.** For each step, a request side (``completion.requested``)
+  and an end side (``finished`` / ``failed`` / ``cancelled``) are merged by fixed
+  precedence, never "last writer wins": the requested event owns the request-side
+  columns (until it arrives, the end event's copy stands in); among end events the
+  highest ``jetty_status_rank`` wins, then the later ``ended_at``, then the larger
+  event id (byte order); among request events the smaller event id. A trajectory
+  row is then recomputed from its steps. So any arrival order of the same set of
+  events, in any split into batches, gives the same rows.
+* **No wall clock.** Every time comes from the events, so a replay of the stream
+  gives identical tables.
+* **Set-based.** A batch is three statements whatever its size (tracking rows,
+  steps, trajectories; arrays through ``unnest``), not a round trip per event. The
+  batch is first folded in memory to one row per step, with the same precedence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import ValidationError
+
+from shared.events.completion import (
+    CompletionCancelled,
+    CompletionFailed,
+    CompletionFinished,
+    CompletionRequested,
+)
+from shared.events.envelope import Envelope
+from shared.events.registry import EventData, UnknownEventType, parse_data
+
+if TYPE_CHECKING:
+    from shared.db.pool import Connection
+
+STEP_KIND_COMPLETION = "completion"
+
+# Session settings for connections that run the projection. The batch statements
+# take arrays whose length varies from 1 to thousands; a cached generic plan (which
+# PostgreSQL switches to after five executions) guesses badly and was measured at
+# twice the cost of planning each batch afresh.
+SERVER_SETTINGS: dict[str, str] = {"plan_cache_mode": "force_custom_plan"}
+
+
+class PoisonEvent(ValueError):
+    """An event that can never be projected (unknown type, invalid payload)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An envelope with its payload parsed into the registered model."""
+
+    envelope: Envelope
+    data: EventData
+
+
+def parse(envelope: Envelope) -> Event:
+    """Validate the payload of ``envelope``; raise :class:`PoisonEvent` if it never will."""
+    if envelope.data is None:
+        raise PoisonEvent(f"event {envelope.id} has no data (claim check not resolved)")
+    try:
+        data = parse_data(envelope.type, envelope.data)
+    except UnknownEventType as exc:
+        raise PoisonEvent(f"unknown event type {envelope.type!r}") from exc
+    except ValidationError as exc:
+        raise PoisonEvent(f"invalid {envelope.type} payload: {exc}") from exc
+    return Event(envelope, data)
+
+
+async def handle(event: Envelope, conn: Connection) -> int:
+    """Project one event; returns 1 if it was new, 0 if already seen."""
+    return await apply([event], conn)
+
+
+async def apply(events: Sequence[Envelope], conn: Connection) -> int:
+    """Project a batch atomically; returns how many events were new.
+
+    Raises :class:`PoisonEvent` (before touching the database) if one cannot parse.
+    """
+    return await apply_parsed([parse(e) for e in events], conn)
+
+
+async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
+    """Project already-parsed events in one transaction (a savepoint if the caller
+    already opened one); returns how many were new."""
+    unique: dict[str, Event] = {}
+    for event in events:
+        unique.setdefault(event.envelope.id, event)
+    if not unique:
+        return 0
+    async with conn.transaction():
+        fresh = await _claim_new(list(unique.values()), conn)
+        if not fresh:
+            return 0
+        rows = [_step_row(facts) for _, facts in sorted(_fold(fresh).items())]
+        # Key order (sorted above and in the statement), so that two recorders
+        # sharing the durable lock rows in the same order and cannot deadlock.
+        await conn.execute(_UPSERT_STEPS, *zip(*rows, strict=True))
+        touched = sorted({e.envelope.trajectory_id for e in fresh})
+        await conn.execute(_RECOMPUTE_TRAJECTORIES, touched)
+    return len(fresh)
+
+
+async def _claim_new(events: list[Event], conn: Connection) -> list[Event]:
+    """Insert the tracking rows; keep the events whose id was not there yet."""
+    rows = await conn.fetch(
+        """
+        INSERT INTO processed_events (event_id, event_type, trajectory_id, event_time)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id
+        """,
+        [e.envelope.id for e in events],
+        [e.envelope.type for e in events],
+        [e.envelope.trajectory_id for e in events],
+        [_utc(e.envelope.time) for e in events],
+    )
+    new_ids = {r["event_id"] for r in rows}
+    return [e for e in events if e.envelope.id in new_ids]
+
+
+# --- one step's facts -----------------------------------------------------------
+
+# Must equal the SQL function jetty_status_rank() (tested): the in-batch fold below
+# and the upsert against stored rows have to pick the same winner.
+STATUS_RANK: dict[str, int] = {
+    "pending": 0,
+    "running": 1,
+    "completed": 2,
+    "cancelled": 3,
+    "failed": 4,
+}
+
+
+@dataclass(slots=True)
+class _StepFacts:
+    """The winning request-side and end-side events of one step within a batch."""
+
+    request: Event | None = None
+    end: Event | None = None
+
+
+def _end_status(data: EventData) -> str:
+    if isinstance(data, CompletionFinished):
+        return "completed"
+    if isinstance(data, CompletionFailed):
+        return "failed"
+    return "cancelled"
+
+
+def _end_precedence(event: Event) -> tuple[int, datetime, str]:
+    assert not isinstance(event.data, CompletionRequested)
+    return (STATUS_RANK[_end_status(event.data)], _utc(event.data.ended_at), event.envelope.id)
+
+
+def _fold(events: Sequence[Event]) -> dict[tuple[str, int], _StepFacts]:
+    """Reduce a batch to one row per step with the same precedence the upsert applies
+    to stored rows (a set-based INSERT may not touch one row twice)."""
+    steps: dict[tuple[str, int], _StepFacts] = {}
+    for event in events:
+        facts = steps.setdefault(
+            (event.envelope.trajectory_id, event.data.step_index), _StepFacts()
+        )
+        if isinstance(event.data, CompletionRequested):
+            if facts.request is None or event.envelope.id < facts.request.envelope.id:
+                facts.request = event
+        elif facts.end is None or _end_precedence(event) > _end_precedence(facts.end):
+            facts.end = event
+    return steps
+
+
+# Columns of the steps table in three groups, by which side of a step owns them.
+_KEY = ("trajectory_id", "step_index")
+_REQUEST_SIDE = ("stream", "ingress", "request", "request_event_id")
+# Owned by the request side; until a request arrives, the winning end event's copy.
+_IDENTITY = ("collection", "task", "mode", "kind", "provider", "model", "started_at")
+_END_SIDE = (
+    "status", "response", "usage", "latency_ms", "ttft_ms", "ended_at", "error", "end_event_id",
+)  # fmt: skip
+_COLUMNS = _KEY + _REQUEST_SIDE + _IDENTITY + _END_SIDE
+_TYPES = {
+    "step_index": "integer",
+    "stream": "boolean",
+    "latency_ms": "float8",
+    "ttft_ms": "float8",
+    "started_at": "timestamptz",
+    "ended_at": "timestamptz",
+}
+_JSONB = {"request", "response", "usage", "error"}
+
+# The incoming request side wins: there is one and it precedes the stored one.
+_REQUEST_WINS = (
+    "(EXCLUDED.request_event_id IS NOT NULL AND (s.request_event_id IS NULL"
+    ' OR EXCLUDED.request_event_id COLLATE "C" < s.request_event_id))'
+)
+# The incoming end side wins: there is one and it ranks above the stored one.
+_END_WINS = (
+    "(EXCLUDED.end_event_id IS NOT NULL AND (s.end_event_id IS NULL"
+    " OR (jetty_status_rank(EXCLUDED.status), EXCLUDED.ended_at,"
+    ' EXCLUDED.end_event_id COLLATE "C")'
+    " > (jetty_status_rank(s.status), s.ended_at, s.end_event_id)))"
+)
+_IDENTITY_WINS = f"({_REQUEST_WINS} OR (s.request_event_id IS NULL AND {_END_WINS}))"
+
+
+def _assign(columns: tuple[str, ...], condition: str) -> list[str]:
+    return [f"{c} = CASE WHEN {condition} THEN EXCLUDED.{c} ELSE s.{c} END" for c in columns]
+
+
+_SET = ",\n    ".join(
+    _assign(_REQUEST_SIDE, _REQUEST_WINS)
+    + _assign(_IDENTITY, _IDENTITY_WINS)
+    + _assign(_END_SIDE, _END_WINS)
+)
+_SELECT = ", ".join(f"u.{c}::jsonb" if c in _JSONB else f"u.{c}" for c in _COLUMNS)
+_ARRAYS = ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(_COLUMNS, 1))
+# One statement per batch: each column array is one parameter.
+_UPSERT_STEPS = f"""
+INSERT INTO steps AS s ({", ".join(_COLUMNS)})
+SELECT {_SELECT}
+FROM unnest({_ARRAYS}) AS u({", ".join(_COLUMNS)})
+ORDER BY u.trajectory_id, u.step_index
+ON CONFLICT (trajectory_id, step_index) DO UPDATE SET
+    {_SET}
+WHERE {_REQUEST_WINS} OR {_END_WINS}
+"""
+
+# A trajectory is a pure function of its steps. Passthrough has exactly one step;
+# with several, the first step (lowest index) gives identity, status and timing and
+# usage is summed. The runbook slice adds its own status source on top of this.
+_RECOMPUTE_TRAJECTORIES = """
+INSERT INTO trajectories AS t (
+    trajectory_id, collection, task, mode, status, model, created_at, completed_at,
+    latency_ms, ttft_ms, prompt_tokens, completion_tokens, total_tokens, error
+)
+SELECT f.trajectory_id, f.collection, f.task, f.mode, f.status, f.model, a.created_at,
+       f.ended_at, f.latency_ms, f.ttft_ms,
+       a.prompt_tokens, a.completion_tokens, a.total_tokens, f.error
+FROM (
+    SELECT DISTINCT ON (trajectory_id) *
+    FROM steps WHERE trajectory_id = ANY($1::text[])
+    ORDER BY trajectory_id, step_index
+) AS f
+JOIN (
+    SELECT trajectory_id,
+           min(started_at) AS created_at,
+           sum((usage->>'prompt_tokens')::bigint) AS prompt_tokens,
+           sum((usage->>'completion_tokens')::bigint) AS completion_tokens,
+           sum((usage->>'total_tokens')::bigint) AS total_tokens
+    FROM steps WHERE trajectory_id = ANY($1::text[])
+    GROUP BY trajectory_id
+) AS a USING (trajectory_id)
+ORDER BY f.trajectory_id
+ON CONFLICT (trajectory_id) DO UPDATE SET
+    collection = EXCLUDED.collection,
+    task = EXCLUDED.task,
+    mode = EXCLUDED.mode,
+    status = EXCLUDED.status,
+    model = EXCLUDED.model,
+    created_at = EXCLUDED.created_at,
+    completed_at = EXCLUDED.completed_at,
+    latency_ms = EXCLUDED.latency_ms,
+    ttft_ms = EXCLUDED.ttft_ms,
+    prompt_tokens = EXCLUDED.prompt_tokens,
+    completion_tokens = EXCLUDED.completion_tokens,
+    total_tokens = EXCLUDED.total_tokens,
+    error = EXCLUDED.error
+-- Skip no-op writes (duplicates, replays over existing rows): no dead tuples.
+WHERE (t.collection, t.task, t.mode, t.status, t.model, t.created_at, t.completed_at,
+       t.latency_ms, t.ttft_ms, t.prompt_tokens, t.completion_tokens, t.total_tokens, t.error)
+      IS DISTINCT FROM
+      (EXCLUDED.collection, EXCLUDED.task, EXCLUDED.mode, EXCLUDED.status, EXCLUDED.model,
+       EXCLUDED.created_at, EXCLUDED.completed_at, EXCLUDED.latency_ms, EXCLUDED.ttft_ms,
+       EXCLUDED.prompt_tokens, EXCLUDED.completion_tokens, EXCLUDED.total_tokens, EXCLUDED.error)
+"""
+
+
+def _step_row(facts: _StepFacts) -> tuple[Any, ...]:
+    """One row for :data:`_UPSERT_STEPS`, in :data:`_COLUMNS` order."""
+    request, end = facts.request, facts.end
+    # Identity from the request side when there is one, else from the end side.
+    source = request or end
+    assert source is not None
+    env, data = source.envelope, source.data
+    values: dict[str, Any] = {
+        "trajectory_id": env.trajectory_id,
+        "step_index": data.step_index,
+        "collection": env.collection,
+        "task": _text(data.task),
+        "mode": data.mode,
+        "kind": STEP_KIND_COMPLETION,
+        "provider": _text(data.provider),
+        "model": _text(data.model),
+        "started_at": _utc(data.received_at),
+        "status": "running",
+    }
+    if request is not None:
+        assert isinstance(request.data, CompletionRequested)
+        values |= {
+            "stream": request.data.stream,
+            "ingress": _text(request.data.ingress),
+            "request": _json(request.data.request),
+            "request_event_id": request.envelope.id,
+        }
+    if end is not None:
+        ended = end.data
+        assert isinstance(ended, CompletionFinished | CompletionFailed | CompletionCancelled)
+        response: dict[str, Any] = ended.response.model_dump(mode="json")
+        if isinstance(ended, CompletionCancelled):
+            # Not an error: the partial output stays, with a note of why it stopped.
+            response["cancelled"] = True
+            response["cancel_reason"] = ended.reason
+        values |= {
+            "status": _end_status(ended),
+            "response": _json(response),
+            "usage": None if ended.usage is None else _json(ended.usage.model_dump(mode="json")),
+            "latency_ms": ended.latency_ms,
+            "ttft_ms": ended.ttft_ms,
+            "ended_at": _utc(ended.ended_at),
+            "error": (
+                _json(ended.error.model_dump(mode="json"))
+                if isinstance(ended, CompletionFailed)
+                else None
+            ),
+            "end_event_id": end.envelope.id,
+        }
+    return tuple(values.get(column) for column in _COLUMNS)
+
+
+def _utc(moment: datetime) -> datetime:
+    # A naive time from a careless producer is taken as UTC, the same way every time.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; an event must not become unstorable over one.
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _json(value: Any) -> str:
+    encoded = orjson.dumps(value)
+    if b"\\u0000" in encoded:  # jsonb rejects \u0000 too
+        encoded = orjson.dumps(_scrub(value))
+    return encoded.decode()
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_text(str(k)): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value

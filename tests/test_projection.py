@@ -1,0 +1,443 @@
+"""The projection's rules, applied directly to a real PostgreSQL (no bus)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from services.recorder.projection import STATUS_RANK, PoisonEvent, apply, handle, parse
+from shared.db.pool import MigrationError, apply_migrations
+from shared.db.trajectories import (
+    STATUSES,
+    InvalidCursor,
+    InvalidQuery,
+    build_list_query,
+    encode_cursor,
+    get_trajectory,
+    list_trajectories,
+)
+from shared.events import Envelope
+from shared.events.completion import (
+    CompletionCancelled,
+    CompletionFailed,
+    CompletionFinished,
+    CompletionRequested,
+    ErrorRecord,
+    ResponseRecord,
+    ToolCall,
+    Usage,
+)
+from shared.events.registry import type_name
+
+T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+PROJECTION_TABLES = {
+    "trajectories": "trajectory_id",
+    "steps": "trajectory_id, step_index",
+    "processed_events": "event_id",
+    "dead_events": "stream_seq",
+}
+
+
+# --- event builders -------------------------------------------------------------
+
+
+def envelope(
+    data: Any, trajectory_id: str, *, collection: str = "acme", event_id: str | None = None
+) -> Envelope:
+    kind = type_name(data)
+    return Envelope(
+        id=event_id or f"{trajectory_id}-{kind}",
+        type=kind,
+        source="test",
+        time=data.received_at if isinstance(data, CompletionRequested) else data.ended_at,
+        trajectory_id=trajectory_id,
+        collection=collection,
+        data=data.model_dump(mode="json"),
+    )
+
+
+def requested(
+    trajectory_id: str,
+    *,
+    at: datetime = T0,
+    task: str = "_chat",
+    model: str = "mock/echo",
+    collection: str = "acme",
+    content: str = "hello",
+) -> Envelope:
+    data = CompletionRequested(
+        task=task,
+        model=model,
+        provider="mock",
+        stream=True,
+        request={
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": 0.5,
+        },
+        received_at=at,
+    )
+    return envelope(data, trajectory_id, collection=collection)
+
+
+def _ended_fields(at: datetime, task: str, model: str, content: str | None) -> dict[str, Any]:
+    return {
+        "task": task,
+        "model": model,
+        "provider": "mock",
+        "response": ResponseRecord(
+            content=content,
+            tool_calls=[ToolCall(id="call_1", name="lookup", arguments='{"q": 1}')],
+            finish_reason="tool_calls",
+            upstream_id="chatcmpl-123",
+            upstream_model="echo-1",
+        ),
+        "usage": Usage(prompt_tokens=7, completion_tokens=5, total_tokens=12),
+        "latency_ms": 12.5,
+        "ttft_ms": 3.25,
+        "received_at": at,
+        "ended_at": at + timedelta(milliseconds=12, microseconds=500),
+    }
+
+
+def finished(
+    trajectory_id: str,
+    *,
+    at: datetime = T0,
+    task: str = "_chat",
+    model: str = "mock/echo",
+    collection: str = "acme",
+) -> Envelope:
+    data = CompletionFinished(**_ended_fields(at, task, model, "hi there"))
+    return envelope(data, trajectory_id, collection=collection)
+
+
+def failed(trajectory_id: str, *, at: datetime = T0) -> Envelope:
+    fields = _ended_fields(at, "_chat", "mock/echo", None) | {"usage": None, "ttft_ms": None}
+    error = ErrorRecord(status=502, type="upstream_error", message="upstream said 500")
+    return envelope(CompletionFailed(**fields, error=error), trajectory_id)
+
+
+def cancelled(trajectory_id: str, *, at: datetime = T0) -> Envelope:
+    fields = _ended_fields(at, "_chat", "mock/echo", "hi th")
+    return envelope(CompletionCancelled(**fields), trajectory_id)
+
+
+# --- helpers --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def conn(migrated_database_url: str) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
+    connection = await asyncpg.connect(migrated_database_url, timeout=10, command_timeout=30)
+    try:
+        yield connection
+    finally:
+        await connection.close(timeout=10)
+
+
+async def dump(conn: asyncpg.Connection[asyncpg.Record]) -> dict[str, list[str]]:
+    """Every projection table, every column, ordered by key (as JSON text)."""
+    tables = {}
+    for table, key in PROJECTION_TABLES.items():
+        rows = await conn.fetch(f"SELECT to_jsonb(x)::text AS r FROM {table} x ORDER BY {key}")
+        tables[table] = [r["r"] for r in rows]
+    return tables
+
+
+async def reset(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    await conn.execute("TRUNCATE " + ", ".join(PROJECTION_TABLES))
+
+
+# --- rules ----------------------------------------------------------------------
+
+
+async def test_passthrough_trajectory_view(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    assert await apply([requested("tr_1"), finished("tr_1")], conn) == 2
+
+    view = await get_trajectory(conn, "acme", "tr_1")
+    assert view is not None
+    body = view.model_dump(mode="json")
+    assert set(body) == {
+        "trajectory_id", "collection", "task", "mode", "status", "model", "created_at",
+        "completed_at", "latency_ms", "ttft_ms", "usage", "steps", "artifacts", "error",
+    }  # fmt: skip
+    assert body["status"] == "completed"
+    assert (body["collection"], body["task"], body["mode"]) == ("acme", "_chat", "passthrough")
+    assert body["model"] == "mock/echo"
+    assert view.created_at == T0
+    assert view.completed_at == T0 + timedelta(milliseconds=12, microseconds=500)
+    assert (body["latency_ms"], body["ttft_ms"]) == (12.5, 3.25)
+    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+    assert body["artifacts"] == []
+    assert body["error"] is None
+    [step] = body["steps"]
+    assert set(step) == {
+        "index", "kind", "request", "response", "usage", "latency_ms", "ttft_ms",
+        "provider", "model", "error",
+    }  # fmt: skip
+    assert (step["index"], step["kind"], step["provider"]) == (0, "completion", "mock")
+    assert step["request"]["messages"] == [{"role": "user", "content": "hello"}]
+    assert step["request"]["temperature"] == 0.5
+    assert step["response"] == {
+        "content": "hi there",
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": '{"q": 1}'},
+            }
+        ],
+        "finish_reason": "tool_calls",
+        "upstream_id": "chatcmpl-123",
+    }
+    assert step["usage"] == body["usage"]
+    assert step["error"] is None
+    # The stored response keeps everything the event carried.
+    stored = orjson.loads(await conn.fetchval("SELECT response::text FROM steps"))
+    assert stored["upstream_model"] == "echo-1"
+    assert "choices" in stored
+
+
+async def test_requested_only_is_running(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    await handle(requested("tr_run"), conn)
+    view = await get_trajectory(conn, "acme", "tr_run")
+    assert view is not None
+    assert view.status == "running"
+    assert view.completed_at is None and view.usage is None and view.latency_ms is None
+    assert view.steps[0].response is None and view.steps[0].request is not None
+
+
+async def test_other_collection_is_unknown(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    await apply([requested("tr_x"), finished("tr_x")], conn)
+    assert await get_trajectory(conn, "other", "tr_x") is None
+    assert await get_trajectory(conn, "acme", "tr_nope") is None
+    page = await list_trajectories(conn, "other")
+    assert page.data == [] and not page.has_more
+
+
+async def test_idempotent(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    events = [requested("tr_1"), finished("tr_1"), requested("tr_2"), failed("tr_2")]
+    assert await apply(events, conn) == 4
+    first = await dump(conn)
+    assert await apply(events, conn) == 0
+    assert await apply(events + events, conn) == 0
+    for event in events:
+        assert await handle(event, conn) == 0
+    assert await dump(conn) == first
+    # Duplicates inside one batch count once.
+    await reset(conn)
+    assert await apply(events + list(reversed(events)), conn) == 4
+    assert await dump(conn) == first
+
+
+@pytest.mark.parametrize("end", [finished, failed, cancelled], ids=lambda f: f.__name__)
+async def test_order_independent(conn: asyncpg.Connection[asyncpg.Record], end: Any) -> None:
+    events = [requested("tr_o"), end("tr_o")]
+    dumps = []
+    for order in itertools.permutations(events):
+        for batched in (True, False):
+            await reset(conn)
+            if batched:
+                await apply(list(order), conn)
+            else:
+                for event in order:
+                    await handle(event, conn)
+            dumps.append(await dump(conn))
+    assert all(d == dumps[0] for d in dumps)
+    assert len(dumps[0]["trajectories"]) == 1
+
+
+async def test_conflicting_end_events_resolve_the_same_in_any_order(
+    conn: asyncpg.Connection[asyncpg.Record],
+) -> None:
+    """Two different end facts about one step (should not happen, but must not
+    make the result depend on arrival order): the worse news wins."""
+    events = [requested("tr_c"), finished("tr_c"), failed("tr_c"), cancelled("tr_c")]
+    dumps = []
+    for order in itertools.permutations(events):
+        # One by one, all in one batch (folded in memory first), and in two batches.
+        for split in (1, 4, 2):
+            await reset(conn)
+            for start in range(0, len(order), split):
+                await apply(order[start : start + split], conn)
+            dumps.append(await dump(conn))
+    assert len(dumps) == 72
+    assert all(d == dumps[0] for d in dumps)
+    view = await get_trajectory(conn, "acme", "tr_c")
+    assert view is not None and view.status == "failed"
+
+
+async def test_status_rank_is_the_same_in_python_and_sql(
+    conn: asyncpg.Connection[asyncpg.Record],
+) -> None:
+    for status, rank in STATUS_RANK.items():
+        assert await conn.fetchval("SELECT jetty_status_rank($1)", status) == rank
+    assert set(STATUS_RANK) == set(STATUSES)
+
+
+async def test_end_event_alone_then_request(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    await handle(finished("tr_e"), conn)
+    view = await get_trajectory(conn, "acme", "tr_e")
+    assert view is not None
+    # Everything but the request is known from the end event alone.
+    assert view.status == "completed" and view.created_at == T0 and view.steps[0].request is None
+    await handle(requested("tr_e"), conn)
+    view = await get_trajectory(conn, "acme", "tr_e")
+    assert view is not None
+    assert view.status == "completed"  # a late request never reopens a step
+    assert view.steps[0].request is not None
+
+
+async def test_failed(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    await apply([failed("tr_f"), requested("tr_f")], conn)
+    view = await get_trajectory(conn, "acme", "tr_f")
+    assert view is not None
+    assert view.status == "failed"
+    assert view.error is not None
+    assert (view.error.status, view.error.type) == (502, "upstream_error")
+    assert view.error.message == "upstream said 500"
+    assert view.steps[0].error == view.error
+    assert view.usage is None and view.ttft_ms is None and view.latency_ms == 12.5
+    assert view.completed_at is not None
+
+
+async def test_cancelled_keeps_partial_output(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    await apply([requested("tr_k"), cancelled("tr_k")], conn)
+    view = await get_trajectory(conn, "acme", "tr_k")
+    assert view is not None
+    assert view.status == "cancelled"
+    assert view.error is None and view.steps[0].error is None
+    assert view.steps[0].response is not None
+    assert view.steps[0].response.content == "hi th"
+    stored = orjson.loads(await conn.fetchval("SELECT response::text FROM steps"))
+    assert stored["cancelled"] is True
+    assert stored["cancel_reason"] == "client_disconnected"
+
+
+async def test_nul_characters_are_storable(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    event = requested("tr_nul", content="a\x00b", task="t\x00")
+    await handle(event, conn)
+    view = await get_trajectory(conn, "acme", "tr_nul")
+    assert view is not None
+    assert view.task == "t\ufffd"
+    assert view.steps[0].request is not None
+    assert view.steps[0].request["messages"][0]["content"] == "a\ufffdb"
+
+
+async def test_unparseable_events_are_poison() -> None:
+    good = requested("tr_p")
+    with pytest.raises(PoisonEvent, match="unknown event type"):
+        parse(good.model_copy(update={"type": "completion.exploded"}))
+    with pytest.raises(PoisonEvent, match="invalid"):
+        parse(good.model_copy(update={"data": {"task": 1}}))
+    with pytest.raises(PoisonEvent, match="no data"):
+        parse(good.model_copy(update={"data": None, "data_ref": "event/x"}))
+
+
+# --- listing --------------------------------------------------------------------
+
+
+async def test_list_pagination_and_filters(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    events = []
+    for i in range(23):
+        tid = f"tr_{i:03d}"
+        # Pairs share a timestamp, so the id tie-break is exercised across pages.
+        at = T0 + timedelta(seconds=i // 2)
+        task = "alpha" if i % 2 else "beta"
+        model = "mock/a" if i % 3 else "mock/b"
+        events.append(requested(tid, at=at, task=task, model=model))
+        if i % 4:
+            events.append(finished(tid, at=at, task=task, model=model))
+    events.append(requested("tr_elsewhere", collection="other"))
+    await apply(events, conn)
+
+    expected = sorted(
+        ((T0 + timedelta(seconds=i // 2), f"tr_{i:03d}") for i in range(23)), reverse=True
+    )
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await list_trajectories(conn, "acme", limit=10, cursor=cursor)
+        seen += [t.trajectory_id for t in page.data]
+        assert page.has_more == (page.next_cursor is not None)
+        if not page.has_more:
+            break
+        cursor = page.next_cursor
+    assert seen == [tid for _, tid in expected]
+
+    page = await list_trajectories(conn, "acme", task="alpha", limit=500)
+    assert {t.task for t in page.data} == {"alpha"} and len(page.data) == 11
+    page = await list_trajectories(conn, "acme", status="running", limit=500)
+    assert [t.trajectory_id for t in page.data] == ["tr_020", "tr_016", "tr_012", "tr_008",
+                                                   "tr_004", "tr_000"]  # fmt: skip
+    page = await list_trajectories(conn, "acme", model="mock/b", limit=500)
+    assert {t.model for t in page.data} == {"mock/b"} and len(page.data) == 8
+    page = await list_trajectories(conn, "acme", since=T0 + timedelta(seconds=10), limit=500)
+    assert [t.trajectory_id for t in page.data] == ["tr_022", "tr_021", "tr_020"]
+    page = await list_trajectories(conn, "acme", task="beta", status="completed", limit=2)
+    assert len(page.data) == 2 and page.has_more
+    assert all(t.task == "beta" and t.status == "completed" for t in page.data)
+    summary = page.data[0].model_dump(mode="json")
+    assert "steps" not in summary and summary["usage"]["total_tokens"] == 12
+
+
+@pytest.mark.parametrize("cursor", ["", "!!!", "bm9wZQ", "WyIxIiwibm90LWEtZGF0ZSIsIngiXQ"])
+async def test_bad_cursor(conn: asyncpg.Connection[asyncpg.Record], cursor: str) -> None:
+    with pytest.raises(InvalidCursor):
+        await list_trajectories(conn, "acme", cursor=cursor)
+
+
+async def test_bad_query(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    for kwargs in ({"limit": 0}, {"limit": 501}, {"status": "exploded"}):
+        with pytest.raises(InvalidQuery):
+            await list_trajectories(conn, "acme", **kwargs)
+    assert issubclass(InvalidCursor, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("filters", "index"),
+    [
+        ({}, "trajectories_collection_created"),
+        ({"task": "alpha"}, "trajectories_collection_task_created"),
+        ({"status": "running"}, "trajectories_collection_status_created"),
+        ({"model": "mock/a"}, "trajectories_collection_model_created"),
+        ({"model": "mock/a", "since": T0}, "trajectories_collection_model_created"),
+    ],
+)
+async def test_list_queries_are_index_range_scans(
+    conn: asyncpg.Connection[asyncpg.Record], filters: dict[str, Any], index: str
+) -> None:
+    """Each filter's page is read in order from its own index: no sort and no full
+    scan, whatever the table size (the planner is told to avoid both if it can)."""
+    cursor = encode_cursor(T0, "tr_x")
+    sql, args = build_list_query("acme", limit=50, cursor=cursor, **filters)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+    assert f"Index Scan using {index}" in plan, plan
+    assert "Sort" not in plan, plan
+    # The keyset condition is part of the index range, not a filter on its output.
+    assert "ROW(created_at, trajectory_id) < ROW(" in plan.split("Index Cond:")[1], plan
+
+
+# --- migrations -----------------------------------------------------------------
+
+
+async def test_migrations_concurrent_and_checked(database_url: str) -> None:
+    await asyncio.gather(*(apply_migrations(database_url) for _ in range(4)))
+    await apply_migrations(database_url)
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        await conn.execute("UPDATE schema_migrations SET checksum = 'edited'")
+    finally:
+        await conn.close(timeout=10)
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        await apply_migrations(database_url)
