@@ -83,6 +83,8 @@ class Recorder:
                 msgs = await self._fetch(sub)
                 if msgs:
                     await self._process(msgs)
+                if len(msgs) < self._settings.recorder_batch_size:
+                    await self._sleep_unless_stopped(self._settings.recorder_linger)
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()

@@ -11,6 +11,12 @@ class RecorderSettings(CommonSettings):
     # Up to this many events are projected in one transaction. Bigger batches
     # amortise the commit; JetStream's max_ack_pending (20k) bounds it from above.
     recorder_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # After a batch smaller than recorder_batch_size, wait this long before the
+    # next fetch so events accumulate: at moderate load this turns one
+    # transaction per event into one per few dozen, which frees CPU that the hot
+    # path shares on a small machine. It bounds how stale a read can be (reads
+    # wait for the projection anyway, see the gateway).
+    recorder_linger: float = Field(default=0.01, ge=0, le=1)
     # How long one pull waits for messages; also bounds how long SIGTERM waits for
     # an idle fetch to return.
     recorder_fetch_timeout: float = Field(default=1.0, gt=0, le=30)

@@ -1,0 +1,326 @@
+"""The three services as separate processes, for ``jetty up`` and the test fixtures.
+
+A :class:`Stack` starts ``python -m services.<name>`` for the proxy, the recorder
+and the gateway with their configuration in the environment, appends each one's
+output to ``<log_dir>/<name>.log``, and knows when they are ready:
+
+* gateway: ``GET /healthz`` and ``GET /readyz`` answer 200 (it serves only after
+  connecting to NATS and loading the tokens);
+* proxy and recorder, when the NATS monitoring URL is known: a NATS connection
+  named by :func:`shared.bus.source_name` (which ends in ``-<pid>``) exists, and
+  for the proxy it subscribes to the chat request subject. Without a monitoring
+  URL they count as ready once they are running.
+
+Processes can be killed and restarted one by one (tests SIGKILL the recorder
+under load). Nothing here restarts a process on its own: ``jetty up`` does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jetty_cli import procs
+from shared import subjects
+
+# Start order: the consumers first, so the gateway's first request finds a proxy.
+SERVICES = ("proxy", "recorder", "gateway")
+# Stop order: stop taking requests, finish them, then drain the events.
+STOP_ORDER = ("gateway", "proxy", "recorder")
+
+
+class StackError(Exception):
+    """A service did not start or become ready (the message carries log tails)."""
+
+
+@dataclass
+class StackConfig:
+    nats_url: str
+    database_url: str
+    log_dir: Path
+    token: str
+    collection: str = "default"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Environment the services inherit before ours is applied on top.
+    base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    # Extra variables for every service (e.g. OPENAI_BASE_URL of a fake upstream).
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    nats_monitor_url: str | None = None
+    python: str = sys.executable
+    cwd: Path | None = None
+
+
+class ServiceProcess:
+    """One service: its process, its log, whether it is meant to be running."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path,
+                 cwd: Path | None) -> None:  # fmt: skip
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.starts = 0
+        # False after a deliberate kill/stop: its exit is then not a crash.
+        self.wanted = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def crashed(self) -> bool:
+        """Meant to run but exited."""
+        return self.wanted and self.proc is not None and self.proc.poll() is not None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc is not None else None
+
+    def start(self) -> None:
+        if self.alive:
+            return
+        if self.proc is not None:
+            self.proc.wait()  # reap it so no zombie or ResourceWarning remains
+        self.proc = procs.spawn(self.argv, log_path=self.log_path, env=self.env, cwd=self.cwd)
+        self.started_at = time.monotonic()
+        self.starts += 1
+        self.wanted = True
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int | None:
+        """Send ``sig`` and wait for the exit; returns the exit code."""
+        self.wanted = False
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10.0)
+        return self.proc.returncode
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        self.wanted = False
+        if self.proc is None:
+            return None
+        return procs.terminate(self.proc, timeout)
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        config.log_dir.mkdir(parents=True, exist_ok=True)
+        self.services: dict[str, ServiceProcess] = {
+            name: ServiceProcess(
+                name,
+                [config.python, "-m", f"services.{name}"],
+                self._env_for(name),
+                config.log_dir / f"{name}.log",
+                config.cwd,
+            )
+            for name in SERVICES
+        }
+
+    def _env_for(self, name: str) -> dict[str, str]:
+        cfg = self.config
+        env = dict(cfg.base_env)
+        env.update(
+            {
+                "JETTY_NATS_URL": cfg.nats_url,
+                "JETTY_DATABASE_URL": cfg.database_url,
+                "JETTY_BOOTSTRAP_TOKEN": cfg.token,
+                "JETTY_BOOTSTRAP_COLLECTION": cfg.collection,
+                # Lines reach the log file (and `jetty up`'s console) as written.
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if name == "gateway":
+            env["JETTY_HOST"] = cfg.host
+            env["JETTY_PORT"] = str(cfg.port)
+        else:
+            # Only the gateway listens on JETTY_PORT; keep the others off it.
+            env.pop("JETTY_HOST", None)
+            env.pop("JETTY_PORT", None)
+        env.update(cfg.extra_env)
+        return env
+
+    # -- addresses ---------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        host = self.config.host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.config.port}"
+
+    @property
+    def token(self) -> str:
+        return self.config.token
+
+    @property
+    def collection(self) -> str:
+        return self.config.collection
+
+    @property
+    def database_url(self) -> str:
+        return self.config.database_url
+
+    @property
+    def nats_url(self) -> str:
+        return self.config.nats_url
+
+    def __getitem__(self, name: str) -> ServiceProcess:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise KeyError(f"no service {name!r}; services are {', '.join(SERVICES)}") from None
+
+    def __iter__(self) -> Iterator[ServiceProcess]:
+        return iter(self.services.values())
+
+    # -- readiness ---------------------------------------------------------
+
+    def _nats_connections(self) -> list[dict[str, Any]] | None:
+        if self.config.nats_monitor_url is None:
+            return None
+        try:
+            status, body = procs.http_get(self.config.nats_monitor_url + "/connz?subs=1&limit=1024")
+        except OSError:
+            return []
+        if status != 200:
+            return []
+        conns = json.loads(body).get("connections") or []
+        return list(conns)
+
+    def not_ready(self, names: tuple[str, ...] = SERVICES) -> str | None:
+        """What is not ready yet among ``names`` (None when all are)."""
+        conns = None
+        for name in names:
+            service = self[name]
+            if not service.alive:
+                return f"{name} is not running"
+            if name == "gateway":
+                for path in ("/healthz", "/readyz"):
+                    try:
+                        status, _ = procs.http_get(self.base_url + path, timeout=1.0)
+                    except OSError as exc:
+                        return f"gateway {path}: {exc}"
+                    if status != 200:
+                        return f"gateway {path} answered {status}"
+                continue
+            if conns is None:
+                conns = self._nats_connections()
+            if conns is None:
+                continue  # no monitoring endpoint: running is all we can tell
+            suffix = f"-{service.pid}"
+            mine = [c for c in conns if str(c.get("name", "")).endswith(suffix)]
+            if not mine:
+                return f"{name} (pid {service.pid}) has no NATS connection yet"
+            if name == "proxy" and not any(
+                subjects.CHAT_REQUEST in (c.get("subscriptions_list") or []) for c in mine
+            ):
+                return f"proxy (pid {service.pid}) is not subscribed to {subjects.CHAT_REQUEST}"
+        return None
+
+    def _raise_if_dead(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            service = self[name]
+            if service.proc is not None and service.proc.poll() is not None:
+                raise StackError(
+                    f"{name} exited with code {service.returncode} while starting\n"
+                    + self.log_tails((name,))
+                )
+
+    def wait_ready(self, timeout: float = 60.0, names: tuple[str, ...] = SERVICES) -> None:
+        deadline = time.monotonic() + timeout
+        while (problem := self.not_ready(names)) is not None:
+            self._raise_if_dead(names)
+            if time.monotonic() >= deadline:
+                raise StackError(f"not ready after {timeout:.0f}s: {problem}\n" + self.log_tails())
+            time.sleep(0.05)
+
+    async def wait_ready_async(
+        self, timeout: float = 60.0, names: tuple[str, ...] = SERVICES
+    ) -> None:
+        """Like :meth:`wait_ready` without blocking the event loop (probes in a thread)."""
+        deadline = time.monotonic() + timeout
+        while (problem := await asyncio.to_thread(self.not_ready, names)) is not None:
+            self._raise_if_dead(names)
+            if time.monotonic() >= deadline:
+                raise StackError(f"not ready after {timeout:.0f}s: {problem}\n" + self.log_tails())
+            await asyncio.sleep(0.05)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        for service in self:
+            service.start()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> int | None:
+        """Kill one service (SIGKILL by default) and wait until it is gone."""
+        return self[name].kill(sig)
+
+    def start_service(self, name: str) -> None:
+        self[name].start()
+
+    def restart(self, name: str, *, wait: bool = True, timeout: float = 60.0) -> None:
+        service = self[name]
+        if service.alive:
+            service.stop()
+        service.start()
+        if wait:
+            self.wait_ready(timeout, (name,))
+
+    async def restart_async(self, name: str, *, wait: bool = True, timeout: float = 60.0) -> None:
+        service = self[name]
+        if service.alive:
+            await asyncio.to_thread(service.stop)
+        service.start()  # spawned from this (main) thread, see procs.spawn
+        if wait:
+            await self.wait_ready_async(timeout, (name,))
+
+    def stop(self, timeout: float = 15.0) -> dict[str, int | None]:
+        """SIGTERM in :data:`STOP_ORDER`, each given ``timeout`` before SIGKILL."""
+        for name in STOP_ORDER:
+            service = self.services[name]
+            service.wanted = False
+            if service.alive and service.proc is not None:
+                service.proc.send_signal(signal.SIGTERM)
+            # The gateway goes first and alone: once it stops taking requests the
+            # proxy and recorder can finish what is in flight.
+            if name == "gateway":
+                service.stop(timeout)
+        return {name: self.services[name].stop(timeout) for name in STOP_ORDER}
+
+    def crashed(self) -> list[ServiceProcess]:
+        return [s for s in self if s.crashed]
+
+    def log_tails(self, names: tuple[str, ...] = SERVICES, lines: int = 40) -> str:
+        parts = []
+        for name in names:
+            path = self[name].log_path
+            parts.append(f"--- {name} ({path}) ---\n{procs.tail(path, lines) or '(empty)'}")
+        return "\n".join(parts)
