@@ -10,9 +10,11 @@ import hashlib
 import logging
 import re
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
 import orjson
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -22,6 +24,9 @@ from shared.bus import ensure_tokens_bucket
 
 log = logging.getLogger(__name__)
 
+MISS_TTL = 1.0
+MISS_LOOKUP_TIMEOUT = 1.0
+MAX_REMEMBERED_MISSES = 10_000
 COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -55,6 +60,7 @@ class TokenStore:
         self._cache: dict[str, TokenRecord] = {}
         self._watch_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._misses: dict[str, float] = {}
 
     async def _bucket(self) -> Any:
         if self._kv is None:
@@ -94,6 +100,30 @@ class TokenStore:
         record = self._cache.get(hash_token(token))
         if record is None or record.revoked:
             return None
+        return record
+
+    async def resolve(self, token: str) -> TokenRecord | None:
+        """Memory first; on a miss read the bucket once, so a token created a
+        moment ago works before the watch delivers it. Misses are remembered
+        briefly so a flood of bad tokens costs no bucket reads."""
+        record = self.lookup(token)
+        if record is not None:
+            return record
+        token_hash = hash_token(token)
+        now = time.monotonic()
+        if self._misses.get(token_hash, 0.0) > now:
+            return None
+        try:
+            record = await asyncio.wait_for(self.fetch(token_hash), MISS_LOOKUP_TIMEOUT)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("token lookup failed: %s", exc.__class__.__name__)
+            return None
+        if record is None or record.revoked:
+            if len(self._misses) >= MAX_REMEMBERED_MISSES:
+                self._misses.clear()
+            self._misses[token_hash] = now + MISS_TTL
+            return None
+        self._cache[token_hash] = record
         return record
 
     async def watch(self) -> None:

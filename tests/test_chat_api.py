@@ -13,10 +13,12 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import nats
 import openai
 import pytest
 
 from jetty_cli.testing import TestStack, call
+from shared.tokens import TokenStore
 from tests.openapi import validate
 
 pytestmark = pytest.mark.usefixtures("stack")
@@ -372,3 +374,16 @@ def test_unknown_route_and_bad_ids(stack: TestStack) -> None:
         status, _, body = call(f"{stack.base_url}/api/v1/trajectories?{query}", stack.token)
         assert status == 400, (query, body)
         assert body["error"]["param"] == param
+
+
+async def test_a_token_works_the_moment_it_is_stored(stack: TestStack) -> None:
+    """No waiting for the gateway's watch: a miss reads the token bucket once."""
+    nc = await nats.connect(stack.nats_url)
+    try:
+        token = await TokenStore(nc.jetstream()).create("fresh-collection")
+        status, _, body = call(f"{stack.base_url}/v1/models", token)
+        assert status == 200, body
+        status, _, body = call(f"{stack.base_url}/api/v1/trajectories", token)
+        assert status == 200 and body["data"] == []
+    finally:
+        await nc.close()

@@ -73,7 +73,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise Unauthorized(
             "Missing API token: send 'Authorization: Bearer <token>'.", code="missing_api_key"
         )
-    record = request.app[GATEWAY].tokens.lookup(token)
+    record = await request.app[GATEWAY].tokens.resolve(token)
     if record is None:
         raise Unauthorized("Invalid API token.", code="invalid_api_key")
     request[AUTH] = record
