@@ -1,0 +1,230 @@
+"""``make bench``: what the platform adds over calling the upstream directly.
+
+Starts its own NATS, PostgreSQL, fake OpenAI upstream and the three services
+(on free ports, so it never collides with a running stack or a test run), then
+measures on the same machine in the same run:
+
+* added latency (p50, p99) at concurrency 1, non-streaming: gateway -> proxy ->
+  fake upstream versus the fake upstream called directly; and the built-in
+  ``mock`` provider (no upstream at all);
+* time to first token added for streams;
+* requests/s at concurrency 32, every call recorded (the run checks that every
+  call it made is in PostgreSQL afterwards).
+
+Results are printed and written into docs/benchmarks.md between markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from bench.loadgen import Result, run
+from jetty_cli import procs
+from jetty_cli.embedded import EmbeddedPostgres
+from jetty_cli.testing import StackFactory, TestStack, traversable_tmpdir
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+KEY = "sk-bench-upstream"
+MESSAGES = [{"role": "user", "content": "Summarise the plot of Hamlet in one sentence."}]
+
+
+@dataclass
+class Row:
+    scenario: str
+    result: Result
+    baseline: Result | None = None
+    ttft: bool = False
+
+    def cells(self) -> list[str]:
+        r, b = self.result, self.baseline
+        values = r.ttfb if self.ttft else None
+        p50, p99 = r.pct(50, values), r.pct(99, values)
+        added = ""
+        if b is not None:
+            bvalues = b.ttfb if self.ttft else None
+            added = f"+{p50 - b.pct(50, bvalues):.2f} / +{p99 - b.pct(99, bvalues):.2f}"
+        return [
+            self.scenario,
+            f"{len(r.latencies)}",
+            f"{p50:.2f}",
+            f"{p99:.2f}",
+            added or "—",
+            f"{r.rps:,.0f}",
+            f"{r.errors}",
+        ]
+
+
+def _body(model: str, stream: bool = False) -> bytes:
+    return orjson.dumps({"model": model, "messages": MESSAGES, "stream": stream})
+
+
+async def _measure(
+    port: int, path: str, body: bytes, token: str, concurrency: int, requests: int
+) -> Result:
+    return await run(
+        "127.0.0.1",
+        port,
+        path,
+        body,
+        {"Authorization": f"Bearer {token}"},
+        concurrency=concurrency,
+        requests=requests,
+        max_seconds=120,
+    )
+
+
+async def _wait_recorded(stack: TestStack, expected: int, timeout: float = 120.0) -> int:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            count: int = await conn.fetchval("select count(*) from trajectories")
+            if count >= expected or time.monotonic() > deadline:
+                return count
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
+async def _scenarios(stack: TestStack, upstream_port: int, quick: bool) -> tuple[list[Row], str]:
+    n1 = 500 if quick else 3000
+    n32 = 3000 if quick else 20000
+    gw = int(stack.base_url.rsplit(":", 1)[1])
+    tok = stack.token
+    chat = "/v1/chat/completions"
+    sent = 0
+
+    async def through_gateway(body: bytes, c: int, n: int) -> Result:
+        nonlocal sent
+        result = await _measure(gw, chat, body, tok, c, n)
+        sent += n + 50  # + the load generator's warm-up requests
+        return result
+
+    rows: list[Row] = []
+    direct = await _measure(upstream_port, chat, _body("gpt-4o-mini"), KEY, 1, n1)
+    rows.append(Row("direct to fake upstream, c=1", direct))
+    via = await through_gateway(_body("openai/gpt-4o-mini"), 1, n1)
+    rows.append(Row("gateway → fake upstream, c=1", via, direct))
+    mock = await through_gateway(_body("mock/bench"), 1, n1)
+    rows.append(Row("gateway → mock provider, c=1", mock))
+
+    direct_s = await _measure(upstream_port, chat, _body("gpt-4o-mini", True), KEY, 1, n1)
+    rows.append(Row("direct stream, time to first chunk, c=1", direct_s, ttft=True))
+    via_s = await through_gateway(_body("openai/gpt-4o-mini", True), 1, n1)
+    rows.append(Row("gateway stream, time to first chunk, c=1", via_s, direct_s, ttft=True))
+
+    direct32 = await _measure(upstream_port, chat, _body("gpt-4o-mini"), KEY, 32, n32)
+    rows.append(Row("direct to fake upstream, c=32", direct32))
+    via32 = await through_gateway(_body("openai/gpt-4o-mini"), 32, n32)
+    rows.append(Row("gateway → fake upstream, c=32", via32, direct32))
+    mock32 = await through_gateway(_body("mock/bench"), 32, n32)
+    rows.append(Row("gateway → mock provider, c=32", mock32))
+
+    failed = sum(r.result.errors for r in rows)
+    recorded = await _wait_recorded(stack, sent)
+    note = (
+        f"{sent:,} calls through the gateway (including warm-ups), {recorded:,} trajectories "
+        f"in PostgreSQL after the run, {failed} failed calls."
+    )
+    return rows, note
+
+
+def _table(rows: list[Row]) -> str:
+    head = ["scenario", "calls", "p50 ms", "p99 ms", "added p50 / p99 ms", "req/s", "errors"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+
+
+def _write_doc(section: str) -> None:
+    text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    before, rest = text.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    DOC.write_text(f"{before}{BEGIN}\n{section}\n{END}{after}")
+
+
+def _wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Measure what the gateway adds.")
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    parser.add_argument("--no-write", action="store_true", help="do not update docs")
+    args = parser.parse_args()
+
+    root = traversable_tmpdir("jetty-bench-")
+    pg = EmbeddedPostgres(root / "pg", durable=True).start()
+    upstream_port = procs.free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(upstream_port),
+         "--api-key", KEY],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    factory = StackFactory(root / "stacks", lambda: pg)
+    try:
+        _wait_port(upstream_port)
+        stack = factory(
+            env={
+                "OPENAI_API_KEY": KEY,
+                "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+                "JETTY_LOG_LEVEL": "WARNING",
+            }
+        )
+        rows, note = asyncio.run(_scenarios(stack, upstream_port, args.quick))
+    finally:
+        factory.close_all()
+        upstream.terminate()
+        upstream.wait(10)
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = (
+        f"Run {stamp} on {_machine()}; `make bench`{' --quick' if args.quick else ''}.\n\n"
+        f"{_table(rows)}\n\n{note}\n"
+    )
+    print(section)
+    if not args.no_write:
+        _write_doc(section)
+
+
+if __name__ == "__main__":
+    main()
