@@ -14,7 +14,7 @@ from services.gateway.middleware import TRAJECTORY_HEADER
 from services.gateway.state import GATEWAY, Gateway, auth_of
 from shared import subjects
 from shared.chatwire import ChatCall, Frame
-from shared.errors import ApiError, InvalidRequest, NotImplementedYet, PayloadTooLarge
+from shared.errors import ApiError, NotImplementedYet, PayloadTooLarge
 from shared.ids import new_trajectory_id
 from shared.openai_chat import ChatCompletionRequest, parse_chat_request
 
@@ -71,8 +71,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, gw.settings.max_body_bytes)
     req = parse_chat_request(body)
     _check_jetty_block(req, auth.collection)
-    if req.n is not None and req.n > 1 and req.stream and req.tools:
-        raise InvalidRequest("Streaming with n > 1 and tools is not supported.", param="n")
 
     trajectory_id = new_trajectory_id()
     body_ref = None
@@ -134,8 +132,9 @@ async def _relay_stream(
             raise
         await response.write(b"data: " + exc.to_json() + b"\n\n" + b"data: [DONE]\n\n")
     except ConnectionResetError:
+        # A write found the client gone (before aiohttp noticed and cancelled us).
         await gw.relay.cancel(call.trajectory_id)
-        raise asyncio.CancelledError() from None
+        raise
     if response is None:
         raise ApiError("The proxy ended the stream without any data.", status=502)
     await response.write_eof()
