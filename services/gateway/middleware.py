@@ -56,11 +56,21 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(ApiError("Internal server error.", status=500))
 
 
-def bearer_token(request: web.Request) -> str | None:
+# Each wire format's own way of sending a key, so its SDK or CLI works unchanged:
+# OpenAI (Bearer), Anthropic (x-api-key, or Bearer via ANTHROPIC_AUTH_TOKEN),
+# Gemini (x-goog-api-key).
+_KEY_HEADERS = ("x-api-key", "x-goog-api-key")
+
+
+def api_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
+    for name in _KEY_HEADERS:
+        value = request.headers.get(name, "").strip()
+        if value:
+            return value
     return None
 
 
@@ -68,7 +78,7 @@ def bearer_token(request: web.Request) -> str | None:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS:
         return await handler(request)
-    token = bearer_token(request)
+    token = api_token(request)
     if token is None:
         raise Unauthorized(
             "Missing API token: send 'Authorization: Bearer <token>'.", code="missing_api_key"

@@ -1,0 +1,119 @@
+"""What every ingress format shares: reading the body, opening a call to the
+proxies, and cancelling it when the client goes away.
+
+An ingress handler (OpenAI chat here in ``chat.py``; the Anthropic, Responses
+and Gemini formats in ``ingress/``) turns its request into the OpenAI chat
+shape, opens a call with :func:`open_call`, and translates the proxy's OpenAI
+frames back into its own format. Recording, routing and cancellation are the
+same for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from services.gateway.state import Gateway
+from shared.chatwire import ChatCall, Frame
+from shared.errors import ApiError, PayloadTooLarge
+from shared.ids import new_trajectory_id
+from shared.openai_chat import ChatCompletionRequest
+from shared.tokens import TokenRecord
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"Request body of {request.content_length} bytes exceeds the limit of {limit} bytes.",
+            code="request_too_large",
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"Request body exceeds the limit of {limit} bytes.", code="request_too_large"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class OpenCall:
+    """A call handed to the proxies; iterate :meth:`frames` once."""
+
+    gw: Gateway
+    call: ChatCall
+    body: bytes
+
+    @property
+    def trajectory_id(self) -> str:
+        return self.call.trajectory_id
+
+    async def frames(self) -> AsyncIterator[tuple[Frame, bytes]]:
+        """The proxy's frames; tags errors with the trajectory id and cancels the
+        upstream call if the client disconnects (the handler is cancelled) or a
+        write finds it gone."""
+        try:
+            async for item in self.gw.relay.call(self.call, self.body):
+                yield item
+        except ApiError as exc:
+            exc.trajectory_id = self.trajectory_id
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            self._cancel_upstream()
+            raise
+
+    def _cancel_upstream(self) -> None:
+        task = asyncio.ensure_future(self.gw.relay.cancel(self.trajectory_id))
+        self.gw.background.add(task)
+        task.add_done_callback(self.gw.background.discard)
+
+    async def response_json(self) -> bytes:
+        """The whole ``chat.completion`` JSON of a non-streaming call."""
+        async for kind, payload in self.frames():
+            if kind is Frame.RESPONSE:
+                return payload
+        raise ApiError("The proxy ended the call without a response.", status=502)
+
+
+async def open_call(
+    gw: Gateway,
+    auth: TokenRecord,
+    req: ChatCompletionRequest,
+    body: bytes,
+    *,
+    received_at: float | None = None,
+    ingress: str = "chat.completions",
+) -> OpenCall:
+    """Assign a trajectory id and prepare the call (large bodies by claim check).
+
+    ``body`` is the OpenAI chat request JSON the proxy will read; ``req`` its
+    validated form."""
+    trajectory_id = new_trajectory_id()
+    body_ref = None
+    if len(body) > gw.settings.claim_threshold_bytes:
+        body_ref = await gw.claims.put(f"call/{trajectory_id}", body)
+        body = b""
+    call = ChatCall(
+        trajectory_id=trajectory_id,
+        collection=auth.collection,
+        task=req.task,
+        received_at=received_at if received_at is not None else time.time(),
+        stream=bool(req.stream),
+        include_usage=req.include_usage,
+        ingress=ingress,
+        body_ref=body_ref,
+    )
+    return OpenCall(gw, call, body)
