@@ -26,6 +26,7 @@ from typing import Final
 
 import orjson
 
+from services.proxy.providers import NATIVE_ADAPTERS
 from services.proxy.providers.base import ModelCard, Provider
 from shared.errors import NotFound
 
@@ -38,8 +39,7 @@ class BareRule:
     patterns: tuple[str, ...]
 
 
-# The next milestone adds claude-* → anthropic, gemini-* → gemini, command-* → cohere…
-DEFAULT_BARE_RULES: Final = (
+OPENAI_BARE_RULES: Final = (
     BareRule(
         "openai",
         (
@@ -60,9 +60,16 @@ DEFAULT_BARE_RULES: Final = (
     ),
 )
 
+DEFAULT_BARE_RULES: Final = OPENAI_BARE_RULES + tuple(
+    BareRule(adapter.NAME, adapter.BARE_PATTERNS)
+    for adapter in NATIVE_ADAPTERS
+    if adapter.BARE_PATTERNS
+)
+
 # How to enable a provider we know of but that is not configured (for 404 messages).
 SETUP_HINTS: Final[Mapping[str, str]] = {
     "openai": "set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI endpoint)",
+    **{adapter.NAME: adapter.SETUP_HINT for adapter in NATIVE_ADAPTERS},
 }
 
 _CACHE_LIMIT = 4096

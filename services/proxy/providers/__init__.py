@@ -7,6 +7,10 @@ when its configuration is present, and give the router its bare-name patterns.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
+from services.proxy.providers import anthropic, azure, cohere, gemini
 from services.proxy.providers.base import Provider
 from services.proxy.providers.mock import MockProvider
 from services.proxy.providers.openai_compat import (
@@ -16,10 +20,16 @@ from services.proxy.providers.openai_compat import (
 )
 from services.proxy.settings import OPENAI_DEFAULT_BASE_URL, ProxySettings
 
-__all__ = ["Provider", "build_providers"]
+__all__ = ["NATIVE_ADAPTERS", "Provider", "build_providers"]
+
+# Native adapters: each module exposes NAME, BARE_PATTERNS, DEFAULT_MODELS,
+# SETUP_HINT and from_env(env, timeouts, pool_size) -> Provider | None.
+NATIVE_ADAPTERS = (anthropic, gemini, cohere, azure)
 
 
-def build_providers(settings: ProxySettings) -> list[Provider]:
+def build_providers(
+    settings: ProxySettings, env: Mapping[str, str] | None = None
+) -> list[Provider]:
     providers: list[Provider] = [MockProvider(settings.mock_models)]
     if settings.openai_configured:
         key = settings.openai_api_key
@@ -39,4 +49,14 @@ def build_providers(settings: ProxySettings) -> list[Provider]:
                 )
             )
         )
+    timeouts = Timeouts(
+        connect=settings.upstream_connect_timeout,
+        first_byte=settings.upstream_first_byte_timeout,
+        read=settings.upstream_read_timeout,
+    )
+    environ = os.environ if env is None else env
+    for adapter in NATIVE_ADAPTERS:
+        provider = adapter.from_env(environ, timeouts, settings.upstream_pool_size)
+        if provider is not None:
+            providers.append(provider)
     return providers

@@ -141,6 +141,7 @@ from shared.errors import (
 log = logging.getLogger(__name__)
 
 NAME = "anthropic"
+SETUP_HINT = "set ANTHROPIC_API_KEY (and ANTHROPIC_BASE_URL for another endpoint)"
 BARE_PATTERNS: tuple[str, ...] = ("claude-*",)
 DEFAULT_MODELS: tuple[str, ...] = (
     "claude-opus-4-7",

@@ -72,6 +72,7 @@ from services.proxy.providers.openai_compat import (
 from shared.errors import ApiError, InvalidRequest, NotFound, UpstreamError, UpstreamTimeout
 
 NAME = "azure"
+SETUP_HINT = "set AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT"
 BARE_PATTERNS: tuple[str, ...] = ()
 # Deployment names are the operator's own; nothing is listed unless configured.
 DEFAULT_MODELS: tuple[str, ...] = ()

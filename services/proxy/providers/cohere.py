@@ -99,6 +99,7 @@ from shared.openai_chat import ChatCompletionRequest, ImagePart, Message, TextPa
 log = logging.getLogger(__name__)
 
 NAME = "cohere"
+SETUP_HINT = "set COHERE_API_KEY (and COHERE_BASE_URL for another endpoint)"
 BARE_PATTERNS: tuple[str, ...] = ("command-*", "c4ai-*")
 DEFAULT_MODELS: tuple[str, ...] = (
     "command-a-03-2025",

@@ -142,6 +142,7 @@ from shared.errors import (
 )
 
 NAME = "gemini"
+SETUP_HINT = "set GEMINI_API_KEY (and GEMINI_BASE_URL for another endpoint)"
 BARE_PATTERNS: tuple[str, ...] = ("gemini-*",)
 DEFAULT_MODELS: tuple[str, ...] = (
     "gemini-2.5-pro",
