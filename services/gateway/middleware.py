@@ -1,8 +1,13 @@
-"""Authentication and OpenAI-shaped error middlewares."""
+"""Authentication and error middlewares.
+
+Errors are OpenAI-shaped unless the request's path belongs to another wire format
+that registered its own renderer (:func:`register_error_renderer`).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -16,12 +21,42 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/"})
 TRAJECTORY_HEADER = "X-Jetty-Trajectory-Id"
 
 
-def error_response(exc: ApiError) -> web.Response:
+ErrorRenderer = Callable[[ApiError], bytes]
+"""Turns an error into the JSON body of its wire format; status and headers
+(``Retry-After``, the trajectory id) stay the middleware's."""
+
+# Path prefix -> renderer. An ingress format (Anthropic, Responses, Gemini) registers
+# the prefixes it serves so that *every* error on them — including those raised
+# before its handler runs (a bad token, an unknown route under the prefix, 405) —
+# comes in the shape its SDK parses. Filled at import time by the ingress modules.
+_RENDERERS: dict[str, ErrorRenderer] = {}
+
+
+def register_error_renderer(path_prefix: str, renderer: ErrorRenderer) -> None:
+    """Render errors on ``path_prefix`` and the paths below it (``/v1/messages``
+    covers ``/v1/messages/count_tokens``, not ``/v1/messagesx``) with ``renderer``.
+    The longest registered prefix wins; re-registering a prefix replaces it."""
+    _RENDERERS[path_prefix.rstrip("/")] = renderer
+
+
+def _renderer_for(path: str) -> ErrorRenderer | None:
+    best: tuple[int, ErrorRenderer] | None = None
+    for prefix, renderer in _RENDERERS.items():
+        if (path == prefix or path.startswith(prefix + "/")) and (
+            best is None or len(prefix) > best[0]
+        ):
+            best = (len(prefix), renderer)
+    return best[1] if best else None
+
+
+def error_response(exc: ApiError, path: str | None = None) -> web.Response:
     headers = exc.headers()
     if exc.trajectory_id:
         headers[TRAJECTORY_HEADER] = exc.trajectory_id
+    renderer = _renderer_for(path) if path is not None else None
+    body = renderer(exc) if renderer is not None else exc.to_json()
     return web.Response(
-        status=exc.status, body=exc.to_json(), content_type="application/json", headers=headers
+        status=exc.status, body=body, content_type="application/json", headers=headers
     )
 
 
@@ -37,7 +72,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc)
+        return error_response(exc, request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -46,20 +81,21 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status == 404:
             message = f"Unknown route: {request.method} {request.path}"
         return error_response(
-            ApiError(message, status=exc.status, error_type=error_type, code=code)
+            ApiError(message, status=exc.status, error_type=error_type, code=code), request.path
         )
     except (ConnectionResetError, TimeoutError) as exc:
         log.info("request aborted: %s", exc.__class__.__name__)
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(ApiError("Internal server error.", status=500))
+        return error_response(ApiError("Internal server error.", status=500), request.path)
 
 
 # Each wire format's own way of sending a key, so its SDK or CLI works unchanged:
 # OpenAI (Bearer), Anthropic (x-api-key, or Bearer via ANTHROPIC_AUTH_TOKEN),
 # Gemini (x-goog-api-key).
 _KEY_HEADERS = ("x-api-key", "x-goog-api-key")
+QUERY_KEY_PREFIX = "/v1beta/"
 
 
 def api_token(request: web.Request) -> str | None:
@@ -69,6 +105,12 @@ def api_token(request: web.Request) -> str | None:
         return value.strip()
     for name in _KEY_HEADERS:
         value = request.headers.get(name, "").strip()
+        if value:
+            return value
+    if request.path.startswith(QUERY_KEY_PREFIX):
+        # Google's API also takes the key as ``?key=``. Only there: a query string
+        # is easily logged (we write no access log, and log paths without queries).
+        value = request.query.get("key", "").strip()
         if value:
             return value
     return None
