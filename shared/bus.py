@@ -37,7 +37,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from pydantic import BaseModel
 
 from shared import subjects
-from shared.events.envelope import Envelope
+from shared.events.envelope import PAYLOAD_VERSION, Envelope
 from shared.events.registry import type_name
 from shared.ids import new_event_id
 
@@ -182,14 +182,6 @@ def encode_event(envelope: Envelope) -> bytes:
     return orjson.dumps(envelope.model_dump(mode="json", exclude_none=True))
 
 
-async def decode_event(payload: bytes, claims: ClaimStore) -> Envelope:
-    envelope = Envelope.model_validate_json(payload)
-    if envelope.data is None and envelope.data_ref:
-        raw = await claims.get(envelope.data_ref)
-        envelope = envelope.model_copy(update={"data": orjson.loads(raw)})
-    return envelope
-
-
 class EventPublisher:
     """Publishes events with a unique ``Nats-Msg-Id``; never drops one.
 
@@ -220,24 +212,29 @@ class EventPublisher:
         data: BaseModel,
         event_id: str | None = None,
     ) -> tuple[str, bytes, str]:
+        """The serialised envelope, byte for byte what ``encode_event`` gives for the
+        same :class:`Envelope` (tested), without building one: the payload is
+        serialised once and spliced in."""
         event_type = type_name(data)
         eid = event_id or new_event_id()
-        payload = data.model_dump(mode="json", exclude_none=False)
-        envelope = Envelope(
-            id=eid,
-            type=event_type,
-            source=self._source,
-            time=datetime.now(UTC),
-            trajectory_id=trajectory_id,
-            collection=collection,
-            data=payload,
+        payload = data.__pydantic_serializer__.to_json(data)
+        head = orjson.dumps(
+            {
+                "id": eid,
+                "type": event_type,
+                "source": self._source,
+                "time": datetime.now(UTC),
+                "trajectory_id": trajectory_id,
+                "collection": collection,
+                "v": PAYLOAD_VERSION,
+            },
+            option=orjson.OPT_UTC_Z,  # times as pydantic writes them: ...Z
         )
-        encoded = encode_event(envelope)
+        encoded = b'%b,"data":%b}' % (head[:-1], payload)
         if len(encoded) > self._threshold:
             key = f"event/{eid}"
-            await self._claims.put(key, orjson.dumps(payload))
-            envelope = envelope.model_copy(update={"data": None, "data_ref": key})
-            encoded = encode_event(envelope)
+            await self._claims.put(key, payload)
+            encoded = b'%b,"data_ref":%b}' % (head[:-1], orjson.dumps(key))
         return eid, encoded, subjects.event_subject(collection, event_type)
 
     async def publish(
@@ -252,23 +249,49 @@ class EventPublisher:
         """Publish one event. ``wait`` waits (bounded) for the first acknowledgement;
         either way the event keeps being retried in the background until stored."""
         eid, encoded, subject = await self.build(collection, trajectory_id, data, event_id)
-        task = asyncio.create_task(self._deliver(subject, encoded, eid))
+        if wait:
+            await self._deliver_now(subject, encoded, eid)
+        else:
+            self._deliver_later(subject, encoded, eid)
+        return eid
+
+    async def _attempt(self, subject: str, payload: bytes, eid: str, timeout: float) -> None:
+        if not self._nc.is_connected:
+            raise BusUnavailable("not connected")
+        await self._js.publish(subject, payload, headers={"Nats-Msg-Id": eid}, timeout=timeout)
+
+    async def _deliver_now(self, subject: str, payload: bytes, eid: str) -> None:
+        """Deliver from the caller's task for up to ``ack_timeout``, then hand over to
+        the background. The common case is one request with no task, shield or extra
+        timer around it (those cost 15-30 us an event here, ~10% of publishing one).
+        A caller cancelled meanwhile hands the event over too, so it is never lost."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ack_timeout
+        delay = 0.05
+        try:
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    await self._attempt(subject, payload, eid, remaining)
+                    return
+                except Exception as exc:  # retried: the event must not be lost
+                    log.warning("event %s not stored yet (%s); retrying", eid, exc)
+                await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+                delay = min(delay * 2, 2.0)
+        except asyncio.CancelledError:
+            self._deliver_later(subject, payload, eid)
+            raise
+        self._deliver_later(subject, payload, eid)
+
+    def _deliver_later(self, subject: str, payload: bytes, eid: str) -> None:
+        task = asyncio.create_task(self._deliver(subject, payload, eid))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
-        if wait:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), self._ack_timeout)
-        return eid
 
     async def _deliver(self, subject: str, payload: bytes, eid: str) -> None:
         delay = 0.05
         while True:
             try:
-                if not self._nc.is_connected:
-                    raise BusUnavailable("not connected")
-                await self._js.publish(
-                    subject, payload, headers={"Nats-Msg-Id": eid}, timeout=self._ack_timeout
-                )
+                await self._attempt(subject, payload, eid, self._ack_timeout)
                 return
             except asyncio.CancelledError:
                 raise

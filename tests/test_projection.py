@@ -11,8 +11,10 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from services.recorder.projection import STATUS_RANK, PoisonEvent, apply, handle, parse
+from shared.bus import encode_event
 from shared.db.pool import MigrationError, apply_migrations
 from shared.db.trajectories import (
     STATUSES,
@@ -34,7 +36,7 @@ from shared.events.completion import (
     ToolCall,
     Usage,
 )
-from shared.events.registry import type_name
+from shared.events.registry import PAYLOADS, decode_envelope, type_name
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 PROJECTION_TABLES = {
@@ -128,6 +130,20 @@ def failed(trajectory_id: str, *, at: datetime = T0) -> Envelope:
 def cancelled(trajectory_id: str, *, at: datetime = T0) -> Envelope:
     fields = _ended_fields(at, "_chat", "mock/echo", "hi th")
     return envelope(CompletionCancelled(**fields), trajectory_id)
+
+
+def quick(
+    trajectory_id: str, end: Any = None, *, content: str = "hello", event_id: str | None = None
+) -> Envelope:
+    """The end event of a call that ended before the proxy's requested delay: it
+    carries the request side (the same fields ``requested`` would have sent)."""
+    event = (end or finished)(trajectory_id)
+    ask = requested(trajectory_id, content=content).data
+    assert event.data is not None and ask is not None
+    data = type(parse(event).data)(
+        **event.data | {"request": ask["request"], "stream": True, "ingress": "chat.completions"}
+    )
+    return envelope(data, trajectory_id, event_id=event_id)
 
 
 # --- helpers --------------------------------------------------------------------
@@ -295,6 +311,99 @@ async def test_end_event_alone_then_request(conn: asyncpg.Connection[asyncpg.Rec
     assert view.steps[0].request is not None
 
 
+async def step_row(conn: asyncpg.Connection[asyncpg.Record], trajectory_id: str) -> dict[str, Any]:
+    row = await conn.fetchval(
+        "SELECT to_jsonb(s)::text FROM steps s WHERE trajectory_id = $1", trajectory_id
+    )
+    result: dict[str, Any] = orjson.loads(row)
+    return result
+
+
+async def test_end_event_with_request_is_a_whole_step(
+    conn: asyncpg.Connection[asyncpg.Record],
+) -> None:
+    """One end event carrying the request gives the step and trajectory that a
+    requested event plus an end event give; only the tracking differs."""
+    await apply([requested("tr_two"), finished("tr_two")], conn)
+    assert await handle(quick("tr_one"), conn) == 1
+    two, one = await step_row(conn, "tr_two"), await step_row(conn, "tr_one")
+    assert two.pop("request_event_id") == "tr_two-completion.requested"
+    assert one.pop("request_event_id") is None
+    assert one.pop("end_event_id") == "tr_one-completion.finished"
+    assert two.pop("end_event_id") == "tr_two-completion.finished"
+    assert {**one, "trajectory_id": "tr_two"} == two
+    assert one["request"]["messages"] == [{"role": "user", "content": "hello"}]
+    assert (one["stream"], one["ingress"]) == (True, "chat.completions")
+    views = [await get_trajectory(conn, "acme", t) for t in ("tr_one", "tr_two")]
+    assert views[0] is not None and views[1] is not None
+    assert views[0].status == "completed"
+    assert views[0].model_dump(exclude={"trajectory_id"}) == views[1].model_dump(
+        exclude={"trajectory_id"}
+    )
+
+
+@pytest.mark.parametrize("end", [finished, failed, cancelled], ids=lambda f: f.__name__)
+async def test_requested_event_beats_the_end_events_copy(
+    conn: asyncpg.Connection[asyncpg.Record], end: Any
+) -> None:
+    """Both a requested event and an end event carrying the request (a proxy that
+    published both, or a retry): the requested event's request wins, whatever the
+    order and the split into batches; replaying the same events gives the same rows."""
+    events = [requested("tr_m", content="from requested"), quick("tr_m", end, content="from end")]
+    dumps = []
+    for order in itertools.permutations(events):
+        for batched in (True, False):
+            await reset(conn)
+            if batched:
+                await apply(list(order), conn)
+            else:
+                for event in order:
+                    await handle(event, conn)
+            dumps.append(await dump(conn))
+    assert all(d == dumps[0] for d in dumps)
+    row = await step_row(conn, "tr_m")
+    assert row["request"]["messages"][0]["content"] == "from requested"
+    assert row["request_event_id"] == "tr_m-completion.requested"
+    assert row["status"] == {"finished": "completed"}.get(end.__name__, end.__name__)
+
+
+async def test_mixed_end_events_with_and_without_request_resolve_the_same(
+    conn: asyncpg.Connection[asyncpg.Record],
+) -> None:
+    """Every combination of a requested event, an end event carrying the request and
+    plain end events, in every order and split, gives one result: the requested
+    event's request if there is one, else the winning end event's copy."""
+    events = [
+        requested("tr_x", content="from requested"),
+        quick("tr_x", finished, content="from finished"),
+        quick("tr_x", cancelled, content="from cancelled"),
+        failed("tr_x"),
+    ]
+    cases = [
+        # the winning end event is `failed` (worst news), which carries no request
+        (events[1:], None),
+        # cancelled outranks completed
+        (events[1:3], "from cancelled"),
+        (events, "from requested"),
+    ]
+    for subset, expected in cases:
+        dumps = []
+        for order in itertools.permutations(subset):
+            for split in (1, len(order), 2):
+                await reset(conn)
+                for start in range(0, len(order), split):
+                    await apply(order[start : start + split], conn)
+                dumps.append(await dump(conn))
+        assert all(d == dumps[0] for d in dumps)
+        row = await step_row(conn, "tr_x")
+        content = None if row["request"] is None else row["request"]["messages"][0]["content"]
+        assert content == expected
+    # Replay: one batch of everything into an empty projection gives the same tables.
+    await reset(conn)
+    await apply(events, conn)
+    assert await dump(conn) == dumps[0]
+
+
 async def test_failed(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     await apply([failed("tr_f"), requested("tr_f")], conn)
     view = await get_trajectory(conn, "acme", "tr_f")
@@ -329,6 +438,13 @@ async def test_nul_characters_are_storable(conn: asyncpg.Connection[asyncpg.Reco
     assert view.task == "t\ufffd"
     assert view.steps[0].request is not None
     assert view.steps[0].request["messages"][0]["content"] == "a\ufffdb"
+    # In the end event's models too (response, error).
+    fields = _ended_fields(T0, "_chat", "mock/echo", "c\x00d")
+    error = ErrorRecord(status=502, type="upstream_error", message="e\x00f")
+    await handle(envelope(CompletionFailed(**fields, error=error), "tr_nul"), conn)
+    view = await get_trajectory(conn, "acme", "tr_nul")
+    assert view is not None and view.steps[0].response is not None and view.error is not None
+    assert (view.steps[0].response.content, view.error.message) == ("c\ufffdd", "e\ufffdf")
 
 
 async def test_unparseable_events_are_poison() -> None:
@@ -339,6 +455,24 @@ async def test_unparseable_events_are_poison() -> None:
         parse(good.model_copy(update={"data": {"task": 1}}))
     with pytest.raises(PoisonEvent, match="no data"):
         parse(good.model_copy(update={"data": None, "data_ref": "event/x"}))
+
+
+def test_one_pass_decoding_matches_the_registry() -> None:
+    """Every registered type decodes in one pass to its payload model, exactly as
+    the two-step decoding (Envelope, then parse_data) does; anything else fails."""
+    events = [requested("tr_d"), finished("tr_d"), failed("tr_d"), cancelled("tr_d"), quick("tr_d")]
+    assert {e.type for e in events} == set(PAYLOADS)
+    for event in events:
+        typed = decode_envelope(encode_event(event))
+        assert type(typed.data) is PAYLOADS[event.type]
+        assert typed.data == parse(event).data
+        assert typed.model_dump(exclude={"data"}) == event.model_dump(exclude={"data"})
+    with pytest.raises(ValidationError):
+        decode_envelope(encode_event(events[0].model_copy(update={"type": "completion.exploded"})))
+    with pytest.raises(ValidationError):
+        decode_envelope(encode_event(events[1].model_copy(update={"data": {"task": 5}})))
+    with pytest.raises(ValidationError):
+        decode_envelope(b"not json")
 
 
 # --- listing --------------------------------------------------------------------

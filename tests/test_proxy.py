@@ -9,6 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,21 +176,48 @@ def error_of(reply: list[tuple[Frame, bytes]]) -> dict[str, Any]:
     return document
 
 
-async def events(bus: Bus, call: ChatCall, count: int = 2) -> dict[str, Any]:
-    """The call's completion events, read back from the JetStream stream."""
+END_EVENTS = frozenset({"completion.finished", "completion.failed", "completion.cancelled"})
+
+
+async def events(bus: Bus, call: ChatCall) -> dict[str, Any]:
+    """The call's completion events, read back from the JetStream stream: all the
+    events of the test's collection, up to the stream's end once the call's terminal
+    event is there (a requested event is published before it or never)."""
     sub = await bus.js.subscribe(subjects.collection_events(call.collection), ordered_consumer=True)
     found: dict[str, Any] = {}
     try:
-        while len(found) < count:
+        while True:
             msg = await sub.next_msg(timeout=5)
             envelope = Envelope.model_validate_json(msg.data)
             if envelope.trajectory_id == call.trajectory_id:
                 assert envelope.type not in found, f"{envelope.type} published twice"
                 assert envelope.data is not None
                 found[envelope.type] = parse_data(envelope.type, envelope.data)
+            if END_EVENTS & found.keys() and msg.metadata.num_pending == 0:
+                return found
     finally:
         await sub.unsubscribe()
-    return found
+
+
+def quick(found: dict[str, Any]) -> CompletionFinished | CompletionFailed | CompletionCancelled:
+    """A call that ended before the requested delay: exactly one event, its end,
+    which carries the request side."""
+    [(kind, end)] = found.items()
+    assert kind in END_EVENTS
+    assert end.request is not None and end.stream is not None
+    assert end.ingress == "chat.completions"
+    assert isinstance(end, CompletionFinished | CompletionFailed | CompletionCancelled)
+    return end
+
+
+def slow(found: dict[str, Any]) -> tuple[CompletionRequested, Any]:
+    """A call that outlasted the delay: requested, then its end without the request."""
+    assert len(found) == 2
+    requested = found.pop("completion.requested")
+    [end] = found.values()
+    assert isinstance(requested, CompletionRequested)
+    assert (end.request, end.stream, end.ingress) == (None, None, None)
+    return requested, end
 
 
 async def stored_already(bus: Bus, call: ChatCall, event_type: str) -> None:
@@ -226,14 +254,14 @@ async def test_non_stream(bus: Bus, start_worker: StartWorker, collection: str) 
     assert document["jetty_metadata"]["task"] == "greeter"
     assert document["choices"][0]["message"]["content"] == "You said: Hello there"
 
-    found = await events(bus, call)
-    requested = found["completion.requested"]
-    assert isinstance(requested, CompletionRequested)
-    assert (requested.provider, requested.model, requested.stream) == ("mock", "mock/echo", False)
-    assert requested.task == "greeter"
-    assert requested.request["params"] == {"temperature": 0.2}
-    finished = found["completion.finished"]
+    # A quick call is one event: the end, carrying what completion.requested would.
+    finished = quick(await events(bus, call))
     assert isinstance(finished, CompletionFinished)
+    assert (finished.provider, finished.model, finished.stream) == ("mock", "mock/echo", False)
+    assert finished.task == "greeter"
+    assert finished.request is not None
+    assert finished.request["params"] == {"temperature": 0.2}
+    assert finished.request["messages"] == [{"role": "user", "content": "Hello there"}]
     assert finished.response.content == "You said: Hello there"
     assert finished.response.finish_reason == "stop"
     assert finished.response.upstream_id == document["id"]
@@ -272,7 +300,8 @@ async def test_stream(
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == "You said: stream this sentence to me please"
 
-    finished = (await events(bus, call))["completion.finished"]
+    finished = quick(await events(bus, call))
+    assert finished.stream is True
     assert finished.response.content == text
     assert finished.usage is not None and finished.usage.completion_tokens > 0
     assert finished.ttft_ms is not None and 0 < finished.ttft_ms <= finished.latency_ms
@@ -308,10 +337,11 @@ async def test_large_base64_is_redacted_in_the_record(
     body = {"model": "mock/echo", "messages": [{"role": "user", "content": content}]}
     call, raw = make_call(collection, body)
     await roundtrip(bus.nc, call, raw)
-    requested = (await events(bus, call))["completion.requested"]
-    url = requested.request["messages"][0]["content"][1]["image_url"]["url"]
+    recorded = quick(await events(bus, call)).request
+    assert recorded is not None
+    url = recorded["messages"][0]["content"][1]["image_url"]["url"]
     assert url.startswith("[redacted base64: media_type=image/png;")
-    assert "iVBORw0KGgo" not in orjson.dumps(requested.request).decode()
+    assert "iVBORw0KGgo" not in orjson.dumps(recorded).decode()
 
 
 async def test_n_choices(bus: Bus, start_worker: StartWorker, collection: str) -> None:
@@ -326,7 +356,8 @@ async def test_n_choices(bus: Bus, start_worker: StartWorker, collection: str) -
 @pytest.mark.parametrize(
     "case",
     [
-        (True, "claude-3-opus", "GET /v1/models"),
+        (True, "llama-3-70b", "GET /v1/models"),
+        (True, "claude-3-opus", "ANTHROPIC_API_KEY"),
         (False, "gpt-4o", "OPENAI_API_KEY"),
         (False, "openai/gpt-4o", "OPENAI_API_KEY"),
         (True, "mock/", "GET /v1/models"),
@@ -346,10 +377,10 @@ async def test_unknown_model(
     assert error["error"]["param"] == "model"
     assert says in error["error"]["message"] and model in error["error"]["message"]
     await stored_already(bus, call, "completion.failed")
-    found = await events(bus, call)
-    assert found["completion.requested"].provider == "none"
-    failed = found["completion.failed"]
+    failed = quick(await events(bus, call))
     assert isinstance(failed, CompletionFailed)
+    assert failed.provider == "none"
+    assert failed.request is not None and failed.request["model"] == model
     assert failed.error.status == 404 and failed.error.code == "model_not_found"
     assert failed.usage is None
 
@@ -471,6 +502,68 @@ async def test_total_timeout(
     assert error["status"] == 504 and error["error"]["type"] == "timeout_error"
     failed = (await events(bus, call))["completion.failed"]
     assert failed.error.status == 504
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_slow_call_is_requested_then_ended(
+    bus: Bus, start_worker: StartWorker, fake: FakeUpstream, collection: str, stream: bool
+) -> None:
+    """A call still running after the requested delay (0.25 s) publishes
+    completion.requested; its end event then leaves the request side out."""
+    await start_worker()
+    fake.script("pensive", Script(first_byte_delay=0.6))
+    call, raw = make_call(collection, chat("openai/pensive", stream=stream, seed=3))
+    reply = await roundtrip(bus.nc, call, raw)
+    assert reply[-1][0] is (Frame.DONE if stream else Frame.RESPONSE)
+    requested, finished = slow(await events(bus, call))
+    assert isinstance(finished, CompletionFinished)
+    assert (requested.provider, requested.model, requested.stream) == (
+        "openai",
+        "openai/pensive",
+        stream,
+    )
+    assert requested.ingress == "chat.completions"
+    assert requested.request["params"] == {"seed": 3}
+    assert requested.received_at == finished.received_at
+
+
+async def test_long_stream_is_running_before_it_ends(
+    bus: Bus, start_worker: StartWorker, fake: FakeUpstream, collection: str
+) -> None:
+    """completion.requested goes out while the call runs, so a reader can see it."""
+    await start_worker(requested_delay=0.05)
+    fake.script("saga", Script(text="tick " * 200, chunk_delay=0.05))
+    call, raw = make_call(collection, chat("openai/saga", stream=True))
+    sub = await bus.js.subscribe(subjects.collection_events(call.collection), ordered_consumer=True)
+    try:
+        async with aclosing(frames(bus.nc, call, raw)) as reply:
+            kind, _ = await anext(reply)
+            assert kind is Frame.CHUNK
+            # The first event of the call is stored while its stream is still going.
+            first = Envelope.model_validate_json((await sub.next_msg(timeout=5)).data)
+            assert (first.trajectory_id, first.type) == (call.trajectory_id, "completion.requested")
+            await bus.nc.publish(subjects.CHAT_CANCEL, call.trajectory_id.encode())
+    finally:
+        await sub.unsubscribe()
+    _, cancelled = slow(await events(bus, call))
+    assert isinstance(cancelled, CompletionCancelled)
+
+
+async def test_requested_at_once_without_delay(
+    bus: Bus, start_worker: StartWorker, collection: str
+) -> None:
+    """``JETTY_PROXY_REQUESTED_DELAY=0``: every call publishes both events, as before."""
+    await start_worker(requested_delay=0)
+    call, raw = make_call(collection, chat("mock/echo", "now"))
+    await roundtrip(bus.nc, call, raw)
+    requested, finished = slow(await events(bus, call))
+    assert isinstance(finished, CompletionFinished)
+    assert requested.request["messages"] == [{"role": "user", "content": "now"}]
+    # An unroutable call too.
+    call, raw = make_call(collection, chat("nowhere/model"))
+    await roundtrip(bus.nc, call, raw)
+    requested, failed = slow(await events(bus, call))
+    assert requested.provider == "none" and isinstance(failed, CompletionFailed)
 
 
 async def test_keepalive_while_upstream_is_quiet(

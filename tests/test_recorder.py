@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
-from jetty_cli.embedded import EmbeddedPostgres
+from jetty_cli.embedded import EmbeddedNats, EmbeddedPostgres
 from jetty_cli.testing import hermetic_env
 from services.recorder import projection
 from services.recorder import replay as replay_cli
@@ -29,9 +29,9 @@ from services.recorder.consumer import Recorder
 from services.recorder.replay import replay
 from services.recorder.settings import RecorderSettings
 from shared import subjects
-from shared.bus import EventPublisher, connect, encode_event, ensure_streams
+from shared.bus import ClaimStore, EventPublisher, connect, encode_event, ensure_streams
 from shared.db.pool import create_pool
-from shared.events import Envelope
+from shared.events import Envelope, parse_data, type_name
 from shared.events.completion import (
     CompletionCancelled,
     CompletionFailed,
@@ -41,6 +41,7 @@ from shared.events.completion import (
     ResponseRecord,
     Usage,
 )
+from shared.events.registry import decode_envelope, parse_data_json
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 TABLES = {
@@ -82,25 +83,40 @@ def _end(i: int) -> dict[str, Any]:
     }
 
 
-def end(i: int) -> BaseModel:
-    """Mostly finished; some failed and cancelled."""
+def end(i: int, request: CompletionRequested | None = None) -> BaseModel:
+    """Mostly finished; some failed and cancelled. With ``request``, the end event of
+    a quick call, carrying the request side itself."""
+    fields = _end(i)
+    if request is not None:
+        fields |= {"request": request.request, "stream": request.stream, "ingress": "chat"}
     if i % 10 == 7:
-        return CompletionFailed(**_end(i), error=ErrorRecord(status=502, type="x", message="boom"))
+        return CompletionFailed(**fields, error=ErrorRecord(status=502, type="x", message="boom"))
     if i % 10 == 9:
-        return CompletionCancelled(**_end(i))
-    return CompletionFinished(**_end(i))
+        return CompletionCancelled(**fields)
+    return CompletionFinished(**fields)
 
 
 def tid(i: int) -> str:
     return f"tr_{i:06d}"
 
 
+def quick(i: int) -> bool:
+    """Every fourth call ends before the proxy's requested delay: one event."""
+    return i % 4 == 0
+
+
+def event_count(ids: range) -> int:
+    return sum(1 if quick(i) else 2 for i in ids)
+
+
 async def publish_trajectories(publisher: EventPublisher, ids: range) -> None:
-    """Two events per trajectory; every third in reverse order; every fifth request
-    too big to travel inline (claim check)."""
+    """Two events per trajectory, every third in reverse order, except every fourth:
+    one end event carrying the request; every fifth request too big to travel inline
+    (claim check)."""
     for i in ids:
         first = req(i, BIG if i % 5 == 0 else "hi")
-        events = [first, end(i)] if i % 3 else [end(i), first]
+        both = [first, end(i)] if i % 3 else [end(i), first]
+        events = [end(i, first)] if quick(i) else both
         for data in events:
             await publisher.publish("acme", tid(i), data, wait=False)
     await publisher.flush(timeout=30)
@@ -204,6 +220,71 @@ async def consumer_settled(js: JetStreamContext) -> bool:
 # --- tests ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("big", [False, True], ids=["inline", "claim-check"])
+async def test_published_envelope_is_the_envelope_contract(
+    bus: tuple[NATS, JetStreamContext], publisher: EventPublisher, big: bool
+) -> None:
+    """The publisher writes the envelope without building an ``Envelope``: what it
+    writes must still validate as one, encode back to the same bytes, and decode
+    in one pass (typed) to the payload that went in."""
+    _, js = bus
+    content = BIG if big else "hi"
+    # (payload, whether it is too big to travel inline)
+    cases = [(req(1, content), big), (end(2), False), (end(4, req(4, content)), big)]
+    for data, claimed in cases:
+        eid, encoded, subject = await publisher.build("acme", tid(1), data)
+        envelope = Envelope.model_validate_json(encoded)
+        assert encode_event(envelope) == encoded
+        assert (envelope.id, envelope.type, envelope.source) == (
+            eid,
+            type_name(data),
+            "test/publisher",
+        )
+        assert (envelope.trajectory_id, envelope.collection, envelope.v) == (tid(1), "acme", 1)
+        assert subject == subjects.event_subject("acme", envelope.type)
+        typed = decode_envelope(encoded)
+        assert typed.model_dump(exclude={"data"}) == envelope.model_dump(exclude={"data"})
+        if envelope.data_ref is None:
+            assert envelope.data is not None and len(encoded) <= CLAIM_THRESHOLD
+            assert typed.data == data == parse_data(envelope.type, envelope.data)
+        else:
+            assert envelope.data is None and typed.data is None
+            raw = await ClaimStore(js).get(envelope.data_ref)
+            assert parse_data_json(envelope.type, raw) == data
+        assert claimed == (envelope.data_ref is not None)
+
+
+async def test_publisher_waits_bounded_and_never_drops_an_event(
+    bus: tuple[NATS, JetStreamContext], nats_server: EmbeddedNats
+) -> None:
+    """With NATS down, ``publish(wait=True)`` returns after ``ack_timeout`` and a
+    cancelled caller returns at once; both events are stored once NATS is back."""
+    nc, js = bus
+    publisher = EventPublisher(nc, js, "test/publisher", CLAIM_THRESHOLD, ack_timeout=0.5)
+    await publisher.publish("acme", tid(1), end(1), event_id="ev-up")
+    assert publisher.pending == 0  # acknowledged in the caller's task: nothing left over
+    await asyncio.to_thread(nats_server.stop)
+    await publisher.publish("acme", tid(2), end(2), event_id="ev-waited")
+    assert publisher.pending == 1
+    caller = asyncio.create_task(publisher.publish("acme", tid(3), end(3), event_id="ev-cancelled"))
+    await asyncio.sleep(0.1)  # past building, into delivery
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert publisher.pending == 2
+    await asyncio.to_thread(nats_server.start)
+    await publisher.flush(timeout=30)
+    assert publisher.pending == 0
+    sub = await js.subscribe(subjects.EVENTS_ALL, ordered_consumer=True)
+    try:
+        ids = [
+            Envelope.model_validate_json((await sub.next_msg(timeout=5)).data).id for _ in range(3)
+        ]
+    finally:
+        await sub.unsubscribe()
+    assert sorted(ids) == ["ev-cancelled", "ev-up", "ev-waited"]
+
+
 async def test_live_projection_with_claim_checks_and_any_order(
     bus: tuple[NATS, JetStreamContext],
     publisher: EventPublisher,
@@ -217,15 +298,19 @@ async def test_live_projection_with_claim_checks_and_any_order(
         await eventually(lambda: _equals(count_ended(migrated_database_url), n))
         await eventually(lambda: consumer_settled(js))
     dsn = migrated_database_url
-    assert await scalar(dsn, "SELECT count(*) FROM processed_events") == 2 * n
+    assert await scalar(dsn, "SELECT count(*) FROM processed_events") == event_count(range(n))
     assert await scalar(dsn, "SELECT count(*) FROM steps") == n
     assert await scalar(dsn, "SELECT count(*) FROM dead_events") == 0
-    # Claim-checked requests arrived whole.
-    big = await scalar(
-        dsn,
-        f"SELECT request->'messages'->0->>'content' FROM steps WHERE trajectory_id = '{tid(0)}'",
+    # Every step has its request side, from a requested event or an end event.
+    whole = "request IS NOT NULL AND stream IS NOT NULL AND ingress IS NOT NULL"
+    assert await scalar(dsn, f"SELECT count(*) FROM steps WHERE {whole}") == n
+    assert await scalar(dsn, "SELECT count(*) FROM steps WHERE request_event_id IS NULL") == sum(
+        map(quick, range(n))
     )
-    assert big == BIG
+    # Claim-checked requests arrived whole (0: in an end event; 5: in a requested one).
+    for i in (0, 5):
+        sql = "SELECT request->'messages'->0->>'content' FROM steps WHERE trajectory_id = "
+        assert await scalar(dsn, f"{sql}'{tid(i)}'") == BIG
     statuses = await scalar(
         dsn, "SELECT jsonb_object_agg(status, c) FROM (SELECT status, count(*) c"
         " FROM trajectories GROUP BY status) s",
@@ -298,14 +383,14 @@ async def test_postgres_outage_loses_nothing(
         batches = recorder.applied_batches
         await publish_trajectories(publisher, range(100, 400))
         # The events wait in JetStream while the recorder retries its batch.
-        await eventually(lambda: _pending_in_stream(js))
+        await eventually(lambda: _pending_in_stream(js, event_count(range(100, 400))))
         await asyncio.sleep(1.0)
         assert recorder.applied_batches == batches
         await asyncio.to_thread(pg_server.start)
 
         await eventually(lambda: _equals(count_ended(dsn), 400))
         await eventually(lambda: consumer_settled(js))
-    assert await scalar(dsn, "SELECT count(*) FROM processed_events") == 800
+    assert await scalar(dsn, "SELECT count(*) FROM processed_events") == event_count(range(400))
     assert await scalar(dsn, "SELECT count(*) FROM steps") == 400
     assert await scalar(dsn, "SELECT count(*) FROM steps WHERE request IS NULL") == 0
     assert await scalar(dsn, "SELECT count(*) FROM dead_events") == 0
@@ -335,7 +420,7 @@ async def test_replay_rebuilds_identical_tables(
     rebuilt = pg_server.create_database("replay_" + os.urandom(4).hex())
     try:
         result = await replay(nats_url, rebuilt, batch_size=64)
-        assert result.dead == 1 and result.messages == 501
+        assert result.dead == 1 and result.messages == event_count(range(250)) + 1
         assert await dump(rebuilt) == await dump(live)
         # Replaying again over the rebuilt tables changes nothing.
         await replay(nats_url, rebuilt)
@@ -405,6 +490,6 @@ async def _ended_or_zero(dsn: str) -> int:
         return 0
 
 
-async def _pending_in_stream(js: JetStreamContext) -> bool:
+async def _pending_in_stream(js: JetStreamContext, count: int) -> bool:
     info = await js.consumer_info(subjects.EVENTS_STREAM, subjects.RECORDER_DURABLE)
-    return info.num_pending + info.num_ack_pending >= 600
+    return info.num_pending + info.num_ack_pending >= count

@@ -29,6 +29,7 @@ async def main(settings: ProxySettings) -> None:
         router,
         max_in_flight=settings.proxy_max_in_flight,
         total_timeout=settings.upstream_total_timeout,
+        requested_delay=settings.proxy_requested_delay,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

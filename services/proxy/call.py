@@ -1,11 +1,16 @@
-"""One call's lifecycle: body → route → ``completion.requested`` → provider →
-reply frames → exactly one terminal event → last frame.
+"""One call's lifecycle: body → route → provider → reply frames → exactly one
+terminal event → last frame, with ``completion.requested`` only for a call still
+running after ``requested_delay``.
 
 Invariants that must stay true:
 
 * exactly one of ``completion.finished|failed|cancelled`` per call, published
   (and acknowledged by JetStream, bounded) *before* the last frame, so a client
   that fetches its trajectory right after the response finds it;
+* the request side is recorded exactly once: by ``completion.requested`` if it
+  went out (a call that outlasts the delay, so a reader sees it running), else by
+  the end event itself. Every extra event is a socket send for the proxy, NATS
+  and the recorder, so a quick call costs one event, not two;
 * nothing is sent after the last frame (keep-alives stop first);
 * a cancelled call closes its upstream request (the provider's stream is closed
   by ``aclosing``) and records what had been produced.
@@ -67,6 +72,8 @@ class CallDeps:
     claims: ClaimStore
     router: Router
     total_timeout: float
+    # Seconds a call runs before ``completion.requested`` is published; 0: at once.
+    requested_delay: float = 0.25
 
 
 def with_metadata(document: bytes, metadata: bytes) -> bytes:
@@ -92,6 +99,12 @@ class CallRun:
         self._model = "unknown"
         self._provider = "none"
         self._reached_upstream = False
+        # The request side: recorded by completion.requested (set once that is under
+        # way, never unset unless it could not be built) or else by the end event.
+        self._recorded: dict[str, Any] | None = None
+        self._requested_out = False
+        self._requested_timer: asyncio.TimerHandle | None = None
+        self._requested_task: asyncio.Task[bool] | None = None
         self._metadata = orjson.dumps(
             {
                 "trajectory_id": call.trajectory_id,
@@ -143,13 +156,17 @@ class CallRun:
         request = parse_chat_request(body)
         self._request = request
         self._model = request.model
+        self._recorded = recorded_request(orjson.loads(body))
         try:
             route = self.deps.router.resolve(request.model)
         except NotFound:
-            await self._requested(body, request)  # an unroutable call is a trajectory too
+            # An unroutable call is a trajectory too; it ends now, so with no delay
+            # its end event records the request.
+            if self.deps.requested_delay <= 0:
+                await self._publish_requested()
             raise
         self._provider = route.provider.name
-        await self._requested(body, request)
+        await self._schedule_requested()
         upstream = UpstreamCall(model=route.upstream_model, request=request, body=body)
         deadline = asyncio.timeout(self.deps.total_timeout)
         try:
@@ -242,21 +259,66 @@ class CallRun:
 
     # --- events -----------------------------------------------------------------------
 
-    async def _requested(self, body: bytes, request: ChatCompletionRequest) -> None:
+    async def _schedule_requested(self) -> None:
+        delay = self.deps.requested_delay
+        if delay <= 0:
+            await self._publish_requested()
+        else:
+            loop = asyncio.get_running_loop()
+            self._requested_timer = loop.call_later(delay, self._requested_due)
+
+    def _requested_due(self) -> None:
+        """Timer: the call outlasted the delay, so a reader should see it running."""
+        self._requested_timer = None
+        if self.ended or self._requested_out:
+            return
+        self._requested_out = True
+        self._requested_task = asyncio.create_task(
+            self._publish_requested(), name=f"requested-{self.call.trajectory_id}"
+        )
+
+    async def _publish_requested(self) -> bool:
+        """Publish ``completion.requested``; False if it could not even be built (then
+        the end event records the request instead)."""
+        assert self._recorded is not None
+        self._requested_out = True
         data = CompletionRequested(
             task=self.call.task,
             mode=self.call.mode,
             step_index=self.call.step_index,
-            model=request.model,
+            model=self._model,
             provider=self._provider,
             stream=self.call.stream,
             ingress=self.call.ingress,
-            request=recorded_request(orjson.loads(body)),
+            request=self._recorded,
             received_at=datetime.fromtimestamp(self.call.received_at, UTC),
         )
-        await self.deps.publisher.publish(
-            self.call.collection, self.call.trajectory_id, data, wait=False
-        )
+        try:
+            await self.deps.publisher.publish(
+                self.call.collection, self.call.trajectory_id, data, wait=False
+            )
+        except Exception as exc:
+            # Not lost: the end event carries the request side instead.
+            log.warning(
+                "completion.requested of %s not published: %r", self.call.trajectory_id, exc
+            )
+            self._requested_out = False
+            return False
+        return True
+
+    async def _request_side(self) -> dict[str, Any]:
+        """The request fields of the end event: empty when ``completion.requested``
+        went out (or is going out) for this call."""
+        if self._requested_timer is not None:
+            self._requested_timer.cancel()
+            self._requested_timer = None
+        if self._requested_task is not None:
+            # Its outcome decides who records the request; shielded so that a
+            # cancelled call does not cancel the publication it waits for.
+            await asyncio.shield(self._requested_task)
+        if self._requested_out or self._recorded is None:
+            return {}
+        return {"request": self._recorded, "stream": self.call.stream, "ingress": self.call.ingress}
 
     def _usage(self) -> tuple[CompletionUsage, bool]:
         """The upstream's usage, or our estimate (flagged) when it gave none."""
@@ -298,7 +360,8 @@ class CallRun:
 
     async def _finished(self) -> None:
         self.ended = True
-        await self._publish_end(CompletionFinished(**self._ended_fields(finished=True)))
+        fields = self._ended_fields(finished=True) | await self._request_side()
+        await self._publish_end(CompletionFinished(**fields))
 
     async def _failed(self, error: ApiError) -> None:
         if self.ended:
@@ -314,16 +377,14 @@ class CallRun:
             code=error.code,
             param=error.param,
         )
-        await self._publish_end(
-            CompletionFailed(**self._ended_fields(finished=False), error=record)
-        )
+        fields = self._ended_fields(finished=False) | await self._request_side()
+        await self._publish_end(CompletionFailed(**fields, error=record))
         await self._final(Frame.ERROR, orjson.dumps(error.to_dict()))
 
     async def _cancelled(self, reason: str) -> None:
         self.ended = True
-        await self._publish_end(
-            CompletionCancelled(**self._ended_fields(finished=False), reason=reason)
-        )
+        fields = self._ended_fields(finished=False) | await self._request_side()
+        await self._publish_end(CompletionCancelled(**fields, reason=reason))
         if reason == PROXY_SHUTDOWN and not self.closed:
             # The client is still there: tell it to retry elsewhere.
             error = Unavailable(

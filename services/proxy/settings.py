@@ -59,6 +59,14 @@ class ProxySettings(CommonSettings):
     proxy_shutdown_grace: float = Field(
         default=30.0, ge=0, description="seconds in-flight calls may take to finish on SIGTERM"
     )
+    proxy_requested_delay: float = Field(
+        default=0.25,
+        ge=0,
+        description=(
+            "seconds a call runs before completion.requested is published (0: at once);"
+            " a call that ends sooner is recorded by its end event alone"
+        ),
+    )
 
     @field_validator("openai_models", "mock_models", mode="before")
     @classmethod

@@ -53,11 +53,17 @@ class Worker:
         max_in_flight: int = 1024,
         total_timeout: float = 600.0,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
+        requested_delay: float = 0.25,
     ) -> None:
         self._nc = nc
         self._router = router
         self._deps = CallDeps(
-            nc=nc, publisher=publisher, claims=claims, router=router, total_timeout=total_timeout
+            nc=nc,
+            publisher=publisher,
+            claims=claims,
+            router=router,
+            total_timeout=total_timeout,
+            requested_delay=requested_delay,
         )
         self._max_in_flight = max_in_flight
         self._keepalive_interval = keepalive_interval

@@ -28,9 +28,17 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from services.recorder.projection import Event, PoisonEvent, apply_parsed, parse
-from shared.bus import ClaimStore, decode_event
+from services.recorder.projection import Event, apply_parsed
+from shared.bus import ClaimStore
 from shared.db.pool import is_refused_data
+from shared.events.envelope import Envelope
+from shared.events.registry import (
+    PAYLOADS,
+    AnyEnvelope,
+    decode_envelope,
+    parse_data,
+    parse_data_json,
+)
 
 if TYPE_CHECKING:
     from shared.db.pool import Connection
@@ -92,26 +100,55 @@ async def decode(delivery: Delivery, claims: ClaimStore) -> Decoded | DeadEvent:
     when the claim cannot be fetched right now.
     """
     try:
-        envelope = await decode_event(delivery.payload, claims)
-    except (ValidationError, orjson.JSONDecodeError) as exc:
-        # Either the envelope or a claim-checked body is not what it must be.
-        return _dead_from_raw(delivery, f"undecodable event: {exc}")
-    except NotFoundError as exc:  # the claim object is gone for good
-        return _dead_from_raw(delivery, f"claim check object missing: {exc}")
-    except (nats.errors.Error, TimeoutError, OSError) as exc:
-        # Timeouts, NATS reconnecting: the object store is not reachable right now.
-        raise Retryable(f"claim check fetch failed: {exc!r}") from exc
+        # One validation pass from bytes to the typed envelope and payload.
+        envelope = decode_envelope(delivery.payload)
+    except ValidationError as exc:
+        return _diagnose(delivery, exc)
+    data = envelope.data
+    if data is None:
+        if not envelope.data_ref:
+            return _dead(delivery, envelope, f"event {envelope.id} has no data")
+        try:
+            raw = await claims.get(envelope.data_ref)
+        except NotFoundError as exc:  # the claim object is gone for good
+            return _dead(delivery, envelope, f"claim check object missing: {exc}")
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            # Timeouts, NATS reconnecting: the object store is not reachable right now.
+            raise Retryable(f"claim check fetch failed: {exc!r}") from exc
+        try:
+            data = parse_data_json(envelope.type, raw)
+        except ValidationError as exc:
+            return _dead(delivery, envelope, f"invalid {envelope.type} payload: {exc}")
+    return Decoded(delivery, Event.of(envelope, data))
+
+
+def _dead(delivery: Delivery, envelope: Envelope | AnyEnvelope, error: str) -> DeadEvent:
+    return DeadEvent(
+        delivery,
+        error,
+        event_id=envelope.id,
+        event_type=envelope.type,
+        trajectory_id=envelope.trajectory_id,
+        collection=envelope.collection,
+    )
+
+
+def _diagnose(delivery: Delivery, error: ValidationError) -> DeadEvent:
+    """Say why a message failed the one-pass decode: not an envelope at all, an
+    unknown type, or an invalid payload. Runs only for messages that are dead."""
     try:
-        return Decoded(delivery, parse(envelope))
-    except PoisonEvent as exc:
-        return DeadEvent(
-            delivery,
-            str(exc),
-            event_id=envelope.id,
-            event_type=envelope.type,
-            trajectory_id=envelope.trajectory_id,
-            collection=envelope.collection,
-        )
+        envelope = Envelope.model_validate_json(delivery.payload)
+    except ValidationError as exc:
+        return _dead_from_raw(delivery, f"undecodable event: {exc}")
+    if envelope.type not in PAYLOADS:
+        return _dead(delivery, envelope, f"unknown event type {envelope.type!r}")
+    if envelope.data is not None:
+        try:
+            parse_data(envelope.type, envelope.data)
+        except ValidationError as exc:
+            return _dead(delivery, envelope, f"invalid {envelope.type} payload: {exc}")
+    # Both decodings must agree; if they ever do not, the one-pass verdict stands.
+    return _dead(delivery, envelope, f"undecodable event: {error}")
 
 
 def _dead_from_raw(delivery: Delivery, error: str) -> DeadEvent:
@@ -162,16 +199,16 @@ async def commit(
         except Exception as exc:
             if not is_refused_data(exc):
                 raise
-            env = item.event.envelope
-            log.error("event %s (seq %d) refused: %s", env.id, item.delivery.stream_seq, exc)
+            event = item.event
+            log.error("event %s (seq %d) refused: %s", event.id, item.delivery.stream_seq, exc)
             all_dead.append(
                 DeadEvent(
                     item.delivery,
                     f"refused by the database: {exc}",
-                    event_id=env.id,
-                    event_type=env.type,
-                    trajectory_id=env.trajectory_id,
-                    collection=env.collection,
+                    event_id=event.id,
+                    event_type=event.type,
+                    trajectory_id=event.trajectory_id,
+                    collection=event.collection,
                 )
             )
     async with conn.transaction():

@@ -7,12 +7,14 @@ What must stay true (and is tested):
   transaction as its state change; an id already there changes nothing.
 * **Order-independent.** For each step, a request side (``completion.requested``)
   and an end side (``finished`` / ``failed`` / ``cancelled``) are merged by fixed
-  precedence, never "last writer wins": the requested event owns the request-side
-  columns (until it arrives, the end event's copy stands in); among end events the
-  highest ``jetty_status_rank`` wins, then the later ``ended_at``, then the larger
-  event id (byte order); among request events the smaller event id. A trajectory
-  row is then recomputed from its steps. So any arrival order of the same set of
-  events, in any split into batches, gives the same rows.
+  precedence, never "last writer wins": a requested event owns the request-side
+  columns (the request, ``stream``, ``ingress``, task, model, …); while there is
+  none, the winning end event's copy stands in (a quick call's end event carries
+  the request itself, as no requested event is published for it). Among end events
+  the highest ``jetty_status_rank`` wins, then the later ``ended_at``, then the
+  larger event id (byte order); among request events the smaller event id. A
+  trajectory row is then recomputed from its steps. So any arrival order of the
+  same set of events, in any split into batches, gives the same rows.
 * **No wall clock.** Every time comes from the events, so a replay of the stream
   gives identical tables.
 * **Set-based.** A batch is three statements whatever its size (tracking rows,
@@ -28,7 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared.events.completion import (
     CompletionCancelled,
@@ -37,7 +39,7 @@ from shared.events.completion import (
     CompletionRequested,
 )
 from shared.events.envelope import Envelope
-from shared.events.registry import EventData, UnknownEventType, parse_data
+from shared.events.registry import AnyEnvelope, EventData, UnknownEventType, parse_data
 
 if TYPE_CHECKING:
     from shared.db.pool import Connection
@@ -57,10 +59,26 @@ class PoisonEvent(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """An envelope with its payload parsed into the registered model."""
+    """What the projection uses of an envelope, its payload parsed into the
+    registered model."""
 
-    envelope: Envelope
+    id: str
+    type: str
+    trajectory_id: str
+    collection: str
+    time: datetime
     data: EventData
+
+    @classmethod
+    def of(cls, envelope: Envelope | AnyEnvelope, data: EventData) -> Event:
+        return cls(
+            envelope.id,
+            envelope.type,
+            envelope.trajectory_id,
+            envelope.collection,
+            envelope.time,
+            data,
+        )
 
 
 def parse(envelope: Envelope) -> Event:
@@ -73,7 +91,7 @@ def parse(envelope: Envelope) -> Event:
         raise PoisonEvent(f"unknown event type {envelope.type!r}") from exc
     except ValidationError as exc:
         raise PoisonEvent(f"invalid {envelope.type} payload: {exc}") from exc
-    return Event(envelope, data)
+    return Event.of(envelope, data)
 
 
 async def handle(event: Envelope, conn: Connection) -> int:
@@ -94,7 +112,7 @@ async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
     already opened one); returns how many were new."""
     unique: dict[str, Event] = {}
     for event in events:
-        unique.setdefault(event.envelope.id, event)
+        unique.setdefault(event.id, event)
     if not unique:
         return 0
     async with conn.transaction():
@@ -105,7 +123,7 @@ async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
         # Key order (sorted above and in the statement), so that two recorders
         # sharing the durable lock rows in the same order and cannot deadlock.
         await conn.execute(_UPSERT_STEPS, *zip(*rows, strict=True))
-        touched = sorted({e.envelope.trajectory_id for e in fresh})
+        touched = sorted({e.trajectory_id for e in fresh})
         await conn.execute(_RECOMPUTE_TRAJECTORIES, touched)
     return len(fresh)
 
@@ -119,13 +137,13 @@ async def _claim_new(events: list[Event], conn: Connection) -> list[Event]:
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id
         """,
-        [e.envelope.id for e in events],
-        [e.envelope.type for e in events],
-        [e.envelope.trajectory_id for e in events],
-        [_utc(e.envelope.time) for e in events],
+        [e.id for e in events],
+        [e.type for e in events],
+        [e.trajectory_id for e in events],
+        [_utc(e.time) for e in events],
     )
     new_ids = {r["event_id"] for r in rows}
-    return [e for e in events if e.envelope.id in new_ids]
+    return [e for e in events if e.id in new_ids]
 
 
 # --- one step's facts -----------------------------------------------------------
@@ -159,7 +177,7 @@ def _end_status(data: EventData) -> str:
 
 def _end_precedence(event: Event) -> tuple[int, datetime, str]:
     assert not isinstance(event.data, CompletionRequested)
-    return (STATUS_RANK[_end_status(event.data)], _utc(event.data.ended_at), event.envelope.id)
+    return (STATUS_RANK[_end_status(event.data)], _utc(event.data.ended_at), event.id)
 
 
 def _fold(events: Sequence[Event]) -> dict[tuple[str, int], _StepFacts]:
@@ -167,11 +185,9 @@ def _fold(events: Sequence[Event]) -> dict[tuple[str, int], _StepFacts]:
     to stored rows (a set-based INSERT may not touch one row twice)."""
     steps: dict[tuple[str, int], _StepFacts] = {}
     for event in events:
-        facts = steps.setdefault(
-            (event.envelope.trajectory_id, event.data.step_index), _StepFacts()
-        )
+        facts = steps.setdefault((event.trajectory_id, event.data.step_index), _StepFacts())
         if isinstance(event.data, CompletionRequested):
-            if facts.request is None or event.envelope.id < facts.request.envelope.id:
+            if facts.request is None or event.id < facts.request.id:
                 facts.request = event
         elif facts.end is None or _end_precedence(event) > _end_precedence(facts.end):
             facts.end = event
@@ -180,9 +196,14 @@ def _fold(events: Sequence[Event]) -> dict[tuple[str, int], _StepFacts]:
 
 # Columns of the steps table in three groups, by which side of a step owns them.
 _KEY = ("trajectory_id", "step_index")
-_REQUEST_SIDE = ("stream", "ingress", "request", "request_event_id")
-# Owned by the request side; until a request arrives, the winning end event's copy.
-_IDENTITY = ("collection", "task", "mode", "kind", "provider", "model", "started_at")
+# Set only by a completion.requested event: whether one has been applied, and which.
+_REQUEST_SIDE = ("request_event_id",)
+# Owned by the request side; until a requested event arrives, the winning end
+# event's copy (an end event carries the request itself when none was published).
+_IDENTITY = (
+    "collection", "task", "mode", "kind", "provider", "model", "started_at",
+    "stream", "ingress", "request",
+)  # fmt: skip
 _END_SIDE = (
     "status", "response", "usage", "latency_ms", "ttft_ms", "ended_at", "error", "end_event_id",
 )  # fmt: skip
@@ -290,11 +311,11 @@ def _step_row(facts: _StepFacts) -> tuple[Any, ...]:
     # Identity from the request side when there is one, else from the end side.
     source = request or end
     assert source is not None
-    env, data = source.envelope, source.data
+    data = source.data
     values: dict[str, Any] = {
-        "trajectory_id": env.trajectory_id,
+        "trajectory_id": source.trajectory_id,
         "step_index": data.step_index,
-        "collection": env.collection,
+        "collection": source.collection,
         "task": _text(data.task),
         "mode": data.mode,
         "kind": STEP_KIND_COMPLETION,
@@ -303,35 +324,33 @@ def _step_row(facts: _StepFacts) -> tuple[Any, ...]:
         "started_at": _utc(data.received_at),
         "status": "running",
     }
+    # The request-side columns of the same source as the identity above: a requested
+    # event, or the end event's copy (absent from end events of calls that had one).
+    ingress, request_doc = data.ingress, data.request
+    values |= {
+        "stream": data.stream,
+        "ingress": None if ingress is None else _text(ingress),
+        "request": None if request_doc is None else _json(request_doc),
+    }
     if request is not None:
-        assert isinstance(request.data, CompletionRequested)
-        values |= {
-            "stream": request.data.stream,
-            "ingress": _text(request.data.ingress),
-            "request": _json(request.data.request),
-            "request_event_id": request.envelope.id,
-        }
+        values["request_event_id"] = request.id
     if end is not None:
         ended = end.data
         assert isinstance(ended, CompletionFinished | CompletionFailed | CompletionCancelled)
-        response: dict[str, Any] = ended.response.model_dump(mode="json")
+        response: BaseModel | dict[str, Any] = ended.response
         if isinstance(ended, CompletionCancelled):
             # Not an error: the partial output stays, with a note of why it stopped.
-            response["cancelled"] = True
-            response["cancel_reason"] = ended.reason
+            response = ended.response.model_dump(mode="json")
+            response |= {"cancelled": True, "cancel_reason": ended.reason}
         values |= {
             "status": _end_status(ended),
             "response": _json(response),
-            "usage": None if ended.usage is None else _json(ended.usage.model_dump(mode="json")),
+            "usage": None if ended.usage is None else _json(ended.usage),
             "latency_ms": ended.latency_ms,
             "ttft_ms": ended.ttft_ms,
             "ended_at": _utc(ended.ended_at),
-            "error": (
-                _json(ended.error.model_dump(mode="json"))
-                if isinstance(ended, CompletionFailed)
-                else None
-            ),
-            "end_event_id": end.envelope.id,
+            "error": _json(ended.error) if isinstance(ended, CompletionFailed) else None,
+            "end_event_id": end.id,
         }
     return tuple(values.get(column) for column in _COLUMNS)
 
@@ -347,6 +366,11 @@ def _text(value: str) -> str:
 
 
 def _json(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        text = value.model_dump_json()  # one pass, no intermediate dict
+        if "\\u0000" not in text:
+            return text
+        value = value.model_dump(mode="json")
     encoded = orjson.dumps(value)
     if b"\\u0000" in encoded:  # jsonb rejects \u0000 too
         encoded = orjson.dumps(_scrub(value))

@@ -1,8 +1,11 @@
 """Events of one model call (a *completion step*) inside a trajectory.
 
-A passthrough trajectory is exactly one step: ``completion.requested`` then one of
-``completion.finished`` / ``completion.failed`` / ``completion.cancelled``. The
-projection must give the same rows whatever order these arrive in.
+A passthrough trajectory is exactly one step: one of ``completion.finished`` /
+``completion.failed`` / ``completion.cancelled``, preceded by ``completion.requested``
+when the call outlasts the proxy's requested delay. A call that ends sooner sends
+only its end event, which then carries the request side itself (``request``,
+``stream``, ``ingress``). The projection must give the same rows whatever order
+these arrive in.
 """
 
 from __future__ import annotations
@@ -90,6 +93,11 @@ class _CompletionEnded(_Frozen):
     ttft_ms: float | None = None
     received_at: datetime
     ended_at: datetime
+    # The request side, as in ``completion.requested``; set only when no requested
+    # event was published for this step (a call that ended before the proxy's delay).
+    request: dict[str, Any] | None = None
+    stream: bool | None = None
+    ingress: str | None = None
 
 
 class CompletionFinished(_CompletionEnded):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, TypeAdapter
 
 from shared.events.completion import (
     CompletionCancelled,
@@ -12,6 +12,7 @@ from shared.events.completion import (
     CompletionFinished,
     CompletionRequested,
 )
+from shared.events.envelope import TypedEnvelope
 
 COMPLETION_REQUESTED: Final = "completion.requested"
 COMPLETION_FINISHED: Final = "completion.finished"
@@ -28,6 +29,32 @@ PAYLOADS: Final[dict[str, type[BaseModel]]] = {
 }
 
 TYPE_OF: Final[dict[type[BaseModel], str]] = {model: name for name, model in PAYLOADS.items()}
+
+
+# One envelope class per type (``type`` is the discriminator), so that decoding an
+# event from bytes validates envelope and payload in a single pass. Must list the
+# same pairs as PAYLOADS (tested).
+class RequestedEnvelope(TypedEnvelope[CompletionRequested]):
+    type: Literal["completion.requested"]
+
+
+class FinishedEnvelope(TypedEnvelope[CompletionFinished]):
+    type: Literal["completion.finished"]
+
+
+class FailedEnvelope(TypedEnvelope[CompletionFailed]):
+    type: Literal["completion.failed"]
+
+
+class CancelledEnvelope(TypedEnvelope[CompletionCancelled]):
+    type: Literal["completion.cancelled"]
+
+
+AnyEnvelope = RequestedEnvelope | FinishedEnvelope | FailedEnvelope | CancelledEnvelope
+
+_ENVELOPES: Final[TypeAdapter[AnyEnvelope]] = TypeAdapter(
+    Annotated[AnyEnvelope, Field(discriminator="type")]
+)
 
 
 class UnknownEventType(ValueError):
@@ -50,6 +77,28 @@ def parse_data(event_type: str, raw: dict[str, Any]) -> EventData:
         parsed, CompletionRequested | CompletionFinished | CompletionFailed | CompletionCancelled
     )
     return parsed
+
+
+def parse_data_json(event_type: str, raw: bytes) -> EventData:
+    """:func:`parse_data` from serialised JSON (a claim-checked payload)."""
+    model = PAYLOADS.get(event_type)
+    if model is None:
+        raise UnknownEventType(event_type)
+    parsed = model.model_validate_json(raw)
+    assert isinstance(
+        parsed, CompletionRequested | CompletionFinished | CompletionFailed | CompletionCancelled
+    )
+    return parsed
+
+
+def decode_envelope(payload: bytes) -> AnyEnvelope:
+    """Validate a serialised event, envelope and payload, in one pass.
+
+    Raises :class:`pydantic.ValidationError` for anything that is not a valid event
+    of a known type (including malformed JSON); a caller that needs to know *why*
+    can re-check with :class:`~shared.events.envelope.Envelope` and :func:`parse_data`.
+    """
+    return _ENVELOPES.validate_json(payload)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
