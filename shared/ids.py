@@ -30,3 +30,11 @@ def new_event_id() -> str:
 
 def is_trajectory_id(value: str) -> bool:
     return len(value) == 24 and value.startswith("tr_") and all(c in _ALPHABET for c in value[3:])
+
+
+def trajectory_id_time(value: str) -> float:
+    """Epoch seconds at which the id was made (its first 9 base36 characters)."""
+    ms = 0
+    for char in value[3:12]:
+        ms = ms * 36 + _ALPHABET.index(char)
+    return ms / 1000

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import nats
 import openai
 import pytest
@@ -387,3 +388,26 @@ async def test_a_token_works_the_moment_it_is_stored(stack: TestStack) -> None:
         assert status == 200 and body["data"] == []
     finally:
         await nc.close()
+
+
+async def test_trajectory_readable_while_its_stream_is_open(stack: TestStack) -> None:
+    """The id from the response headers answers at once, even mid-stream and even
+    though a quick call's only event is published when it ends."""
+    body = {"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            stack.base_url + "/v1/chat/completions", json=body, headers=headers
+        ) as response:
+            trajectory_id = response.headers["X-Jetty-Trajectory-Id"]
+            async with session.get(
+                f"{stack.base_url}/api/v1/trajectories/{trajectory_id}", headers=headers
+            ) as fetched:
+                assert fetched.status == 200, await fetched.text()
+                assert (await fetched.json())["status"] in {"running", "completed"}
+            await response.read()
+        unknown = "tr_000000000000000000000"
+        async with session.get(
+            f"{stack.base_url}/api/v1/trajectories/{unknown}", headers=headers
+        ) as fetched:
+            assert fetched.status == 404

@@ -19,4 +19,8 @@ class GatewaySettings(CommonSettings):
     # How long a trajectory GET may wait for the recorder to catch up before
     # answering (read-your-writes right after a completion).
     consistency_wait: float = Field(default=3.0, ge=0)
+    # A proxy records a quick call by its end event alone (JETTY_PROXY_REQUESTED_DELAY),
+    # so an id handed out moments ago may not be in the stream yet: a read of an id
+    # younger than this waits for it instead of answering 404.
+    fresh_id_window: float = Field(default=2.0, ge=0)
     db_pool_max: int = Field(default=10, ge=1)

@@ -21,7 +21,7 @@ from shared import subjects
 from shared.db import trajectories as queries
 from shared.db.trajectories import TrajectoryView
 from shared.errors import InvalidRequest, NotFound, Unavailable
-from shared.ids import is_trajectory_id
+from shared.ids import is_trajectory_id, trajectory_id_time
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ async def get_trajectory(request: web.Request) -> web.Response:
     if not is_trajectory_id(trajectory_id):
         raise _not_found(trajectory_id)
     view = await _load(gw, collection, trajectory_id)
+    if view is None:
+        view = await _wait_if_fresh(gw, collection, trajectory_id)
     if view is None or view.status not in TERMINAL:
         # Read-your-writes: events published before this request (the end of the
         # call the client just saw) may still be on their way to Postgres.
@@ -110,6 +112,23 @@ async def get_trajectory(request: web.Request) -> web.Response:
                 )
             raise _not_found(trajectory_id)
     return web.Response(body=view.model_dump_json(), content_type="application/json")
+
+
+async def _wait_if_fresh(
+    gw: Gateway, collection: str, trajectory_id: str
+) -> TrajectoryView | None:
+    """An id made moments ago names a call whose first event may still be on its
+    way (a proxy publishes a quick call's only event when it ends): wait for it,
+    bounded by the id's age, rather than answer 404 for an id we just handed out."""
+    deadline = trajectory_id_time(trajectory_id) + gw.settings.fresh_id_window
+    delay = 0.01
+    while time.time() < deadline:
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.time())))
+        delay = min(delay * 2, 0.1)
+        view = await _load(gw, collection, trajectory_id)
+        if view is not None:
+            return view
+    return None
 
 
 def _not_found(trajectory_id: str) -> NotFound:
