@@ -32,6 +32,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
+from bench import translation
 from bench.loadgen import Result, run
 from jetty_cli import procs
 from jetty_cli.embedded import EmbeddedPostgres
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 KEY = "sk-bench-upstream"
+ANTHROPIC_KEY = "sk-ant-bench"
 MESSAGES = [{"role": "user", "content": "Summarise the plot of Hamlet in one sentence."}]
 
 
@@ -75,14 +77,20 @@ def _body(model: str, stream: bool = False) -> bytes:
 
 
 async def _measure(
-    port: int, path: str, body: bytes, token: str, concurrency: int, requests: int
+    port: int,
+    path: str,
+    body: bytes,
+    token: str,
+    concurrency: int,
+    requests: int,
+    headers: dict[str, str] | None = None,
 ) -> Result:
     return await run(
         "127.0.0.1",
         port,
         path,
         body,
-        {"Authorization": f"Bearer {token}"},
+        headers if headers is not None else {"Authorization": f"Bearer {token}"},
         concurrency=concurrency,
         requests=requests,
         max_seconds=120,
@@ -102,7 +110,13 @@ async def _wait_recorded(stack: TestStack, expected: int, timeout: float = 120.0
         await conn.close()
 
 
-async def _scenarios(stack: TestStack, upstream_port: int, quick: bool) -> tuple[list[Row], str]:
+def _messages_body(model: str) -> bytes:
+    return orjson.dumps({"model": model, "max_tokens": 256, "messages": MESSAGES})
+
+
+async def _scenarios(
+    stack: TestStack, upstream_port: int, anthropic_port: int, quick: bool
+) -> tuple[list[Row], str]:
     n1 = 500 if quick else 3000
     n32 = 3000 if quick else 20000
     gw = int(stack.base_url.rsplit(":", 1)[1])
@@ -128,6 +142,23 @@ async def _scenarios(stack: TestStack, upstream_port: int, quick: bool) -> tuple
     rows.append(Row("direct stream, time to first chunk, c=1", direct_s, ttft=True))
     via_s = await through_gateway(_body("openai/gpt-4o-mini", True), 1, n1)
     rows.append(Row("gateway stream, time to first chunk, c=1", via_s, direct_s, ttft=True))
+
+    # Translation: an Anthropic upstream behind /v1/chat/completions, and an
+    # OpenAI upstream behind /v1/messages, each against its own direct call.
+    anthropic_headers = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"}
+    direct_a = await _measure(
+        anthropic_port, "/v1/messages", _messages_body("claude-sonnet-4-5"), "", 1, n1,
+        anthropic_headers,
+    )  # fmt: skip
+    rows.append(Row("direct to fake Anthropic, c=1", direct_a))
+    via_a = await through_gateway(_body("claude-sonnet-4-5"), 1, n1)
+    rows.append(Row("chat completions → Anthropic (translated), c=1", via_a, direct_a))
+    via_m = await _measure(
+        gw, "/v1/messages", _messages_body("openai/gpt-4o-mini"), tok, 1, n1,
+        {"x-api-key": tok, "anthropic-version": "2023-06-01"},
+    )  # fmt: skip
+    sent += n1 + 50
+    rows.append(Row("/v1/messages → OpenAI upstream (translated), c=1", via_m, direct))
 
     direct32 = await _measure(upstream_port, chat, _body("gpt-4o-mini"), KEY, 32, n32)
     rows.append(Row("direct to fake upstream, c=32", direct32))
@@ -192,34 +223,48 @@ def main() -> None:
 
     root = traversable_tmpdir("jetty-bench-")
     pg = EmbeddedPostgres(root / "pg", durable=True).start()
-    upstream_port = procs.free_port()
-    upstream = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(upstream_port),
-         "--api-key", KEY],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    upstream_port, anthropic_port = procs.free_port(), procs.free_port()
+    fakes = [
+        subprocess.Popen(
+            [sys.executable, "-m", f"tests.fakes.{module}", "--port", str(port), "--api-key", key],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for module, port, key in (
+            ("openai_upstream", upstream_port, KEY),
+            ("anthropic_upstream", anthropic_port, ANTHROPIC_KEY),
+        )
+    ]
     factory = StackFactory(root / "stacks", lambda: pg)
     try:
         _wait_port(upstream_port)
+        _wait_port(anthropic_port)
         stack = factory(
             env={
                 "OPENAI_API_KEY": KEY,
                 "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+                "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+                "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{anthropic_port}",
                 "JETTY_LOG_LEVEL": "WARNING",
             }
         )
-        rows, note = asyncio.run(_scenarios(stack, upstream_port, args.quick))
+        rows, note = asyncio.run(_scenarios(stack, upstream_port, anthropic_port, args.quick))
     finally:
         factory.close_all()
-        upstream.terminate()
-        upstream.wait(10)
+        for fake in fakes:
+            fake.terminate()
+            fake.wait(10)
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    micro = "\n".join(f"| {what} | {us:.0f} µs |" for what, us in translation.measure())
     section = (
         f"Run {stamp} on {_machine()}; `make bench`{' --quick' if args.quick else ''}.\n\n"
-        f"{_table(rows)}\n\n{note}\n"
+        f"{_table(rows)}\n\n{note}\n\n"
+        "Translation alone, in process (request and answer, best of three):\n\n"
+        f"| translation | per call |\n|---|---|\n{micro}\n"
     )
     print(section)
     if not args.no_write:
