@@ -1,9 +1,615 @@
-"""(being written)"""
+"""``POST /v1/responses`` (and ``/responses``): the OpenAI Responses API in and out,
+streamed as codex uses it, over the same call path as chat completions.
+
+The request becomes an OpenAI chat request
+(:mod:`services.gateway.ingress.responses_translate`); the answer comes back as a
+Response object, or as the Responses event stream built by :class:`StreamTranslator`
+— ``response.created`` → ``response.in_progress`` → per output item
+``output_item.added`` (→ ``content_part.added`` → ``output_text.delta``… →
+``output_text.done`` → ``content_part.done``, or ``function_call_arguments.delta``…
+→ ``.done``) → ``output_item.done`` → ``response.completed`` with usage. Every
+event is ``event: <type>`` + ``data: <json>`` and carries ``type`` and a
+``sequence_number`` counting from 0. Errors are OpenAI-shaped (the middleware's
+default); an error after the stream started is a ``response.failed`` event.
+
+Mapping decisions (lossy where the two APIs differ):
+
+* **State.** Nothing is stored: ``store`` is accepted and echoed as ``false``;
+  ``previous_response_id``, ``conversation``, ``item_reference`` items, stored
+  ``prompt`` templates and ``background`` are a 400 naming the field. Response ids
+  are ``resp_`` + the trajectory id's suffix, so a response maps to its recording.
+* **Input.** ``instructions`` → a leading ``system`` message; ``developer`` and
+  ``system`` messages → ``system`` messages in place; ``input_text``/``output_text``
+  → text; ``input_image`` (URL or data URL) → ``image_url``; ``input_file`` with
+  ``file_data`` → a ``file`` part; file ids and file URLs are a 400 (nothing to
+  resolve them with). ``function_call`` items join the preceding assistant turn as
+  ``tool_calls``; ``function_call_output`` → a ``tool`` message (its text parts
+  joined; images or files in it follow the run of tool messages as one user
+  message, since chat tool results are text). An output whose ``call_id`` has no
+  earlier ``function_call`` is a 400. Items only OpenAI's hosted tools produce
+  (``web_search_call``, ``custom_tool_call``, ``local_shell_call``, …) are dropped.
+* **Reasoning.** Answers with ``reasoning_content`` (Anthropic, Gemini, DeepSeek…)
+  get a ``reasoning`` output item with a ``reasoning_text`` part, streamed as
+  ``response.reasoning_text.delta``. Anthropic's signed ``thinking_blocks`` ride in
+  its ``encrypted_content`` (only when ``include`` asks for
+  ``reasoning.encrypted_content``, as codex does), and a ``reasoning`` input item
+  carrying them hands them back to the next assistant turn, so thinking with tool
+  use keeps working through codex. Other reasoning input (OpenAI-encrypted content,
+  summaries, reasoning text) is dropped: providers behind us cannot read it.
+* **Tools.** Flat function tools → chat function tools; every other tool type
+  (``web_search``, ``file_search``, ``custom``, codex's ``namespace``…) is dropped,
+  so the model never sees it. ``tool_choice`` none/auto/required and a named
+  function or ``allowed_tools`` map directly; hosted-tool choices are a 400.
+  ``parallel_tool_calls`` and ``tool_choice`` are sent only with tools.
+* **Parameters.** ``max_output_tokens`` → ``max_completion_tokens``; temperature,
+  top_p, prompt_cache_key, safety_identifier, user, service_tier as is;
+  ``text.format`` json_schema/json_object → ``response_format``;
+  ``text.verbosity`` → ``verbosity``; ``reasoning.effort`` → ``reasoning_effort``
+  (``reasoning.summary`` dropped); ``include``, ``metadata`` (echoed), ``truncation``
+  and unknown fields are not sent on.
+* **Answer.** Only the first choice; ``refusal`` → a refusal part; a finish reason
+  ``length`` → status ``incomplete`` (``max_output_tokens``), ``content_filter`` →
+  ``incomplete`` (``content_filter``), others ``completed``. Usage: input/output/
+  total tokens, ``cached_tokens``, ``cache_write_tokens`` (Anthropic cache writes)
+  and ``reasoning_tokens``. ``jetty_metadata`` is added to the Response object.
+* **Disconnects.** codex closes the connection as soon as ``response.completed``
+  arrives. The call has ended by then (the proxy sent its last frame before that
+  event is written), so a failing final write is logged at debug level and the
+  trajectory stays ``completed``.
+"""
 
 from __future__ import annotations
 
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
 from aiohttp import web
+
+from services.gateway.calls import SSE_HEADERS, OpenCall, open_call, read_body
+from services.gateway.ingress.responses_translate import (
+    ENCRYPTED_REASONING,
+    JSON,
+    ResponsesRequest,
+    encode_thinking,
+    parse_request,
+    to_chat,
+)
+from services.gateway.middleware import TRAJECTORY_HEADER
+from services.gateway.state import GATEWAY, auth_of
+from shared.chatwire import Frame
+from shared.errors import ApiError
+from shared.openai_chat import parse_chat_request
+
+log = logging.getLogger(__name__)
+
+INGRESS = "responses"
+
+# --- answer: chat → Responses ----------------------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def usage_object(usage: JSON | None) -> JSON | None:
+    """Chat ``usage`` → Responses ``usage`` (cached and reasoning counts kept)."""
+    if not usage:
+        return None
+    prompt = usage.get("prompt_tokens_details") or {}
+    completion = usage.get("completion_tokens_details") or {}
+    input_tokens = int(usage.get("prompt_tokens") or 0)
+    output_tokens = int(usage.get("completion_tokens") or 0)
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {
+            "cached_tokens": int(prompt.get("cached_tokens") or 0),
+            "cache_write_tokens": int(prompt.get("cache_creation_tokens") or 0),
+        },
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": int(completion.get("reasoning_tokens") or 0)},
+        "total_tokens": int(usage.get("total_tokens") or input_tokens + output_tokens),
+    }
+
+
+# finish_reason → why a response is incomplete (others complete it).
+INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+@dataclass
+class ResponseShell:
+    """What every Response object of one call repeats: the request's settings."""
+
+    id: str
+    created_at: int
+    model: str
+    echo: JSON
+    include_thinking: bool
+
+    @classmethod
+    def of(cls, req: ResponsesRequest, response_id: str) -> ResponseShell:
+        text: JSON = {"format": {"type": "text"}}
+        if req.text is not None:
+            text["format"] = req.text.format or text["format"]
+            if req.text.verbosity is not None:
+                text["verbosity"] = req.text.verbosity
+        reasoning = req.reasoning
+        echo: JSON = {
+            "background": False,
+            "instructions": req.instructions,
+            "max_output_tokens": req.max_output_tokens,
+            "max_tool_calls": None,
+            "metadata": req.metadata or {},
+            "parallel_tool_calls": (
+                True if req.parallel_tool_calls is None else req.parallel_tool_calls
+            ),
+            "previous_response_id": None,
+            "prompt_cache_key": req.prompt_cache_key,
+            "reasoning": {
+                "effort": reasoning.effort if reasoning else None,
+                "summary": reasoning.summary if reasoning else None,
+            },
+            "safety_identifier": req.safety_identifier,
+            "service_tier": req.service_tier or "auto",
+            # Nothing is kept, whatever the client asked for.
+            "store": False,
+            "temperature": 1.0 if req.temperature is None else req.temperature,
+            "text": text,
+            "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
+            "tools": [
+                {
+                    "type": "function",
+                    "name": t["name"],
+                    "description": t.get("description"),
+                    "parameters": t.get("parameters"),
+                    "strict": bool(t.get("strict")),
+                }
+                for t in req.tools or ()
+                if t.get("type") == "function"
+            ],
+            "top_logprobs": 0,
+            "top_p": 1.0 if req.top_p is None else req.top_p,
+            "truncation": "disabled",
+        }
+        if req.user is not None:
+            echo["user"] = req.user
+        return cls(
+            id=response_id,
+            created_at=int(time.time()),
+            model=req.model,
+            echo=echo,
+            include_thinking=ENCRYPTED_REASONING in (req.include or ()),
+        )
+
+    def document(
+        self,
+        status: str,
+        output: list[JSON],
+        *,
+        usage: JSON | None = None,
+        error: JSON | None = None,
+        incomplete: str | None = None,
+        extra: JSON | None = None,
+    ) -> JSON:
+        doc: JSON = {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "completed_at": int(time.time()) if status == "completed" else None,
+            "error": error,
+            "incomplete_details": {"reason": incomplete} if incomplete else None,
+            "model": self.model,
+            "output": output,
+            **self.echo,
+        }
+        if usage is not None:
+            doc["usage"] = usage
+        if extra:
+            doc.update(extra)
+        return doc
+
+    def status_of(self, finish_reason: str | None) -> tuple[str, str | None]:
+        incomplete = INCOMPLETE_REASONS.get(finish_reason or "")
+        return ("incomplete", incomplete) if incomplete else ("completed", None)
+
+    def reasoning_item(self, text: str, blocks: list[Any]) -> JSON:
+        item: JSON = {"id": new_id("rs"), "type": "reasoning", "summary": [], "status": "completed"}
+        item["content"] = [{"type": "reasoning_text", "text": text}] if text else []
+        if blocks and self.include_thinking:
+            item["encrypted_content"] = encode_thinking(blocks)
+        return item
+
+
+def output_text_part(text: str) -> JSON:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def function_call_item(call: JSON, status: str = "completed") -> JSON:
+    function = call.get("function") or {}
+    return {
+        "id": new_id("fc"),
+        "type": "function_call",
+        "status": status,
+        "call_id": call.get("id") or new_id("call"),
+        "name": function.get("name") or "",
+        "arguments": function.get("arguments") or "",
+    }
+
+
+def response_object(shell: ResponseShell, completion: JSON) -> JSON:
+    """A ``chat.completion`` (first choice) as a Response object."""
+    choices = completion.get("choices") or [{}]
+    choice = choices[0]
+    message = choice.get("message") or {}
+    output: list[JSON] = []
+    reasoning = message.get("reasoning_content") or ""
+    blocks = message.get("thinking_blocks") or []
+    if reasoning or blocks:
+        output.append(shell.reasoning_item(reasoning, blocks))
+    content: list[JSON] = []
+    if message.get("content"):
+        content.append(output_text_part(message["content"]))
+    if message.get("refusal"):
+        content.append({"type": "refusal", "refusal": message["refusal"]})
+    if content:
+        output.append(
+            {
+                "id": new_id("msg"),
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": content,
+            }
+        )
+    output.extend(function_call_item(call) for call in message.get("tool_calls") or ())
+    status, incomplete = shell.status_of(choice.get("finish_reason"))
+    shell.model = completion.get("model") or shell.model
+    metadata = completion.get("jetty_metadata")
+    extra = {"jetty_metadata": metadata} if metadata is not None else None
+    return shell.document(
+        status,
+        output,
+        usage=usage_object(completion.get("usage")),
+        incomplete=incomplete,
+        extra=extra,
+    )
+
+
+# ResponseErrorCode is a closed enum; these are the ones our errors can be.
+_FAILED_CODES = {429: "rate_limit_exceeded", 400: "invalid_prompt"}
+
+
+def error_object(exc: ApiError) -> JSON:
+    """A ``response.failed`` Response's ``error``. codex parses ``rate_limit_exceeded``
+    messages for "try again in Ns" and retries after that delay."""
+    code = _FAILED_CODES.get(exc.status, "server_error")
+    if exc.code in ("context_length_exceeded", "insufficient_quota"):
+        code = exc.code  # the ones codex treats specially, whatever the enum says
+    message = exc.message
+    if code == "rate_limit_exceeded" and exc.retry_after is not None:
+        message += f" Please try again in {max(0.0, exc.retry_after):g}s."
+    return {"code": code, "message": message}
+
+
+class StreamTranslator:
+    """``chat.completion.chunk`` JSONs in, Responses stream events out (pure).
+
+    Output items open in the order their content first appears. A message or
+    reasoning item closes when any other item starts; function calls stay open until
+    the end, so a provider that interleaves the arguments of parallel calls still
+    yields well-formed items."""
+
+    def __init__(self, shell: ResponseShell) -> None:
+        self.shell = shell
+        self.sequence = 0
+        self.output: list[JSON] = []  # by output_index; final once its item is done
+        self.done: set[int] = set()
+        # The open message or reasoning item: (output_index, open part kind or None).
+        self.current: tuple[int, str | None] | None = None
+        self.thinking: dict[int, list[Any]] = {}
+        self.calls: dict[int, int] = {}  # chat tool-call index → output_index
+        self.finish_reason: str | None = None
+        self.usage: JSON | None = None
+        self.extra: JSON = {}
+        self.started = False
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        doc = {"type": kind, **fields, "sequence_number": self.sequence}
+        self.sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(doc) + b"\n\n"
+
+    def _lifecycle(self, kind: str, status: str, **fields: Any) -> bytes:
+        response = self.shell.document(status, self._finished_output(), extra=self.extra, **fields)
+        return self._event(kind, response=response)
+
+    def _finished_output(self) -> list[JSON]:
+        return [item for index, item in enumerate(self.output) if index in self.done]
+
+    def start(self) -> list[bytes]:
+        """``response.created`` and ``response.in_progress``, once (:meth:`feed` calls
+        it first, after reading what the first chunk says about the answer)."""
+        if self.started:
+            return []
+        self.started = True
+        return [
+            self._lifecycle("response.created", "in_progress"),
+            self._lifecycle("response.in_progress", "in_progress"),
+        ]
+
+    # --- items ---------------------------------------------------------------------------
+
+    def _add(self, item: JSON) -> tuple[int, bytes]:
+        index = len(self.output)
+        self.output.append(item)
+        return index, self._event("response.output_item.added", output_index=index, item=item)
+
+    def _close_current(self) -> list[bytes]:
+        if self.current is None:
+            return []
+        index, part = self.current
+        self.current = None
+        events = self._close_part(index, part)
+        item = {**self.output[index], "status": "completed"}
+        blocks = self.thinking.pop(index, [])
+        if blocks and self.shell.include_thinking:
+            item["encrypted_content"] = encode_thinking(blocks)
+        return events + self._finish_item(index, item)
+
+    def _finish_item(self, index: int, item: JSON) -> list[bytes]:
+        self.output[index] = item
+        self.done.add(index)
+        return [self._event("response.output_item.done", output_index=index, item=item)]
+
+    def _close_part(self, index: int, part: str | None) -> list[bytes]:
+        if part is None:
+            return []
+        item = self.output[index]
+        content_index = len(item["content"]) - 1
+        final = item["content"][content_index]
+        where = {"item_id": item["id"], "output_index": index, "content_index": content_index}
+        if part == "output_text":
+            done = self._event(
+                "response.output_text.done", **where, text=final["text"], logprobs=[]
+            )
+        elif part == "refusal":
+            done = self._event("response.refusal.done", **where, refusal=final["refusal"])
+        else:
+            done = self._event("response.reasoning_text.done", **where, text=final["text"])
+        return [done, self._event("response.content_part.done", **where, part=final)]
+
+    def _open(self, kind: str, part: str | None) -> list[bytes]:
+        """Make sure a ``kind`` item (message or reasoning) is current, with ``part``
+        open in it unless None; returns the events that took."""
+        events: list[bytes] = []
+        if self.current is not None and self.output[self.current[0]]["type"] != kind:
+            events += self._close_current()
+        if self.current is None:
+            if kind == "message":
+                item: JSON = {
+                    "id": new_id("msg"),
+                    "type": "message",
+                    "status": "in_progress",
+                    "role": "assistant",
+                    "content": [],
+                }
+            else:
+                item = {
+                    "id": new_id("rs"),
+                    "type": "reasoning",
+                    "status": "in_progress",
+                    "summary": [],
+                    "content": [],
+                }
+            index, added = self._add(item)
+            events.append(added)
+            self.current = (index, None)
+        index, open_part = self.current
+        if part is None or open_part == part:
+            return events
+        events += self._close_part(index, open_part)
+        item = self.output[index]
+        new: JSON = {"type": part, part if part == "refusal" else "text": ""}
+        if part == "output_text":
+            new = output_text_part("")
+        events.append(
+            self._event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=index,
+                content_index=len(item["content"]),
+                part=dict(new),
+            )
+        )
+        item["content"].append(new)
+        self.current = (index, part)
+        return events
+
+    def _delta(self, kind: str, part: str, delta: str) -> list[bytes]:
+        events = self._open(kind, part)
+        index, _ = self.current or (0, None)
+        item = self.output[index]
+        content_index = len(item["content"]) - 1
+        key = "refusal" if part == "refusal" else "text"
+        item["content"][content_index][key] += delta
+        event = {
+            "output_text": "response.output_text.delta",
+            "refusal": "response.refusal.delta",
+            "reasoning_text": "response.reasoning_text.delta",
+        }[part]
+        fields: JSON = {"logprobs": []} if part == "output_text" else {}
+        events.append(
+            self._event(
+                event,
+                item_id=item["id"],
+                output_index=index,
+                content_index=content_index,
+                delta=delta,
+                **fields,
+            )
+        )
+        return events
+
+    def _tool_call(self, call: JSON) -> list[bytes]:
+        events: list[bytes] = []
+        position = call.get("index", 0)
+        function = call.get("function") or {}
+        index = self.calls.get(position)
+        if index is None:
+            events += self._close_current()
+            item = function_call_item(
+                {"id": call.get("id"), "function": {"name": function.get("name")}},
+                status="in_progress",
+            )
+            index, added = self._add(item)
+            self.calls[position] = index
+            events.append(added)
+        item = self.output[index]
+        delta = function.get("arguments") or ""
+        if delta:
+            item["arguments"] += delta
+            events.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    delta=delta,
+                )
+            )
+        return events
+
+    # --- chunks --------------------------------------------------------------------------
+
+    def feed(self, chunk: JSON) -> list[bytes]:
+        if "jetty_metadata" in chunk:
+            self.extra["jetty_metadata"] = chunk["jetty_metadata"]
+        if chunk.get("model"):
+            self.shell.model = chunk["model"]
+        if chunk.get("usage"):
+            self.usage = usage_object(chunk["usage"])
+        events = self.start()
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue  # one answer per response (n is never asked for)
+            delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                events += self._delta("reasoning", "reasoning_text", delta["reasoning_content"])
+            if delta.get("thinking_blocks"):
+                events += self._open_reasoning_for_blocks()
+                assert self.current is not None
+                self.thinking.setdefault(self.current[0], []).extend(delta["thinking_blocks"])
+            if delta.get("content"):
+                events += self._delta("message", "output_text", delta["content"])
+            if delta.get("refusal"):
+                events += self._delta("message", "refusal", delta["refusal"])
+            for call in delta.get("tool_calls") or ():
+                events += self._tool_call(call)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return events
+
+    def _open_reasoning_for_blocks(self) -> list[bytes]:
+        # A signed block arrives whole after its text; a redacted one may come alone.
+        if self.current is not None and self.output[self.current[0]]["type"] == "reasoning":
+            return []
+        return self._open("reasoning", None)
+
+    def _close_all(self) -> list[bytes]:
+        events = self._close_current()
+        for index in sorted(self.calls.values()):
+            item = self.output[index]
+            events.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    name=item["name"],
+                    arguments=item["arguments"],
+                )
+            )
+            events += self._finish_item(index, {**item, "status": "completed"})
+        self.calls.clear()
+        return events
+
+    def finish(self) -> list[bytes]:
+        events = self._close_all()
+        status, incomplete = self.shell.status_of(self.finish_reason)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        events.append(self._lifecycle(kind, status, usage=self.usage, incomplete=incomplete))
+        return events
+
+    def fail(self, exc: ApiError) -> list[bytes]:
+        """``response.failed`` after an error mid-stream; items already under way are
+        closed first, so the client's snapshot stays well-formed."""
+        events = self._close_all()
+        events.append(
+            self._lifecycle("response.failed", "failed", usage=self.usage, error=error_object(exc))
+        )
+        return events
+
+
+# --- HTTP ------------------------------------------------------------------------------
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    received_at = time.time()
+    auth = auth_of(request)
+    req = parse_request(await read_body(request, gw.settings.max_body_bytes))
+    body = orjson.dumps(to_chat(req))
+    chat = parse_chat_request(body)
+    call = await open_call(gw, auth, chat, body, received_at=received_at, ingress=INGRESS)
+    shell = ResponseShell.of(req, "resp_" + call.trajectory_id.removeprefix("tr_"))
+    headers = {TRAJECTORY_HEADER: call.trajectory_id}
+    if not req.stream:
+        completion = orjson.loads(await call.response_json())
+        return web.Response(
+            body=orjson.dumps(response_object(shell, completion)),
+            content_type="application/json",
+            headers=headers,
+        )
+    return await _stream(request, call, StreamTranslator(shell), headers)
+
+
+async def _stream(
+    request: web.Request, call: OpenCall, translator: StreamTranslator, headers: dict[str, str]
+) -> web.StreamResponse:
+    response: web.StreamResponse | None = None
+    try:
+        async for kind, payload in call.frames():
+            if kind is not Frame.CHUNK:
+                continue  # DONE: the frames end here
+            events = translator.feed(orjson.loads(payload))
+            if response is None:
+                # Headers go out with the first chunk, so an error before it still
+                # gets its real HTTP status.
+                response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+                await response.prepare(request)
+            if events:
+                await response.write(b"".join(events))
+    except ApiError as exc:
+        if response is None:
+            raise
+        await response.write(b"".join(translator.fail(exc)))
+        await response.write_eof()
+        return response
+    if response is None:
+        raise ApiError("The proxy ended the stream without any data.", status=502)
+    # The call is over (recorded as completed); from here on a client that hangs up
+    # once it has response.completed — codex does — is the normal end.
+    try:
+        await response.write(b"".join(translator.finish()))
+        await response.write_eof()
+    except ConnectionResetError as exc:
+        log.debug("client closed after the last response event: %r", exc)
+    return response
 
 
 def routes() -> list[web.RouteDef]:
-    return []
+    return [
+        web.post("/v1/responses", create_response),
+        web.post("/responses", create_response),
+    ]
