@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from services.recorder.projection import STATUS_RANK, PoisonEvent, apply, handle, parse
 from shared.bus import encode_event
-from shared.db.pool import MigrationError, apply_migrations
+from shared.db.pool import MigrationError, apply_migrations, load_migrations
 from shared.db.trajectories import (
     STATUSES,
     InvalidCursor,
@@ -183,6 +183,7 @@ async def test_passthrough_trajectory_view(conn: asyncpg.Connection[asyncpg.Reco
     assert set(body) == {
         "trajectory_id", "collection", "task", "mode", "status", "model", "created_at",
         "completed_at", "latency_ms", "ttft_ms", "usage", "steps", "artifacts", "error",
+        "cost_usd",
     }  # fmt: skip
     assert body["status"] == "completed"
     assert (body["collection"], body["task"], body["mode"]) == ("acme", "_chat", "passthrough")
@@ -193,10 +194,11 @@ async def test_passthrough_trajectory_view(conn: asyncpg.Connection[asyncpg.Reco
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
     assert body["artifacts"] == []
     assert body["error"] is None
+    assert body["cost_usd"] is None  # the mock provider is unpriced
     [step] = body["steps"]
     assert set(step) == {
         "index", "kind", "request", "response", "usage", "latency_ms", "ttft_ms",
-        "provider", "model", "error",
+        "provider", "model", "error", "cost_usd",
     }  # fmt: skip
     assert (step["index"], step["kind"], step["provider"]) == (0, "completion", "mock")
     assert step["request"]["messages"] == [{"role": "user", "content": "hello"}]
@@ -569,7 +571,8 @@ async def test_migrations_concurrent_and_checked(database_url: str) -> None:
     await apply_migrations(database_url)
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        count = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+        assert count == len(load_migrations())
         await conn.execute("UPDATE schema_migrations SET checksum = 'edited'")
     finally:
         await conn.close(timeout=10)

@@ -114,9 +114,7 @@ async def get_trajectory(request: web.Request) -> web.Response:
     return web.Response(body=view.model_dump_json(), content_type="application/json")
 
 
-async def _wait_if_fresh(
-    gw: Gateway, collection: str, trajectory_id: str
-) -> TrajectoryView | None:
+async def _wait_if_fresh(gw: Gateway, collection: str, trajectory_id: str) -> TrajectoryView | None:
     """An id made moments ago names a call whose first event may still be on its
     way (a proxy publishes a quick call's only event when it ends): wait for it,
     bounded by the id's age, rather than answer 404 for an id we just handed out."""

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import signal
 
 from services.proxy.providers import build_providers
+from services.proxy.retry import RetryPolicy
 from services.proxy.router import Router
+from services.proxy.routes import RoutesError, load_routes
 from services.proxy.settings import ProxySettings
 from services.proxy.worker import Worker
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
@@ -16,12 +20,24 @@ from shared.logs import setup_logging, use_uvloop
 log = logging.getLogger("services.proxy")
 
 
+def build_router(settings: ProxySettings) -> Router:
+    """Providers from the environment, aliases from ``JETTY_ROUTES_FILE``; raises
+    :class:`~services.proxy.routes.RoutesError` on a bad routes file."""
+    aliases = load_routes(settings.routes_file) if settings.routes_file else {}
+    return Router(
+        build_providers(settings, os.environ),
+        aliases=aliases,
+        rng=random.Random(settings.routes_seed),
+    )
+
+
 async def main(settings: ProxySettings) -> None:
+    # Checked before connecting anywhere: a bad routes file stops the start.
+    router = build_router(settings)
     nc = await connect(settings.nats_url, name=source_name("proxy"))
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas)
     publisher = EventPublisher(nc, js, source_name("proxy"), settings.claim_threshold_bytes)
-    router = Router(build_providers(settings))
     worker = Worker(
         nc,
         publisher,
@@ -30,6 +46,12 @@ async def main(settings: ProxySettings) -> None:
         max_in_flight=settings.proxy_max_in_flight,
         total_timeout=settings.upstream_total_timeout,
         requested_delay=settings.proxy_requested_delay,
+        retry=RetryPolicy(
+            max_retries=settings.retry_max_attempts,
+            base_delay=settings.retry_base_delay,
+            max_delay=settings.retry_max_delay,
+            rng=random.Random(settings.routes_seed),
+        ),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -54,7 +76,11 @@ def run() -> None:
     settings = ProxySettings()
     setup_logging("proxy", settings.log_level)
     use_uvloop()
-    asyncio.run(main(settings))
+    try:
+        asyncio.run(main(settings))
+    except RoutesError as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

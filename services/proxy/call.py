@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -31,6 +31,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
 
+from services.proxy import pricing
 from services.proxy.accumulate import Accumulator, usage_record
 from services.proxy.providers.base import (
     ChatChunk,
@@ -39,11 +40,13 @@ from services.proxy.providers.base import (
     UpstreamCall,
     to_json,
 )
-from services.proxy.router import Router
+from services.proxy.retry import RetryPolicy
+from services.proxy.router import Route, Router
 from shared.bus import ClaimStore, EventPublisher
 from shared.chatwire import ChatCall, Frame
 from shared.errors import ApiError, NotFound, Unavailable, UpstreamError, UpstreamTimeout
 from shared.events.completion import (
+    AttemptRecord,
     CompletionCancelled,
     CompletionFailed,
     CompletionFinished,
@@ -74,6 +77,8 @@ class CallDeps:
     total_timeout: float
     # Seconds a call runs before ``completion.requested`` is published; 0: at once.
     requested_delay: float = 0.25
+    # Retries of one target; fallback targets (aliases) are tried whatever it says.
+    retry: RetryPolicy = field(default_factory=RetryPolicy.none)
 
 
 def with_metadata(document: bytes, metadata: bytes) -> bytes:
@@ -98,7 +103,13 @@ class CallRun:
         self._request: ChatCompletionRequest | None = None
         self._model = "unknown"
         self._provider = "none"
+        # The model name the provider was asked for: what the call is priced as.
+        self._upstream_model: str | None = None
         self._reached_upstream = False
+        # Every upstream try (retries, fallbacks), for the end event.
+        self._attempts: list[AttemptRecord] = []
+        # Once a chunk has gone to the client the call is committed to its target.
+        self._chunk_sent = False
         # The request side: recorded by completion.requested (set once that is under
         # way, never unset unless it could not be built) or else by the end event.
         self._recorded: dict[str, Any] | None = None
@@ -158,27 +169,23 @@ class CallRun:
         self._model = request.model
         self._recorded = recorded_request(orjson.loads(body))
         try:
-            route = self.deps.router.resolve(request.model)
+            plan = self.deps.router.plan(request.model)
         except NotFound:
             # An unroutable call is a trajectory too; it ends now, so with no delay
             # its end event records the request.
             if self.deps.requested_delay <= 0:
                 await self._publish_requested()
             raise
-        self._provider = route.provider.name
+        self._use(plan[0])
         await self._schedule_requested()
-        upstream = UpstreamCall(model=route.upstream_model, request=request, body=body)
         deadline = asyncio.timeout(self.deps.total_timeout)
         try:
             # The deadline bounds the upstream part only: once the answer is complete,
             # recording it and sending the last frame must not turn into a timeout.
+            # Retries and fallbacks run inside it, so they never extend the call.
             async with deadline:
                 self._reached_upstream = True
-                if self.call.stream:
-                    await self._stream(route.provider, upstream)
-                    last, payload = Frame.DONE, b""
-                else:
-                    last, payload = Frame.RESPONSE, await self._complete(route.provider, upstream)
+                last, payload = await self._try_targets(plan, request, body, deadline)
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -206,6 +213,86 @@ class CallRun:
             log.warning("claim %s not deleted: %r", ref, exc)
         return body
 
+    def _use(self, route: Route) -> None:
+        self._provider = route.provider.name
+        self._upstream_model = route.upstream_model
+
+    async def _try_targets(
+        self,
+        plan: tuple[Route, ...],
+        request: ChatCompletionRequest,
+        body: bytes,
+        deadline: asyncio.Timeout,
+    ) -> tuple[Frame, bytes]:
+        """The last frame of the first target that answers: each target retried per
+        :class:`RetryPolicy`, then the next. Raises the last error when all failed."""
+        policy = self.deps.retry
+        loop = asyncio.get_running_loop()
+        error: ApiError | None = None
+        for route in plan:
+            self._use(route)
+            upstream = UpstreamCall(model=route.upstream_model, request=request, body=body)
+            retries = 0
+            while True:
+                # Nothing reached the client yet: a retry starts from a clean slate.
+                self._acc = Accumulator()
+                started = time.monotonic()
+                try:
+                    if self.call.stream:
+                        await self._stream(route.provider, upstream)
+                        result = Frame.DONE, b""
+                    else:
+                        result = Frame.RESPONSE, await self._complete(route.provider, upstream)
+                except ApiError as exc:
+                    self._attempt(route, started, exc.status, exc.code or exc.error_type, exc)
+                    if self._chunk_sent or not policy.falls_back(exc):
+                        raise
+                    error = exc
+                    wait = policy.delay(retries, exc)
+                    when = deadline.when()
+                    if wait is None or (when is not None and loop.time() + wait >= when):
+                        break
+                    log.info(
+                        "call %s: %s/%s failed (%s), retry in %.2fs",
+                        self.call.trajectory_id,
+                        route.provider.name,
+                        route.upstream_model,
+                        exc.code,
+                        wait,
+                    )
+                    await policy.sleep(wait)
+                    retries += 1
+                    continue
+                except asyncio.CancelledError:
+                    self._attempt(route, started, None, "cancelled", None)
+                    raise
+                self._attempt(route, started, 200, None, None)
+                return result
+        assert error is not None  # a plan has at least one target
+        raise error
+
+    def _attempt(
+        self,
+        route: Route,
+        started: float,
+        status: int | None,
+        error: str | None,
+        exc: ApiError | None,
+    ) -> None:
+        # No HTTP answer at all (connection failure, timeout): no status to record.
+        if exc is not None and exc.code in {"upstream_unreachable", "upstream_connect_timeout"}:
+            status = None
+        self._attempts.append(
+            AttemptRecord(
+                provider=route.provider.name,
+                model=route.upstream_model,
+                status=status,
+                error=error,
+                latency_ms=max(0.0, (time.monotonic() - started) * 1000),
+                retry_after=None if exc is None else exc.retry_after,
+            )
+        )
+
     async def _complete(self, provider: Provider, upstream: UpstreamCall) -> bytes:
         """The ``r`` frame's payload: the response plus ``jetty_metadata``."""
         response = await provider.complete(upstream)
@@ -227,6 +314,7 @@ class CallRun:
                 if first:
                     data = with_metadata(data, self._metadata)
                     first = False
+                self._chunk_sent = True  # even if the send fails: it may have gone out
                 await self._send(Frame.CHUNK, data)
         if self.call.include_usage:
             if usage_chunk is None:
@@ -345,11 +433,29 @@ class CallRun:
             "provider": self._provider,
             "response": self._acc.response_record(),
             "usage": usage,
+            "attempts": self._attempts,
+            "cost_usd": None if usage is None else self._cost(usage),
             "latency_ms": max(0.0, (ended - received) * 1000),
             "ttft_ms": max(0.0, (first - received) * 1000) if first is not None else None,
             "received_at": datetime.fromtimestamp(received, UTC),
             "ended_at": datetime.fromtimestamp(ended, UTC),
         }
+
+    def _cost(self, usage: Usage) -> str | None:
+        """The call's cost as a decimal string, or ``None`` when the price of the
+        provider's model (or of a kind of token it used) is unknown. An estimated
+        usage is priced too: the estimate is flagged on the usage."""
+        if self._upstream_model is None:
+            return None
+        try:
+            counts = pricing.usage_counts(
+                usage.prompt_tokens, usage.completion_tokens, usage.details
+            )
+        except ValueError as exc:
+            # Inconsistent counts from the upstream: unpriced rather than a guess.
+            log.warning("call %s unpriced: %s", self.call.trajectory_id, exc)
+            return None
+        return pricing.cost_text(pricing.cost_for(self._provider, self._upstream_model, counts))
 
     async def _publish_end(
         self, data: CompletionFinished | CompletionFailed | CompletionCancelled

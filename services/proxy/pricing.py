@@ -56,12 +56,14 @@ __all__ = [
     "PricingTable",
     "UsageCounts",
     "cost_for",
+    "cost_text",
     "cost_usd",
     "load_pricing",
     "parse_pricing",
     "price_for",
     "sum_costs",
     "sum_known_costs",
+    "usage_counts",
 ]
 
 DEFAULT_PRICING_PATH = Path(__file__).resolve().parent / "data" / "pricing.toml"
@@ -373,6 +375,50 @@ def sum_known_costs(costs: Iterable[Decimal | None]) -> tuple[Decimal, int]:
             else:
                 total += cost
         return total, unknown
+
+
+# Keys of a completion event's ``usage.details`` (``prompt.<key>`` from the
+# upstream's ``prompt_tokens_details``, ``completion.<key>`` from
+# ``completion_tokens_details``) that the provider adapters fill for pricing.
+DETAIL_CACHED = "prompt.cached_tokens"
+DETAIL_CACHE_WRITE = "prompt.cache_creation_tokens"
+DETAIL_CACHE_WRITE_1H = "prompt.cache_creation_1h_tokens"
+DETAIL_REASONING = "completion.reasoning_tokens"
+DETAIL_BILLED_PROMPT = "prompt.billed_tokens"
+DETAIL_BILLED_COMPLETION = "completion.billed_tokens"
+
+
+def usage_counts(
+    prompt_tokens: int, completion_tokens: int, details: Mapping[str, int]
+) -> UsageCounts:
+    """:class:`UsageCounts` from a recorded usage (OpenAI totals plus the flattened
+    ``details`` of :class:`shared.events.completion.Usage`).
+
+    Where the upstream reports billed units (Cohere's ``billed_units``, kept as
+    ``*.billed_tokens``) those are what it charges, and no breakdown applies to
+    them. Raises :class:`ValueError` on inconsistent counts.
+    """
+    billed_prompt = details.get(DETAIL_BILLED_PROMPT)
+    billed_completion = details.get(DETAIL_BILLED_COMPLETION)
+    if billed_prompt is not None or billed_completion is not None:
+        return UsageCounts(
+            prompt_tokens=prompt_tokens if billed_prompt is None else billed_prompt,
+            completion_tokens=completion_tokens if billed_completion is None else billed_completion,
+        )
+    return UsageCounts(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cached_tokens=details.get(DETAIL_CACHED, 0),
+        cache_write_tokens=details.get(DETAIL_CACHE_WRITE, 0),
+        reasoning_tokens=details.get(DETAIL_REASONING, 0),
+        cache_write_1h_tokens=details.get(DETAIL_CACHE_WRITE_1H, 0),
+    )
+
+
+def cost_text(cost: Decimal | None) -> str | None:
+    """A cost as the events carry it: plain decimal notation, never exponent
+    notation (``str(Decimal("1.5E-9"))`` would give ``"1.5E-9"``)."""
+    return None if cost is None else format(cost, "f")
 
 
 def parse_pricing(text: str, *, origin: str = "<string>") -> PricingTable:

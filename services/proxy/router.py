@@ -2,22 +2,29 @@
 
 Rules, in order (all data, no per-provider code):
 
-1. ``<provider>/<model>`` where ``<provider>`` is configured → that provider,
-   upstream name ``<model>`` (which may itself contain slashes:
-   ``openai/meta-llama/Llama-3-8B`` for a vLLM behind ``OPENAI_BASE_URL``).
-2. A bare name matching one of a provider's well-known patterns
-   (:data:`DEFAULT_BARE_RULES`, e.g. ``gpt-*`` → ``openai``) → that provider, if
-   configured, with the name unchanged.
+0. An alias from the routing file (:mod:`services.proxy.routes`) → its targets,
+   weighted tier first, then fallbacks (:meth:`Router.plan`; one per call).
+1. ``<provider>/<model>`` where ``<provider>`` is configured (native adapter or
+   catalogue entry) → that provider, upstream name ``<model>`` (which may itself
+   contain slashes: ``openai/meta-llama/Llama-3-8B``, ``openrouter/anthropic/x``).
+2. A bare name matching one of a native provider's well-known patterns
+   (:data:`DEFAULT_BARE_RULES`, e.g. ``gpt-*`` → ``openai``), else a catalogue
+   ``model_prefixes`` entry (longest wins) → that provider, if configured, with
+   the name unchanged.
 3. Anything else → 404 ``model_not_found``; when the name points at a provider we
    know but that has no configuration, the message says which variable to set.
 
+The model string only ever *selects* a configured provider: it never becomes part
+of a URL or a header here (CVE-2024-6587 came from letting a request do that).
+
 ``GET /v1/models`` lists every model of every configured provider under an id
-that rule 1 or 2 routes back to the same place.
+that rule 1 or 2 routes back to the same place, then the aliases.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import random
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,8 +33,11 @@ from typing import Final
 
 import orjson
 
+from services.proxy.catalogue import Catalogue, load_catalogue
+from services.proxy.catalogue import Provider as CatalogueEntry
 from services.proxy.providers import NATIVE_ADAPTERS
 from services.proxy.providers.base import ModelCard, Provider
+from services.proxy.routes import Alias, RoutesError
 from shared.errors import NotFound
 
 
@@ -75,6 +85,16 @@ SETUP_HINTS: Final[Mapping[str, str]] = {
 _CACHE_LIMIT = 4096
 
 
+def catalogue_hint(entry: CatalogueEntry) -> str:
+    """What to set to enable a catalogue provider (static: names, never values)."""
+    if entry.local:
+        return f"set {entry.base_url_env} to the server's /v1 URL"
+    names = [entry.key_env or ""]
+    if entry.url_vars:
+        names.append(" and ".join(entry.url_vars) + f" (or {entry.base_url_env})")
+    return "set " + " and ".join(names)
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     provider: Provider
@@ -96,13 +116,24 @@ class Router:
         providers: Iterable[Provider],
         rules: Sequence[BareRule] = DEFAULT_BARE_RULES,
         hints: Mapping[str, str] = SETUP_HINTS,
+        *,
+        catalogue: Catalogue | None = None,
+        aliases: Mapping[str, Alias] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._providers = {p.name: p for p in providers}
         self._rules = [
             (rule.provider, re.compile("|".join(fnmatch.translate(p) for p in rule.patterns)))
             for rule in rules
         ]
-        self._hints = hints
+        self._catalogue = catalogue if catalogue is not None else load_catalogue()
+        self._hints = {
+            **{entry.name: catalogue_hint(entry) for entry in self._catalogue.providers},
+            **hints,
+        }
+        self._aliases = dict(aliases or {})
+        self._rng = rng if rng is not None else random.Random()
+        self._check_aliases()
         self._created = int(time.time())
         # Model strings repeat endlessly; resolving each once keeps routing O(1).
         self._cache: dict[str, Route] = {}
@@ -121,11 +152,41 @@ class Router:
             self._cache[model] = route
         return route
 
+    def plan(self, model: str) -> tuple[Route, ...]:
+        """Every target to try for one call, in order: an alias's tier shuffled by
+        weight then its fallbacks, or the single route of any other name."""
+        alias = self._aliases.get(model)
+        if alias is None:
+            return (self.resolve(model),)
+        return tuple(Route(self._providers[t.provider], t.model) for t in alias.order(self._rng))
+
+    def _check_aliases(self) -> None:
+        """Every alias target must name a configured provider: a typo or a missing key
+        fails the start, not a request hours later."""
+        problems: list[str] = []
+        for alias in self._aliases.values():
+            for target in alias.tier + alias.fallbacks:
+                name = target.provider
+                if name in self._providers:
+                    continue
+                if name in self._hints:
+                    problems.append(
+                        f"alias {alias.name!r}: provider {name!r} of {target.target!r} is "
+                        f"not configured ({self._hints[name]})"
+                    )
+                else:
+                    problems.append(
+                        f"alias {alias.name!r}: unknown provider {name!r} in {target.target!r}"
+                    )
+        if problems:
+            raise RoutesError("invalid routes:\n  " + "\n  ".join(problems))
+
     def _bare_family(self, model: str) -> str | None:
         for name, pattern in self._rules:
             if pattern.match(model):
                 return name
-        return None
+        entry = self._catalogue.provider_for_model(model)
+        return entry.name if entry is not None else None
 
     def _resolve(self, model: str) -> Route:
         prefix, slash, rest = model.partition("/")
@@ -164,11 +225,16 @@ class Router:
         return f"{provider.name}/{model}"
 
     def model_cards(self) -> list[ModelCard]:
-        return [
+        cards = [
             ModelCard(id=self._card_id(p, m), created=self._created, owned_by=p.name)
             for p in self._providers.values()
             for m in p.models()
         ]
+        cards += [
+            ModelCard(id=name, created=self._created, owned_by="jetty-alias")
+            for name in self._aliases
+        ]
+        return cards
 
     def _build_models_json(self) -> bytes:
         data = [card.model_dump(mode="json") for card in self.model_cards()]

@@ -3,6 +3,7 @@ the providers' own SDKs use (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -53,6 +54,23 @@ class ProxySettings(CommonSettings):
     upstream_read_timeout: float = Field(default=120.0, gt=0)
     upstream_total_timeout: float = Field(default=600.0, gt=0)
     upstream_pool_size: int = Field(default=1024, ge=1)
+
+    # --- routing and retries ---------------------------------------------------------
+    routes_file: Path | None = Field(
+        default=None, description="JETTY_ROUTES_FILE: TOML aliases (docs/routing.md)"
+    )
+    routes_seed: int | None = Field(
+        default=None, description="seeds the weighted choice among alias targets (tests)"
+    )
+    retry_max_attempts: int = Field(
+        default=2, ge=0, le=10, description="retries of one target after its first try"
+    )
+    retry_base_delay: float = Field(default=0.5, ge=0, description="first backoff ceiling, s")
+    retry_max_delay: float = Field(
+        default=5.0,
+        ge=0,
+        description="longest pause before a retry; a longer Retry-After falls back instead",
+    )
 
     # --- the worker ------------------------------------------------------------------
     proxy_max_in_flight: int = Field(default=1024, ge=1)

@@ -30,6 +30,7 @@ from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
 from services.proxy.call import CLIENT_DISCONNECTED, PROXY_SHUTDOWN, CallDeps, CallRun
+from services.proxy.retry import RetryPolicy
 from services.proxy.router import Router
 from shared import subjects
 from shared.bus import ClaimStore, EventPublisher
@@ -54,6 +55,7 @@ class Worker:
         total_timeout: float = 600.0,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         requested_delay: float = 0.25,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._nc = nc
         self._router = router
@@ -64,6 +66,7 @@ class Worker:
             router=router,
             total_timeout=total_timeout,
             requested_delay=requested_delay,
+            retry=retry if retry is not None else RetryPolicy.none(),
         )
         self._max_in_flight = max_in_flight
         self._keepalive_interval = keepalive_interval

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -206,6 +207,7 @@ _IDENTITY = (
 )  # fmt: skip
 _END_SIDE = (
     "status", "response", "usage", "latency_ms", "ttft_ms", "ended_at", "error", "end_event_id",
+    "cost_usd",
 )  # fmt: skip
 _COLUMNS = _KEY + _REQUEST_SIDE + _IDENTITY + _END_SIDE
 _TYPES = {
@@ -215,6 +217,7 @@ _TYPES = {
     "ttft_ms": "float8",
     "started_at": "timestamptz",
     "ended_at": "timestamptz",
+    "cost_usd": "numeric",
 }
 _JSONB = {"request", "response", "usage", "error"}
 
@@ -258,14 +261,18 @@ WHERE {_REQUEST_WINS} OR {_END_WINS}
 # A trajectory is a pure function of its steps. Passthrough has exactly one step;
 # with several, the first step (lowest index) gives identity, status and timing and
 # usage is summed. The runbook slice adds its own status source on top of this.
+# Cost follows pricing.sum_costs: the exact sum of the steps' costs, NULL if any
+# step with usage is unpriced (a partial sum would under-report); steps without
+# usage (still running, failed before any token) add nothing, and with no usage at
+# all the cost is NULL like the token counts.
 _RECOMPUTE_TRAJECTORIES = """
 INSERT INTO trajectories AS t (
     trajectory_id, collection, task, mode, status, model, created_at, completed_at,
-    latency_ms, ttft_ms, prompt_tokens, completion_tokens, total_tokens, error
+    latency_ms, ttft_ms, prompt_tokens, completion_tokens, total_tokens, error, cost_usd
 )
 SELECT f.trajectory_id, f.collection, f.task, f.mode, f.status, f.model, a.created_at,
        f.ended_at, f.latency_ms, f.ttft_ms,
-       a.prompt_tokens, a.completion_tokens, a.total_tokens, f.error
+       a.prompt_tokens, a.completion_tokens, a.total_tokens, f.error, a.cost_usd
 FROM (
     SELECT DISTINCT ON (trajectory_id) *
     FROM steps WHERE trajectory_id = ANY($1::text[])
@@ -276,7 +283,9 @@ JOIN (
            min(started_at) AS created_at,
            sum((usage->>'prompt_tokens')::bigint) AS prompt_tokens,
            sum((usage->>'completion_tokens')::bigint) AS completion_tokens,
-           sum((usage->>'total_tokens')::bigint) AS total_tokens
+           sum((usage->>'total_tokens')::bigint) AS total_tokens,
+           CASE WHEN bool_or(usage IS NOT NULL AND cost_usd IS NULL) THEN NULL
+                ELSE sum(cost_usd) END AS cost_usd
     FROM steps WHERE trajectory_id = ANY($1::text[])
     GROUP BY trajectory_id
 ) AS a USING (trajectory_id)
@@ -294,14 +303,17 @@ ON CONFLICT (trajectory_id) DO UPDATE SET
     prompt_tokens = EXCLUDED.prompt_tokens,
     completion_tokens = EXCLUDED.completion_tokens,
     total_tokens = EXCLUDED.total_tokens,
-    error = EXCLUDED.error
+    error = EXCLUDED.error,
+    cost_usd = EXCLUDED.cost_usd
 -- Skip no-op writes (duplicates, replays over existing rows): no dead tuples.
 WHERE (t.collection, t.task, t.mode, t.status, t.model, t.created_at, t.completed_at,
-       t.latency_ms, t.ttft_ms, t.prompt_tokens, t.completion_tokens, t.total_tokens, t.error)
+       t.latency_ms, t.ttft_ms, t.prompt_tokens, t.completion_tokens, t.total_tokens, t.error,
+       t.cost_usd)
       IS DISTINCT FROM
       (EXCLUDED.collection, EXCLUDED.task, EXCLUDED.mode, EXCLUDED.status, EXCLUDED.model,
        EXCLUDED.created_at, EXCLUDED.completed_at, EXCLUDED.latency_ms, EXCLUDED.ttft_ms,
-       EXCLUDED.prompt_tokens, EXCLUDED.completion_tokens, EXCLUDED.total_tokens, EXCLUDED.error)
+       EXCLUDED.prompt_tokens, EXCLUDED.completion_tokens, EXCLUDED.total_tokens, EXCLUDED.error,
+       EXCLUDED.cost_usd)
 """
 
 
@@ -342,6 +354,12 @@ def _step_row(facts: _StepFacts) -> tuple[Any, ...]:
             # Not an error: the partial output stays, with a note of why it stopped.
             response = ended.response.model_dump(mode="json")
             response |= {"cancelled": True, "cancel_reason": ended.reason}
+        if len(ended.attempts) > 1:
+            # Retries or fallbacks happened: keep every try with the response (a
+            # first-try step needs none, its provider, model and latency say it all).
+            if isinstance(response, BaseModel):
+                response = response.model_dump(mode="json")
+            response |= {"attempts": [a.model_dump(mode="json") for a in ended.attempts]}
         values |= {
             "status": _end_status(ended),
             "response": _json(response),
@@ -351,6 +369,8 @@ def _step_row(facts: _StepFacts) -> tuple[Any, ...]:
             "ended_at": _utc(ended.ended_at),
             "error": _json(ended.error) if isinstance(ended, CompletionFailed) else None,
             "end_event_id": end.id,
+            # Exact: the event's decimal string, never through float.
+            "cost_usd": None if ended.cost_usd is None else Decimal(ended.cost_usd),
         }
     return tuple(values.get(column) for column in _COLUMNS)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -76,6 +77,21 @@ class ErrorView(_View):
     status: int | None = None
 
 
+def _is_empty(value: list[Any]) -> bool:
+    return not value
+
+
+class AttemptView(_View):
+    """One upstream try of a step that needed retries or a fallback."""
+
+    provider: str
+    model: str
+    status: int | None = None
+    error: str | None = None
+    latency_ms: float = 0.0
+    retry_after: float | None = None
+
+
 class StepView(_View):
     index: int
     kind: str
@@ -87,6 +103,10 @@ class StepView(_View):
     provider: str | None = None
     model: str | None = None
     error: ErrorView | None = None
+    cost_usd: float | None = None
+    # Stored with the response when a step needed retries or a fallback; left out of
+    # the JSON when the first try answered (most steps).
+    attempts: list[AttemptView] = Field(default_factory=list, exclude_if=_is_empty)
 
 
 class ArtifactView(_View):
@@ -111,6 +131,8 @@ class TrajectorySummary(_View):
     ttft_ms: float | None
     usage: UsageView | None
     error: ErrorView | None
+    # US dollars as a JSON number (docs/events.md): null when unknown, never 0.
+    cost_usd: float | None = None
 
 
 class TrajectoryView(TrajectorySummary):
@@ -127,7 +149,7 @@ class TrajectoryPage(_View):
 _SUMMARY_COLUMNS = """
     t.trajectory_id, t.collection, t.task, t.mode, t.status, t.model, t.created_at,
     t.completed_at, t.latency_ms, t.ttft_ms, t.prompt_tokens, t.completion_tokens,
-    t.total_tokens, t.error::text AS error
+    t.total_tokens, t.error::text AS error, t.cost_usd
 """
 
 # One statement, so the trajectory and its steps come from the same snapshot even
@@ -138,7 +160,8 @@ SELECT {_SUMMARY_COLUMNS},
                 'index', s.step_index, 'kind', s.kind, 'request', s.request,
                 'response', s.response, 'usage', s.usage, 'latency_ms', s.latency_ms,
                 'ttft_ms', s.ttft_ms, 'provider', s.provider, 'model', s.model,
-                'error', s.error) ORDER BY s.step_index), '[]'::jsonb)
+                'error', s.error, 'cost_usd', s.cost_usd) ORDER BY s.step_index),
+                '[]'::jsonb)
      FROM steps s WHERE s.trajectory_id = t.trajectory_id)::text AS steps
 FROM trajectories t
 WHERE t.trajectory_id = $1 AND t.collection = $2
@@ -269,7 +292,14 @@ def _summary_fields(row: Any) -> dict[str, Any]:
         "ttft_ms": row["ttft_ms"],
         "usage": usage,
         "error": None if error is None else ErrorView.model_validate_json(error),
+        "cost_usd": _dollars(row["cost_usd"]),
     }
+
+
+def _dollars(cost: Decimal | None) -> float | None:
+    # A cost has at most 12 + 10 digits and in practice under 15 significant ones,
+    # so the float's shortest form is the stored decimal (trailing zeros aside).
+    return None if cost is None else float(cost)
 
 
 def _step(raw: dict[str, Any]) -> StepView:
@@ -287,4 +317,5 @@ def _step(raw: dict[str, Any]) -> StepView:
                 for call in response.get("tool_calls") or []
             ],
         }
-    return StepView.model_validate({**raw, "response": response})
+    attempts = response.get("attempts") if isinstance(response, dict) else None
+    return StepView.model_validate({**raw, "response": response, "attempts": attempts or []})

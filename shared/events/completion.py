@@ -17,6 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["passthrough", "runbook"]
 
+# A cost as the events carry it: plain decimal notation, at most 10 decimal places
+# (the pricing quantum, 1e-10 USD) and 12 integer digits, so the projection's
+# NUMERIC(30, 10) columns hold every valid value exactly.
+COST_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,10})?$"
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -56,6 +61,21 @@ class ResponseRecord(_Frozen):
     upstream_id: str | None = None
     upstream_model: str | None = None
     choices: list[ChoiceRecord] = Field(default_factory=list)
+
+
+class AttemptRecord(_Frozen):
+    """One try of one upstream target (retries and fallbacks make several a step)."""
+
+    provider: str
+    model: str
+    #: the upstream's HTTP answer as mapped for the client (200 when it succeeded);
+    #: ``None`` when no answer came (connection error, timeout)
+    status: int | None = None
+    #: the error's code (``rate_limit_exceeded``, ``upstream_unreachable``…); ``None`` on success
+    error: str | None = None
+    latency_ms: float = 0.0
+    #: seconds the upstream asked us to wait (``Retry-After``), when it did
+    retry_after: float | None = None
 
 
 class ErrorRecord(_Frozen):
@@ -98,6 +118,14 @@ class _CompletionEnded(_Frozen):
     request: dict[str, Any] | None = None
     stream: bool | None = None
     ingress: str | None = None
+    # What the call cost in US dollars, as an exact decimal string (JSON has no
+    # decimal type and a float would not be exact): ``"0.0004350000"``. Null when
+    # the price is unknown (an unlisted model, the mock provider) or there is no
+    # usage; never 0 for "don't know". An estimate when ``usage.estimated`` is.
+    cost_usd: str | None = Field(default=None, pattern=COST_PATTERN)
+    # Every upstream try in order (retries, then fallbacks); the last one served the
+    # answer or gave the error. Empty when no upstream was tried (an unroutable model).
+    attempts: list[AttemptRecord] = Field(default_factory=list)
 
 
 class CompletionFinished(_CompletionEnded):

@@ -51,7 +51,6 @@ parsing, timeouts and error mapping) with Azure's differences on top:
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
@@ -59,7 +58,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-import aiohttp
 import orjson
 
 from services.proxy.providers.base import ChatChunk, UpstreamCall
@@ -69,7 +67,7 @@ from services.proxy.providers.openai_compat import (
     Timeouts,
     error_from_status,
 )
-from shared.errors import ApiError, InvalidRequest, NotFound, UpstreamError, UpstreamTimeout
+from shared.errors import ApiError, InvalidRequest, NotFound
 
 NAME = "azure"
 SETUP_HINT = "set AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT"
@@ -135,12 +133,6 @@ def resource_root(endpoint: str) -> str:
     return root + "/openai"
 
 
-class _Routed(bytes):
-    """A request body that carries the URL it goes to (the URL depends on the call)."""
-
-    url: str
-
-
 class AzureOpenAIProvider(OpenAICompatProvider):
     def __init__(self, config: AzureConfig) -> None:
         root = resource_root(config.endpoint)
@@ -190,8 +182,10 @@ class AzureOpenAIProvider(OpenAICompatProvider):
             f"{self._root}/deployments/{quote(deployment, safe='')}/chat/completions{self._query}"
         )
 
+    def _url_for(self, call: UpstreamCall) -> str:
+        return self.url_for(call.model)
+
     def _body(self, call: UpstreamCall, stream: bool) -> bytes:
-        url = self.url_for(call.model)
         if call.body:
             raw: dict[str, Any] = orjson.loads(call.body)
         else:
@@ -212,49 +206,7 @@ class AzureOpenAIProvider(OpenAICompatProvider):
             for message in raw.get("messages") or ():
                 if isinstance(message, dict) and message.get("role") == "developer":
                     message["role"] = "system"
-        body = _Routed(orjson.dumps(raw))
-        body.url = url
-        return body
-
-    async def _send(self, body: bytes, stream: bool) -> aiohttp.ClientResponse:
-        # OpenAICompatProvider._send, but to the URL this body was built for: the parent
-        # posts to one fixed URL. A ``url`` argument on the parent's _send (chosen by an
-        # overridable ``_url_for(call)``) would let this copy go.
-        url = body.url if isinstance(body, _Routed) else self._url
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
-        timeouts = self._config.timeouts
-        headers = self._stream_headers if stream else self._headers
-        try:
-            async with asyncio.timeout(timeouts.first_byte):
-                response = await self._session.post(
-                    url, data=body, headers=headers, proxy=self._http_proxy
-                )
-                if response.status >= 400:
-                    try:
-                        error_body = await response.read()
-                    finally:
-                        response.release()
-                    raise self._error(response.status, error_body, response.headers)
-                return response
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamTimeout(
-                f"Timed out connecting to the upstream provider '{self.name}' "
-                f"(after {timeouts.connect:g}s).",
-                code="upstream_connect_timeout",
-            ) from None
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"The upstream provider '{self.name}' did not answer within "
-                f"{timeouts.first_byte:g}s.",
-                code="upstream_timeout",
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"Could not reach the upstream provider '{self.name}' ({exc.__class__.__name__}).",
-                code="upstream_unreachable",
-            ) from None
+        return orjson.dumps(raw)
 
     def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
         error = error_from_status(self.name, status, body, headers)

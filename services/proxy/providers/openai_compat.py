@@ -21,8 +21,8 @@ import urllib.request
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import orjson
@@ -30,7 +30,13 @@ from pydantic import ValidationError
 
 from services.proxy.providers.base import ChatChunk, ChatResponse, Provider, UpstreamCall
 from services.proxy.providers.sse import SSEDecoder
-from shared.errors import ApiError, RateLimited, UpstreamError, UpstreamTimeout
+from shared.errors import (
+    ApiError,
+    InvalidRequest,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,17 @@ class OpenAICompatConfig:
     models: tuple[str, ...] = ()
     timeouts: Timeouts = Timeouts()
     pool_size: int = 1024
+    # Documented differences from OpenAI (``catalogue.Quirks``), applied to every body.
+    #: fixed query string on every call (``api-version``…)
+    query_params: Mapping[str, str] = field(default_factory=dict)
+    #: the only output-limit field the upstream accepts; the other one is renamed
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None
+    #: request fields the upstream rejects, dropped before sending
+    drop_params: tuple[str, ...] = ()
+    #: ``n`` must be 1: anything else is refused here with a 400
+    single_choice: bool = False
+    #: the upstream accepts ``stream_options.include_usage`` (else usage is estimated)
+    stream_usage: bool = True
 
 
 def env_proxy(url: str) -> str | None:
@@ -169,6 +186,8 @@ class OpenAICompatProvider(Provider):
         self.name = config.name
         self._config = config
         self._url = config.base_url.rstrip("/") + "/chat/completions"
+        if config.query_params:
+            self._url += "?" + urlencode(dict(config.query_params))
         self._session: aiohttp.ClientSession | None = None
         self._http_proxy = env_proxy(self._url)
         headers = {"Content-Type": "application/json", **config.extra_headers}
@@ -211,16 +230,45 @@ class OpenAICompatProvider(Provider):
             raw = call.request.model_dump(mode="json", exclude_unset=True)
         raw.pop("jetty", None)
         raw["model"] = call.model
+        self._apply_quirks(raw)
         if stream:
             raw["stream"] = True
             options = raw.get("stream_options")
-            raw["stream_options"] = {
-                **(options if isinstance(options, dict) else {}),
-                "include_usage": True,
-            }
+            options = dict(options) if isinstance(options, dict) else {}
+            if self._config.stream_usage:
+                raw["stream_options"] = {**options, "include_usage": True}
+            else:
+                options.pop("include_usage", None)
+                if options:
+                    raw["stream_options"] = options
+                else:
+                    raw.pop("stream_options", None)
         return orjson.dumps(raw)
 
-    async def _send(self, body: bytes, stream: bool) -> aiohttp.ClientResponse:
+    def _apply_quirks(self, raw: dict[str, Any]) -> None:
+        config = self._config
+        for name in config.drop_params:
+            raw.pop(name, None)
+        wanted = config.max_tokens_field
+        if wanted is not None:
+            other = "max_tokens" if wanted == "max_completion_tokens" else "max_completion_tokens"
+            value = raw.pop(other, None)
+            if value is not None and raw.get(wanted) is None:
+                raw[wanted] = value
+        if config.single_choice and raw.get("n") not in (None, 1):
+            raise InvalidRequest(
+                f"The provider '{self.name}' supports only n=1.", param="n", code="invalid_value"
+            )
+
+    def _url_for(self, call: UpstreamCall) -> str:
+        """Where ``call`` goes: one fixed URL here; an adapter whose URL depends on the
+        call (Azure deployments) overrides this. Server configuration only."""
+        return self._url
+
+    def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
+        return error_from_status(self.name, status, body, headers)
+
+    async def _send(self, body: bytes, stream: bool, url: str) -> aiohttp.ClientResponse:
         if self._session is None:
             await self.start()
         assert self._session is not None
@@ -229,16 +277,14 @@ class OpenAICompatProvider(Provider):
         try:
             async with asyncio.timeout(timeouts.first_byte):
                 response = await self._session.post(
-                    self._url, data=body, headers=headers, proxy=self._http_proxy
+                    url, data=body, headers=headers, proxy=self._http_proxy
                 )
                 if response.status >= 400:
                     try:
                         error_body = await response.read()
                     finally:
                         response.release()
-                    raise error_from_status(
-                        self.name, response.status, error_body, response.headers
-                    )
+                    raise self._error(response.status, error_body, response.headers)
                 return response
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamTimeout(
@@ -259,7 +305,8 @@ class OpenAICompatProvider(Provider):
             ) from None
 
     async def complete(self, call: UpstreamCall) -> ChatResponse:
-        response = await self._send(self._body(call, stream=False), stream=False)
+        url = self._url_for(call)
+        response = await self._send(self._body(call, stream=False), stream=False, url=url)
         try:
             data = await response.read()
         except aiohttp.ClientError as exc:
@@ -285,7 +332,8 @@ class OpenAICompatProvider(Provider):
 
     async def stream(self, call: UpstreamCall) -> AsyncGenerator[ChatChunk, None]:
         timeouts = self._config.timeouts
-        response = await self._send(self._body(call, stream=True), stream=True)
+        url = self._url_for(call)
+        response = await self._send(self._body(call, stream=True), stream=True, url=url)
         clean = False
         try:
             decoder = SSEDecoder()
