@@ -74,6 +74,7 @@ def test_sdk_sync_non_streaming(stack: TestStack, client: openai.OpenAI) -> None
     assert trajectory["latency_ms"] > 0
     (step,) = trajectory["steps"]
     assert step["index"] == 0
+    assert step["ingress"] == "chat.completions"
     assert step["request"]["messages"][1]["content"] == "Hello from the SDK"
     assert step["request"]["params"]["temperature"] == 0.3
     assert step["request"]["params"]["max_tokens"] == 50

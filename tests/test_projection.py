@@ -198,7 +198,7 @@ async def test_passthrough_trajectory_view(conn: asyncpg.Connection[asyncpg.Reco
     [step] = body["steps"]
     assert set(step) == {
         "index", "kind", "request", "response", "usage", "latency_ms", "ttft_ms",
-        "provider", "model", "error", "cost_usd",
+        "provider", "model", "error", "cost_usd", "ingress",
     }  # fmt: skip
     assert (step["index"], step["kind"], step["provider"]) == (0, "completion", "mock")
     assert step["request"]["messages"] == [{"role": "user", "content": "hello"}]

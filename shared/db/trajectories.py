@@ -104,6 +104,9 @@ class StepView(_View):
     model: str | None = None
     error: ErrorView | None = None
     cost_usd: float | None = None
+    # The wire format the call came in as: chat.completions, anthropic.messages,
+    # responses, gemini.generateContent...
+    ingress: str | None = None
     # Stored with the response when a step needed retries or a fallback; left out of
     # the JSON when the first try answered (most steps).
     attempts: list[AttemptView] = Field(default_factory=list, exclude_if=_is_empty)
@@ -160,7 +163,8 @@ SELECT {_SUMMARY_COLUMNS},
                 'index', s.step_index, 'kind', s.kind, 'request', s.request,
                 'response', s.response, 'usage', s.usage, 'latency_ms', s.latency_ms,
                 'ttft_ms', s.ttft_ms, 'provider', s.provider, 'model', s.model,
-                'error', s.error, 'cost_usd', s.cost_usd) ORDER BY s.step_index),
+                'error', s.error, 'cost_usd', s.cost_usd, 'ingress', s.ingress)
+                ORDER BY s.step_index),
                 '[]'::jsonb)
      FROM steps s WHERE s.trajectory_id = t.trajectory_id)::text AS steps
 FROM trajectories t
