@@ -122,9 +122,9 @@ from services.proxy.providers.base import (
     ToolCallDelta,
     UpstreamCall,
 )
+from services.proxy.providers.http import UpstreamHttp
 from services.proxy.providers.openai_compat import (
     Timeouts,
-    env_proxy,
     error_from_status,
     retry_after_seconds,
 )
@@ -488,8 +488,7 @@ class AnthropicProvider(Provider):
         base = config.base_url.rstrip("/")
         base = base.removesuffix("/v1")
         self._url = base + "/v1/messages"
-        self._http_proxy = env_proxy(self._url)
-        self._session: aiohttp.ClientSession | None = None
+        self._http = UpstreamHttp(config.name, self._url, config.timeouts, config.pool_size)
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -505,66 +504,20 @@ class AnthropicProvider(Provider):
         return self._config.models
 
     async def start(self) -> None:
-        if self._session is not None:
-            return
-        t = self._config.timeouts
-        connector = aiohttp.TCPConnector(
-            limit=self._config.pool_size, limit_per_host=0, ttl_dns_cache=300
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect),
-            # The proxy is resolved once (env_proxy); trust_env would re-read the
-            # environment and ~/.netrc on every request.
-            trust_env=False,
-            auto_decompress=True,
-        )
+        await self._http.start()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
+
+    def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
+        return error_from_response(self.name, status, body, headers)
 
     async def _send(self, call: UpstreamCall, stream: bool) -> aiohttp.ClientResponse:
         body, betas = build_request(call, stream=stream)
         headers = self._headers
         if betas:
             headers = {**headers, "anthropic-beta": ",".join(betas)}
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
-        timeouts = self._config.timeouts
-        try:
-            async with asyncio.timeout(timeouts.first_byte):
-                response = await self._session.post(
-                    self._url, data=orjson.dumps(body), headers=headers, proxy=self._http_proxy
-                )
-                if response.status >= 400:
-                    try:
-                        error_body = await response.read()
-                    finally:
-                        response.release()
-                    raise error_from_response(
-                        self.name, response.status, error_body, response.headers
-                    )
-                return response
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamTimeout(
-                f"Timed out connecting to the upstream provider '{self.name}' "
-                f"(after {timeouts.connect:g}s).",
-                code="upstream_connect_timeout",
-            ) from None
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"The upstream provider '{self.name}' did not answer within "
-                f"{timeouts.first_byte:g}s.",
-                code="upstream_timeout",
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"Could not reach the upstream provider '{self.name}' ({exc.__class__.__name__}).",
-                code="upstream_unreachable",
-            ) from None
+        return await self._http.post(self._url, orjson.dumps(body), headers, self._error)
 
     async def complete(self, call: UpstreamCall) -> ChatResponse:
         response = await self._send(call, stream=False)

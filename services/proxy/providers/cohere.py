@@ -91,7 +91,8 @@ from services.proxy.providers.base import (
     ToolCallDelta,
     UpstreamCall,
 )
-from services.proxy.providers.openai_compat import Timeouts, env_proxy, error_from_status
+from services.proxy.providers.http import UpstreamHttp
+from services.proxy.providers.openai_compat import Timeouts, error_from_status
 from services.proxy.providers.sse import SSEDecoder
 from shared.errors import ApiError, InvalidRequest, UpstreamError, UpstreamTimeout
 from shared.openai_chat import ChatCompletionRequest, ImagePart, Message, TextPart
@@ -617,8 +618,7 @@ class CohereProvider(Provider):
         self.name = config.name
         self._config = config
         self._url = chat_url(config.base_url)
-        self._http_proxy = env_proxy(self._url)
-        self._session: aiohttp.ClientSession | None = None
+        self._http = UpstreamHttp(config.name, self._url, config.timeouts, config.pool_size)
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {config.api_key}"}
         self._headers = {**headers, "Accept": "application/json"}
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
@@ -627,60 +627,14 @@ class CohereProvider(Provider):
         return self._config.models
 
     async def start(self) -> None:
-        if self._session is not None:
-            return
-        connector = aiohttp.TCPConnector(
-            limit=self._config.pool_size, limit_per_host=0, ttl_dns_cache=300
-        )
-        # trust_env=False: the proxy is resolved once (see openai_compat for why).
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._config.timeouts.connect),
-            trust_env=False,
-        )
+        await self._http.start()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
     async def _send(self, body: dict[str, Any], stream: bool) -> aiohttp.ClientResponse:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
-        timeouts = self._config.timeouts
-        try:
-            async with asyncio.timeout(timeouts.first_byte):
-                response = await self._session.post(
-                    self._url,
-                    data=orjson.dumps(body),
-                    headers=self._stream_headers if stream else self._headers,
-                    proxy=self._http_proxy,
-                )
-                if response.status >= 400:
-                    try:
-                        error_body = await response.read()
-                    finally:
-                        response.release()
-                    raise _error(response.status, error_body, response.headers)
-                return response
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamTimeout(
-                f"Timed out connecting to the upstream provider '{self.name}' "
-                f"(after {timeouts.connect:g}s).",
-                code="upstream_connect_timeout",
-            ) from None
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"The upstream provider '{self.name}' did not answer within "
-                f"{timeouts.first_byte:g}s.",
-                code="upstream_timeout",
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"Could not reach the upstream provider '{self.name}' ({exc.__class__.__name__}).",
-                code="upstream_unreachable",
-            ) from None
+        headers = self._stream_headers if stream else self._headers
+        return await self._http.post(self._url, orjson.dumps(body), headers, _error)
 
     async def complete(self, call: UpstreamCall) -> ChatResponse:
         response = await self._send(to_cohere(call, stream=False), stream=False)

@@ -131,7 +131,8 @@ from services.proxy.providers.base import (
     UpstreamCall,
 )
 from services.proxy.providers.gemini_translate import encode_request
-from services.proxy.providers.openai_compat import Timeouts, env_proxy, retry_after_seconds
+from services.proxy.providers.http import UpstreamHttp
+from services.proxy.providers.openai_compat import Timeouts, retry_after_seconds
 from services.proxy.providers.sse import SSEDecoder
 from shared.errors import (
     ApiError,
@@ -604,8 +605,7 @@ class GeminiProvider(Provider):
         self.name = config.name
         self._config = config
         self._root = api_root(config.base_url)
-        self._session: aiohttp.ClientSession | None = None
-        self._http_proxy = env_proxy(self._root)
+        self._http = UpstreamHttp(config.name, self._root, config.timeouts, config.pool_size)
         headers = {"Content-Type": "application/json"}
         if config.api_key:
             headers["x-goog-api-key"] = config.api_key
@@ -616,25 +616,10 @@ class GeminiProvider(Provider):
         return self._config.models
 
     async def start(self) -> None:
-        if self._session is not None:
-            return
-        t = self._config.timeouts
-        # One pooled connector for every call (warm TLS is most of a proxy's latency);
-        # not trust_env: the proxy variables are resolved once, in env_proxy.
-        connector = aiohttp.TCPConnector(
-            limit=self._config.pool_size, limit_per_host=0, ttl_dns_cache=300
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect),
-            trust_env=False,
-            auto_decompress=True,
-        )
+        await self._http.start()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
     def _url(self, model: str, stream: bool) -> str:
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
@@ -648,43 +633,12 @@ class GeminiProvider(Provider):
             error.args = (error.message,)
         return error
 
+    def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
+        return self._scrub(error_from_status(self.name, status, body, headers))
+
     async def _send(self, url: str, body: bytes, stream: bool) -> aiohttp.ClientResponse:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
-        timeouts = self._config.timeouts
         headers = self._stream_headers if stream else self._headers
-        try:
-            async with asyncio.timeout(timeouts.first_byte):
-                response = await self._session.post(
-                    url, data=body, headers=headers, proxy=self._http_proxy
-                )
-                if response.status >= 400:
-                    try:
-                        error_body = await response.read()
-                    finally:
-                        response.release()
-                    raise self._scrub(
-                        error_from_status(self.name, response.status, error_body, response.headers)
-                    )
-                return response
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamTimeout(
-                f"Timed out connecting to the upstream provider '{self.name}' "
-                f"(after {timeouts.connect:g}s).",
-                code="upstream_connect_timeout",
-            ) from None
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"The upstream provider '{self.name}' did not answer within "
-                f"{timeouts.first_byte:g}s.",
-                code="upstream_timeout",
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"Could not reach the upstream provider '{self.name}' ({exc.__class__.__name__}).",
-                code="upstream_unreachable",
-            ) from None
+        return await self._http.post(url, body, headers, self._error)
 
     async def complete(self, call: UpstreamCall) -> ChatResponse:
         url = self._url(call.model, stream=False)

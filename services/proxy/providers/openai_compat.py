@@ -17,18 +17,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import urllib.request
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
 from pydantic import ValidationError
 
 from services.proxy.providers.base import ChatChunk, ChatResponse, Provider, UpstreamCall
+
+# Re-exported: Timeouts lived here before providers.http, and callers still import it.
+from services.proxy.providers.http import Timeouts as Timeouts  # noqa: PLC0414
+from services.proxy.providers.http import UpstreamHttp
 from services.proxy.providers.sse import SSEDecoder
 from shared.errors import (
     ApiError,
@@ -42,17 +45,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Seconds. ``connect``: TCP + TLS to the upstream. ``first_byte``: from sending
-    the request until the response headers (for streams, also until the first
-    event). ``read``: the longest silence allowed between two reads of a stream."""
-
-    connect: float = 10.0
-    first_byte: float = 300.0
-    read: float = 120.0
-
-
-@dataclass(frozen=True, slots=True)
 class OpenAICompatConfig:
     name: str = "openai"
     base_url: str = "https://api.openai.com/v1"
@@ -63,7 +55,7 @@ class OpenAICompatConfig:
     auth_scheme: str = "Bearer"
     extra_headers: Mapping[str, str] = field(default_factory=dict)
     models: tuple[str, ...] = ()
-    timeouts: Timeouts = Timeouts()
+    timeouts: Timeouts = field(default_factory=Timeouts)
     pool_size: int = 1024
     # Documented differences from OpenAI (``catalogue.Quirks``), applied to every body.
     #: fixed query string on every call (``api-version``…)
@@ -76,15 +68,6 @@ class OpenAICompatConfig:
     single_choice: bool = False
     #: the upstream accepts ``stream_options.include_usage`` (else usage is estimated)
     stream_usage: bool = True
-
-
-def env_proxy(url: str) -> str | None:
-    """The operator's ``HTTPS_PROXY``/``HTTP_PROXY`` for ``url`` unless ``NO_PROXY``
-    exempts it, as the providers' own SDKs do (server environment only)."""
-    parts = urlsplit(url)
-    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
-        return None
-    return urllib.request.getproxies().get(parts.scheme)
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -188,8 +171,7 @@ class OpenAICompatProvider(Provider):
         self._url = config.base_url.rstrip("/") + "/chat/completions"
         if config.query_params:
             self._url += "?" + urlencode(dict(config.query_params))
-        self._session: aiohttp.ClientSession | None = None
-        self._http_proxy = env_proxy(self._url)
+        self._http = UpstreamHttp(config.name, self._url, config.timeouts, config.pool_size)
         headers = {"Content-Type": "application/json", **config.extra_headers}
         if config.api_key:
             scheme = f"{config.auth_scheme} " if config.auth_scheme else ""
@@ -201,27 +183,10 @@ class OpenAICompatProvider(Provider):
         return self._config.models
 
     async def start(self) -> None:
-        if self._session is not None:
-            return
-        t = self._config.timeouts
-        # One pooled connector for every call: reusing warm TLS connections is most
-        # of an HTTP proxy's latency budget. Pool waits are bounded by first_byte.
-        connector = aiohttp.TCPConnector(
-            limit=self._config.pool_size, limit_per_host=0, ttl_dns_cache=300
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect),
-            # Not trust_env: aiohttp then re-reads the environment and ~/.netrc on every
-            # request (measured at ~40% of the proxy's CPU). The proxy is resolved once.
-            trust_env=False,
-            auto_decompress=True,
-        )
+        await self._http.start()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
     def _body(self, call: UpstreamCall, stream: bool) -> bytes:
         if call.body:
@@ -269,40 +234,8 @@ class OpenAICompatProvider(Provider):
         return error_from_status(self.name, status, body, headers)
 
     async def _send(self, body: bytes, stream: bool, url: str) -> aiohttp.ClientResponse:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
-        timeouts = self._config.timeouts
         headers = self._stream_headers if stream else self._headers
-        try:
-            async with asyncio.timeout(timeouts.first_byte):
-                response = await self._session.post(
-                    url, data=body, headers=headers, proxy=self._http_proxy
-                )
-                if response.status >= 400:
-                    try:
-                        error_body = await response.read()
-                    finally:
-                        response.release()
-                    raise self._error(response.status, error_body, response.headers)
-                return response
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamTimeout(
-                f"Timed out connecting to the upstream provider '{self.name}' "
-                f"(after {timeouts.connect:g}s).",
-                code="upstream_connect_timeout",
-            ) from None
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"The upstream provider '{self.name}' did not answer within "
-                f"{timeouts.first_byte:g}s.",
-                code="upstream_timeout",
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"Could not reach the upstream provider '{self.name}' ({exc.__class__.__name__}).",
-                code="upstream_unreachable",
-            ) from None
+        return await self._http.post(url, body, headers, self._error)
 
     async def complete(self, call: UpstreamCall) -> ChatResponse:
         url = self._url_for(call)
