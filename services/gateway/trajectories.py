@@ -19,6 +19,7 @@ from nats.js.errors import NotFoundError
 from services.gateway.state import GATEWAY, Gateway, auth_of
 from shared import subjects
 from shared.db import trajectories as queries
+from shared.db.pool import create_pool
 from shared.db.trajectories import TrajectoryView
 from shared.errors import InvalidRequest, NotFound, Unavailable
 from shared.ids import is_trajectory_id, trajectory_id_time
@@ -34,12 +35,11 @@ async def _pool(gw: Gateway) -> asyncpg.Pool:
     # Created lazily: the chat path must work while Postgres is down.
     if gw.pool is None:
         try:
-            gw.pool = await asyncpg.create_pool(
+            gw.pool = await create_pool(
                 gw.settings.database_url,
-                min_size=0,
                 max_size=gw.settings.db_pool_max,
-                timeout=5,
                 command_timeout=10,
+                application_name="jetty-gateway",
             )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise _db_unavailable(exc) from None
@@ -48,12 +48,11 @@ async def _pool(gw: Gateway) -> asyncpg.Pool:
 
 def _db_unavailable(exc: BaseException) -> Unavailable:
     log.warning("trajectory store unavailable: %s", exc.__class__.__name__)
-    err = Unavailable(
+    return Unavailable(
         "The trajectory store is unavailable; please retry shortly.",
         code="store_unavailable",
         retry_after=1,
     )
-    return err
 
 
 async def _projection_caught_up(gw: Gateway) -> bool:
