@@ -37,6 +37,7 @@ from shared.openai_chat import parse_chat_request
 from tests.fakes import claude_code_request
 from tests.fakes.anthropic_upstream import DEFAULT_TEXT, SIGNATURE, FakeAnthropic, Script
 from tests.fakes.openai_upstream import FakeUpstream
+from tests.helpers import fetch_trajectory
 
 ANTHROPIC_KEY, OPENAI_KEY = "sk-ant-ingress-1", "sk-openai-ingress-1"
 MODEL = "claude-sonnet-4-6"
@@ -86,24 +87,11 @@ async def client(gw: TestStack) -> AsyncIterator[anthropic.AsyncAnthropic]:
         yield c
 
 
-async def _trajectory(stack: TestStack, trajectory_id: str) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            f"{stack.base_url}/api/v1/trajectories/{trajectory_id}",
-            headers={"Authorization": f"Bearer {stack.token}"},
-        ) as response,
-    ):
-        assert response.status == 200, await response.text()
-        body: dict[str, Any] = await response.json()
-    return body
-
-
 async def _recorded_ok(
     stack: TestStack, trajectory_id: str | None, provider: str, usage: Any
 ) -> dict[str, Any]:
     assert trajectory_id is not None and trajectory_id.startswith("tr_")
-    trajectory = await _trajectory(stack, trajectory_id)
+    trajectory = await fetch_trajectory(stack, trajectory_id)
     assert trajectory["status"] == "completed"
     step = trajectory["steps"][0]
     assert step["provider"] == provider
@@ -645,7 +633,7 @@ async def test_claude_code_request_replayed(
     assert claude_code_request.MID_SYSTEM_TEXT in last[1]["text"]
     assert last[2] == request["body"]["messages"][4]["content"][0]  # with its cache_control
 
-    trajectory = await _trajectory(gw, response_headers["X-Jetty-Trajectory-Id"])
+    trajectory = await fetch_trajectory(gw, response_headers["X-Jetty-Trajectory-Id"])
     assert trajectory["status"] == "completed"
     assert trajectory["steps"][0]["ingress"] == "anthropic.messages"
     assert trajectory["steps"][0]["provider"] == "anthropic"

@@ -27,6 +27,7 @@ from services.gateway.ingress.gemini import (
 from services.gateway.ingress.gemini_translate import parse_request, to_chat, to_json_schema
 from shared.errors import InvalidRequest, RateLimited, UpstreamError
 from tests.fakes.gemini_upstream import FakeGemini, Script
+from tests.helpers import fetch_trajectory
 
 # google-genai's async client subclasses aiohttp.ClientSession, which aiohttp frowns on.
 pytestmark = pytest.mark.filterwarnings(
@@ -56,19 +57,6 @@ def parse_sse(raw: bytes) -> list[dict[str, Any]]:
         assert block.startswith(b"data: ") and b"\n" not in block, block
         events.append(json.loads(block[len(b"data: ") :]))
     return events
-
-
-async def _trajectory(stack: TestStack, trajectory_id: str) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            f"{stack.base_url}/api/v1/trajectories/{trajectory_id}",
-            headers={"Authorization": f"Bearer {stack.token}"},
-        ) as response,
-    ):
-        assert response.status == 200, await response.text()
-        body: dict[str, Any] = await response.json()
-        return body
 
 
 async def _ingress_of(stack: TestStack, trajectory_id: str) -> str | None:
@@ -151,7 +139,7 @@ async def test_generate_content_text(client: genai.Client, gemini_stack: TestSta
     assert response.sdk_http_response is not None
     headers = {k.lower(): v for k, v in (response.sdk_http_response.headers or {}).items()}
     trajectory_id = headers["x-jetty-trajectory-id"]
-    trajectory = await _trajectory(gemini_stack, trajectory_id)
+    trajectory = await fetch_trajectory(gemini_stack, trajectory_id)
     assert trajectory["status"] == "completed"
     step = trajectory["steps"][0]
     assert step["provider"] == "mock"
@@ -292,7 +280,7 @@ async def test_gemini_cli_request(gemini_stack: TestStack, gemini: FakeGemini) -
     assert sent.body["systemInstruction"]["parts"] == [{"text": "You are Gemini CLI."}]
     (declaration,) = sent.body["tools"][0]["functionDeclarations"]
     assert declaration["name"] == "run_shell_command"
-    trajectory = await _trajectory(gemini_stack, headers["X-Jetty-Trajectory-Id"])
+    trajectory = await fetch_trajectory(gemini_stack, headers["X-Jetty-Trajectory-Id"])
     assert trajectory["status"] == "completed"
     assert trajectory["steps"][0]["provider"] == "gemini"
     assert trajectory["usage"]["total_tokens"] == usage["totalTokenCount"]

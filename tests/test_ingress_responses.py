@@ -36,6 +36,7 @@ from services.gateway.ingress.responses_translate import (
 )
 from shared.errors import ApiError, InvalidRequest, RateLimited
 from tests.fakes.openai_upstream import FakeUpstream, Script
+from tests.helpers import fetch_trajectory
 from tests.openapi import SUBSET, validate
 
 KEY = "sk-upstream-responses-1"
@@ -95,19 +96,6 @@ def check_stream(events: list[dict[str, Any]]) -> None:
     assert len(ids) == 1 and ids.pop().startswith("resp_")
 
 
-async def _trajectory(stack: TestStack, trajectory_id: str) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            f"{stack.base_url}/api/v1/trajectories/{trajectory_id}",
-            headers={"Authorization": f"Bearer {stack.token}"},
-        ) as response,
-    ):
-        assert response.status == 200, await response.text()
-        body: dict[str, Any] = await response.json()
-        return body
-
-
 async def _ingress_of(stack: TestStack, trajectory_id: str) -> str | None:
     conn = await asyncpg.connect(stack.config.database_url)
     try:
@@ -165,7 +153,7 @@ async def test_create_text(client: openai.AsyncOpenAI, responses_stack: TestStac
     trajectory_id = raw.headers["x-jetty-trajectory-id"]
     assert response.id == "resp_" + trajectory_id.removeprefix("tr_")
 
-    trajectory = await _trajectory(responses_stack, trajectory_id)
+    trajectory = await fetch_trajectory(responses_stack, trajectory_id)
     assert trajectory["status"] == "completed"
     step = trajectory["steps"][0]
     assert step["provider"] == "mock"
@@ -199,7 +187,7 @@ async def test_stream_text(client: openai.AsyncOpenAI, responses_stack: TestStac
     assert final.usage is not None and final.usage.input_tokens > 0
     assert [e.sequence_number for e in events] == list(range(len(events)))
     jetty = (final.model_extra or {})["jetty_metadata"]
-    trajectory = await _trajectory(responses_stack, jetty["trajectory_id"])
+    trajectory = await fetch_trajectory(responses_stack, jetty["trajectory_id"])
     assert trajectory["status"] == "completed"
     assert trajectory["usage"]["total_tokens"] == final.usage.total_tokens
 
@@ -311,7 +299,7 @@ async def test_stream_function_call_round_trip_upstream(
     ]
     assert second.usage is not None
     trajectory_id = (second.model_extra or {})["jetty_metadata"]["trajectory_id"]
-    trajectory = await _trajectory(responses_stack, trajectory_id)
+    trajectory = await fetch_trajectory(responses_stack, trajectory_id)
     assert trajectory["status"] == "completed"
     assert trajectory["steps"][0]["provider"] == "openai"
     assert trajectory["usage"]["prompt_tokens"] == second.usage.input_tokens
@@ -553,7 +541,7 @@ async def test_codex_request_and_hang_up_after_completed(
     assert sent["prompt_cache_key"] == "0199a6b2-5b6f-7d63-a1c4-5e0e9b0c1d2e"
 
     trajectory_id = completed["response"]["jetty_metadata"]["trajectory_id"]
-    trajectory = await _trajectory(responses_stack, trajectory_id)
+    trajectory = await fetch_trajectory(responses_stack, trajectory_id)
     assert trajectory["status"] == "completed"  # not cancelled by the hang-up
     assert trajectory["usage"]["total_tokens"] == usage["total_tokens"]
     # The next request is served normally, and nothing was logged as a failure.

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 
@@ -15,6 +14,7 @@ from jetty_cli.testing import StackFactory, TestStack
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.cohere_upstream import FakeCohere
 from tests.fakes.gemini_upstream import FakeGemini
+from tests.helpers import fetch_trajectory
 
 ANTHROPIC_KEY, GEMINI_KEY, COHERE_KEY = "sk-ant-test-1", "gem-test-1", "co-test-1"
 
@@ -45,19 +45,6 @@ def native_stack(stack_factory: StackFactory, fakes: dict[str, Any]) -> TestStac
             "COHERE_BASE_URL": fakes["cohere"].base_url,
         }
     )
-
-
-async def _trajectory(stack: TestStack, trajectory_id: str) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            f"{stack.base_url}/api/v1/trajectories/{trajectory_id}",
-            headers={"Authorization": f"Bearer {stack.token}"},
-        ) as response,
-    ):
-        assert response.status == 200, await response.text()
-        body: dict[str, Any] = await response.json()
-        return body
 
 
 @pytest.mark.parametrize(
@@ -102,7 +89,7 @@ async def test_bare_names_route_to_native_adapters(
     assert text == "Hello! How can I help you today?"
     assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
     assert len(fake.requests) == 1  # the native API was called, once
-    trajectory = await _trajectory(native_stack, trajectory_id)
+    trajectory = await fetch_trajectory(native_stack, trajectory_id)
     assert trajectory["status"] == "completed"
     assert trajectory["steps"][0]["provider"] == provider
     assert trajectory["usage"]["total_tokens"] == usage.total_tokens

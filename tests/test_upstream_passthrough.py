@@ -17,6 +17,7 @@ import pytest
 
 from jetty_cli.testing import StackFactory, TestStack
 from tests.fakes.openai_upstream import FakeUpstream, Script
+from tests.helpers import fetch_trajectory
 
 KEY = "sk-upstream-secret-123456"
 FIRST_BYTE_TIMEOUT = 1.5
@@ -52,19 +53,6 @@ async def client(
         yield c
 
 
-async def _trajectory(stack: TestStack, trajectory_id: str) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            f"{stack.base_url}/api/v1/trajectories/{trajectory_id}",
-            headers={"Authorization": f"Bearer {stack.token}"},
-        ) as response,
-    ):
-        assert response.status == 200, await response.text()
-        body: dict[str, Any] = await response.json()
-        return body
-
-
 async def test_forwards_to_upstream_without_jetty_fields(
     client: openai.AsyncOpenAI, upstream: FakeUpstream, upstream_stack: TestStack
 ) -> None:
@@ -85,7 +73,7 @@ async def test_forwards_to_upstream_without_jetty_fields(
     assert sent.headers["Authorization"] == f"Bearer {KEY}"
     assert upstream_stack.token not in str(sent.headers) + str(sent.body)
 
-    trajectory = await _trajectory(upstream_stack, raw.headers["x-jetty-trajectory-id"])
+    trajectory = await fetch_trajectory(upstream_stack, raw.headers["x-jetty-trajectory-id"])
     assert trajectory["status"] == "completed"
     assert trajectory["task"] == "fwd"
     step = trajectory["steps"][0]
@@ -113,7 +101,7 @@ async def test_explicit_provider_prefix_and_streaming(
     assert chunks[-1].usage is not None
     assert upstream.requests[0].body["model"] == "gpt-4o-mini"
     meta = (chunks[0].model_extra or {})["jetty_metadata"]
-    trajectory = await _trajectory(upstream_stack, meta["trajectory_id"])
+    trajectory = await fetch_trajectory(upstream_stack, meta["trajectory_id"])
     assert trajectory["status"] == "completed"
     assert trajectory["ttft_ms"] <= trajectory["latency_ms"]
     assert trajectory["latency_ms"] >= 150  # three chunk delays happened inside it
@@ -145,7 +133,7 @@ async def test_upstream_errors_map_to_openai_errors(
     if status == 429:
         assert error.response.headers["retry-after"] == "7"
     trajectory_id = error.response.headers["x-jetty-trajectory-id"]
-    trajectory = await _trajectory(upstream_stack, trajectory_id)
+    trajectory = await fetch_trajectory(upstream_stack, trajectory_id)
     assert trajectory["status"] == "failed"
     assert trajectory["error"]["status"] == status
 
@@ -161,7 +149,7 @@ async def test_slow_upstream_times_out_with_504(
         )
     assert caught.value.status_code == 504
     assert time.monotonic() - started < FIRST_BYTE_TIMEOUT + 1.5
-    trajectory = await _trajectory(
+    trajectory = await fetch_trajectory(
         upstream_stack, caught.value.response.headers["x-jetty-trajectory-id"]
     )
     assert trajectory["status"] == "failed" and trajectory["error"]["status"] == 504
@@ -181,7 +169,7 @@ async def test_stream_cut_in_the_middle_ends_with_an_error_event(
     )
     assert seen.startswith("one")
     trajectory_id = _first_metadata(events)["trajectory_id"]
-    trajectory = await _trajectory(upstream_stack, trajectory_id)
+    trajectory = await fetch_trajectory(upstream_stack, trajectory_id)
     assert trajectory["status"] == "failed"
     # The record holds exactly what the client received before the cut.
     assert trajectory["steps"][0]["response"]["content"] == seen
@@ -220,7 +208,7 @@ async def test_client_disconnect_cancels_upstream_and_is_recorded(
 
     deadline = time.monotonic() + 10
     while True:
-        trajectory = await _trajectory(upstream_stack, trajectory_id)
+        trajectory = await fetch_trajectory(upstream_stack, trajectory_id)
         if trajectory["status"] != "running" or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)
