@@ -95,7 +95,6 @@ Mapping decisions where the two APIs differ (lossy on purpose, documented here):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -122,13 +121,12 @@ from services.proxy.providers.base import (
     ToolCallDelta,
     UpstreamCall,
 )
-from services.proxy.providers.http import UpstreamHttp
+from services.proxy.providers.http import UpstreamHttp, UpstreamStream, interrupted
 from services.proxy.providers.openai_compat import (
     Timeouts,
     error_from_status,
     retry_after_seconds,
 )
-from services.proxy.providers.sse import SSEDecoder
 from shared.errors import (
     ApiError,
     InvalidRequest,
@@ -525,7 +523,7 @@ class AnthropicProvider(Provider):
             data = await response.read()
         except aiohttp.ClientError as exc:
             response.close()
-            raise self._interrupted(exc) from None
+            raise interrupted(self.name, exc) from None
         finally:
             response.release()
         try:
@@ -544,45 +542,16 @@ class AnthropicProvider(Provider):
     async def stream(self, call: UpstreamCall) -> AsyncGenerator[ChatChunk, None]:
         timeouts = self._config.timeouts
         response = await self._send(call, stream=True)
-        clean = False
+        upstream = UpstreamStream(self.name, response, timeouts)
         try:
-            decoder = SSEDecoder()
             translator = StreamTranslator(call.model, self.name)
-            wait = timeouts.first_byte
-            while True:
-                try:
-                    async with asyncio.timeout(wait):
-                        piece = await response.content.readany()
-                except TimeoutError:
-                    raise UpstreamTimeout(
-                        f"The upstream provider '{self.name}' went silent for {wait:g}s "
-                        "in the middle of a stream.",
-                        code="upstream_timeout",
-                    ) from None
-                except aiohttp.ClientError as exc:
-                    raise self._interrupted(exc) from None
-                wait = timeouts.read
-                for event in decoder.feed(piece) if piece else decoder.end():
-                    for chunk in translator.feed(event.event, event.data):
-                        yield chunk
-                    if translator.done:
-                        clean = True
-                        return
-                if not piece:
-                    break
+            async for event in upstream.events():
+                for chunk in translator.feed(event.event, event.data):
+                    yield chunk
+                if translator.done:
+                    upstream.complete()
+                    return
             # EOF before message_stop: the answer is incomplete.
-            raise self._interrupted(None)
+            raise interrupted(self.name)
         finally:
-            if clean:
-                response.release()
-            else:
-                # Cancelled, failed or abandoned: drop the connection so the upstream
-                # stops generating (and billing) at once.
-                response.close()
-
-    def _interrupted(self, exc: Exception | None) -> UpstreamError:
-        why = f" ({exc.__class__.__name__})" if exc is not None else ""
-        return UpstreamError(
-            f"The upstream provider '{self.name}' closed the stream before it was complete{why}.",
-            code="upstream_stream_interrupted",
-        )
+            upstream.close()

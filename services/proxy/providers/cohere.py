@@ -64,7 +64,6 @@ Translation decisions where the two APIs do not line up:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -91,9 +90,8 @@ from services.proxy.providers.base import (
     ToolCallDelta,
     UpstreamCall,
 )
-from services.proxy.providers.http import UpstreamHttp
+from services.proxy.providers.http import UpstreamHttp, UpstreamStream, interrupted
 from services.proxy.providers.openai_compat import Timeouts, error_from_status
-from services.proxy.providers.sse import SSEDecoder
 from shared.errors import ApiError, InvalidRequest, UpstreamError, UpstreamTimeout
 from shared.openai_chat import ChatCompletionRequest, ImagePart, Message, TextPart
 
@@ -642,7 +640,7 @@ class CohereProvider(Provider):
             data = await response.read()
         except aiohttp.ClientError as exc:
             response.close()
-            raise self._interrupted(exc) from None
+            raise interrupted(self.name, exc) from None
         finally:
             response.release()
         try:
@@ -660,40 +658,18 @@ class CohereProvider(Provider):
         timeouts = self._config.timeouts
         response = await self._send(to_cohere(call, stream=True), stream=True)
         translator = StreamTranslator(call.model)
-        clean = False
+        upstream = UpstreamStream(self.name, response, timeouts)
         try:
-            decoder = SSEDecoder()
-            wait = timeouts.first_byte
-            while True:
-                try:
-                    async with asyncio.timeout(wait):
-                        piece = await response.content.readany()
-                except TimeoutError:
-                    raise UpstreamTimeout(
-                        f"The upstream provider '{self.name}' went silent for {wait:g}s "
-                        "in the middle of a stream.",
-                        code="upstream_timeout",
-                    ) from None
-                except aiohttp.ClientError as exc:
-                    raise self._interrupted(exc) from None
-                wait = timeouts.read
-                for event in decoder.feed(piece) if piece else decoder.end():
-                    if event.data == b"[DONE]":
-                        continue
-                    for chunk in translator.event(*self._parse(event.event, event.data)):
-                        yield chunk
-                if not piece:
-                    break
+            async for event in upstream.events():
+                if event.data == b"[DONE]":
+                    continue
+                for chunk in translator.event(*self._parse(event.event, event.data)):
+                    yield chunk
             if not translator.finished:
-                raise self._interrupted(None)
-            clean = True
+                raise interrupted(self.name)
+            upstream.complete()
         finally:
-            if clean:
-                response.release()
-            else:
-                # Cancelled, failed or abandoned: drop the connection so Cohere stops
-                # generating (and billing) at once.
-                response.close()
+            upstream.close()
 
     def _parse(self, name: str, data: bytes) -> tuple[str, dict[str, Any]]:
         try:
@@ -708,10 +684,3 @@ class CohereProvider(Provider):
         kind = doc.get("type")
         # The JSON ``type`` is authoritative; the SSE event name only fills a gap.
         return (kind if isinstance(kind, str) else ("" if name == "message" else name)), doc
-
-    def _interrupted(self, exc: Exception | None) -> UpstreamError:
-        why = f" ({exc.__class__.__name__})" if exc is not None else ""
-        return UpstreamError(
-            f"The upstream provider '{self.name}' closed the stream before it was complete{why}.",
-            code="upstream_stream_interrupted",
-        )

@@ -104,7 +104,6 @@ Translation, and where it is lossy:
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import time
@@ -131,9 +130,8 @@ from services.proxy.providers.base import (
     UpstreamCall,
 )
 from services.proxy.providers.gemini_translate import encode_request
-from services.proxy.providers.http import UpstreamHttp
+from services.proxy.providers.http import UpstreamHttp, UpstreamStream, interrupted
 from services.proxy.providers.openai_compat import Timeouts, retry_after_seconds
-from services.proxy.providers.sse import SSEDecoder
 from shared.errors import (
     ApiError,
     InvalidRequest,
@@ -648,7 +646,7 @@ class GeminiProvider(Provider):
             data = await response.read()
         except aiohttp.ClientError as exc:
             response.close()
-            raise self._interrupted(exc) from None
+            raise interrupted(self.name, exc) from None
         finally:
             response.release()
         try:
@@ -661,49 +659,20 @@ class GeminiProvider(Provider):
         url = self._url(call.model, stream=True)
         translator = StreamTranslator(call.model, self.name)
         response = await self._send(url, encode_request(call.request, call.model), stream=True)
-        clean = False
+        upstream = UpstreamStream(self.name, response, timeouts)
         try:
-            decoder = SSEDecoder()
-            wait = timeouts.first_byte
-            while True:
+            async for event in upstream.events():
                 try:
-                    async with asyncio.timeout(wait):
-                        piece = await response.content.readany()
-                except TimeoutError:
-                    raise UpstreamTimeout(
-                        f"The upstream provider '{self.name}' went silent for {wait:g}s "
-                        "in the middle of a stream.",
-                        code="upstream_timeout",
-                    ) from None
-                except aiohttp.ClientError as exc:
-                    raise self._interrupted(exc) from None
-                wait = timeouts.read
-                for event in decoder.feed(piece) if piece else decoder.end():
-                    try:
-                        chunks = translator.feed(event.data)
-                    except ApiError as error:
-                        raise self._scrub(error) from None
-                    for chunk in chunks:
-                        yield chunk
-                if not piece:
-                    break
+                    chunks = translator.feed(event.data)
+                except ApiError as error:
+                    raise self._scrub(error) from None
+                for chunk in chunks:
+                    yield chunk
             # No [DONE] in Gemini streams: complete means every candidate finished.
-            if not translator.finished or decoder.pending:
-                raise self._interrupted(None)
+            if not translator.finished or upstream.pending:
+                raise interrupted(self.name)
             for chunk in translator.finish():
                 yield chunk
-            clean = True
+            upstream.complete()
         finally:
-            if clean:
-                response.release()
-            else:
-                # Cancelled, failed or abandoned: drop the connection so the upstream
-                # stops generating (and billing) at once.
-                response.close()
-
-    def _interrupted(self, exc: Exception | None) -> UpstreamError:
-        why = f" ({exc.__class__.__name__})" if exc is not None else ""
-        return UpstreamError(
-            f"The upstream provider '{self.name}' closed the stream before it was complete{why}.",
-            code="upstream_stream_interrupted",
-        )
+            upstream.close()

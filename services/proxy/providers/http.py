@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from services.proxy.providers.sse import SSEDecoder, SSEEvent
 from shared.errors import ApiError, UpstreamError, UpstreamTimeout
 
 #: (status, body, headers) of an upstream HTTP error → what our client should see
@@ -117,3 +118,66 @@ class UpstreamHttp:
                 f"Could not reach the upstream provider '{self._name}' ({exc.__class__.__name__}).",
                 code="upstream_unreachable",
             ) from None
+
+
+def interrupted(provider: str, exc: Exception | None = None) -> UpstreamError:
+    """A stream that ended (or broke) before the upstream said it was complete."""
+    why = f" ({exc.__class__.__name__})" if exc is not None else ""
+    return UpstreamError(
+        f"The upstream provider '{provider}' closed the stream before it was complete{why}.",
+        code="upstream_stream_interrupted",
+    )
+
+
+class UpstreamStream:
+    """Reads an upstream's server-sent events with the stream timeouts (``first_byte``
+    until the first bytes, then ``read`` between reads) and owns the connection: it
+    is released for reuse only if the adapter calls :meth:`complete`, otherwise
+    closed, so a cancelled, failed or abandoned stream stops the upstream generating
+    (and billing) at once.
+
+    Errors from :meth:`events`: ``UpstreamTimeout`` (code ``upstream_timeout``) after
+    too long a silence; ``UpstreamError`` (``upstream_stream_interrupted``) when the
+    connection breaks."""
+
+    def __init__(self, provider: str, response: aiohttp.ClientResponse, timeouts: Timeouts):
+        self._provider = provider
+        self._response = response
+        self._timeouts = timeouts
+        self._decoder = SSEDecoder()
+        self._clean = False
+
+    async def events(self) -> AsyncIterator[SSEEvent]:
+        """Every event until the end of the body (a last partial event is flushed)."""
+        wait = self._timeouts.first_byte
+        while True:
+            try:
+                async with asyncio.timeout(wait):
+                    piece = await self._response.content.readany()
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"The upstream provider '{self._provider}' went silent for {wait:g}s "
+                    "in the middle of a stream.",
+                    code="upstream_timeout",
+                ) from None
+            except aiohttp.ClientError as exc:
+                raise interrupted(self._provider, exc) from None
+            wait = self._timeouts.read
+            for event in self._decoder.feed(piece) if piece else self._decoder.end():
+                yield event
+            if not piece:
+                return
+
+    @property
+    def pending(self) -> bool:
+        """Bytes of an unfinished event were left when the body ended."""
+        return self._decoder.pending
+
+    def complete(self) -> None:
+        self._clean = True
+
+    def close(self) -> None:
+        if self._clean:
+            self._response.release()
+        else:
+            self._response.close()

@@ -14,7 +14,6 @@ the call as a whole.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -31,8 +30,7 @@ from services.proxy.providers.base import ChatChunk, ChatResponse, Provider, Ups
 
 # Re-exported: Timeouts lived here before providers.http, and callers still import it.
 from services.proxy.providers.http import Timeouts as Timeouts  # noqa: PLC0414
-from services.proxy.providers.http import UpstreamHttp
-from services.proxy.providers.sse import SSEDecoder
+from services.proxy.providers.http import UpstreamHttp, UpstreamStream, interrupted
 from shared.errors import (
     ApiError,
     InvalidRequest,
@@ -267,45 +265,23 @@ class OpenAICompatProvider(Provider):
         timeouts = self._config.timeouts
         url = self._url_for(call)
         response = await self._send(self._body(call, stream=True), stream=True, url=url)
-        clean = False
+        upstream = UpstreamStream(self.name, response, timeouts)
         try:
-            decoder = SSEDecoder()
             finished = False
-            wait = timeouts.first_byte
-            while True:
-                try:
-                    async with asyncio.timeout(wait):
-                        piece = await response.content.readany()
-                except TimeoutError:
-                    raise UpstreamTimeout(
-                        f"The upstream provider '{self.name}' went silent for {wait:g}s "
-                        "in the middle of a stream.",
-                        code="upstream_timeout",
-                    ) from None
-                except aiohttp.ClientError as exc:
-                    raise self._interrupted(exc) from None
-                wait = timeouts.read
-                for event in decoder.feed(piece) if piece else decoder.end():
-                    if event.data == b"[DONE]":
-                        clean = True
-                        return
-                    chunk = self._parse_chunk(event.data)
-                    if any(c.finish_reason for c in chunk.choices):
-                        finished = True
-                    yield chunk
-                if not piece:
-                    break
+            async for event in upstream.events():
+                if event.data == b"[DONE]":
+                    upstream.complete()
+                    return
+                chunk = self._parse_chunk(event.data)
+                if any(c.finish_reason for c in chunk.choices):
+                    finished = True
+                yield chunk
             # EOF without [DONE]: acceptable only from a server that had finished.
-            if not finished or decoder.pending:
-                raise self._interrupted(None)
-            clean = True
+            if not finished or upstream.pending:
+                raise interrupted(self.name)
+            upstream.complete()
         finally:
-            if clean:
-                response.release()
-            else:
-                # Cancelled, failed or abandoned: drop the connection so the upstream
-                # stops generating (and billing) at once.
-                response.close()
+            upstream.close()
 
     def _parse_chunk(self, data: bytes) -> ChatChunk:
         try:
@@ -319,10 +295,3 @@ class OpenAICompatProvider(Provider):
         if extra and "error" in extra:
             raise error_from_stream(self.name, extra["error"])
         return chunk
-
-    def _interrupted(self, exc: Exception | None) -> UpstreamError:
-        why = f" ({exc.__class__.__name__})" if exc is not None else ""
-        return UpstreamError(
-            f"The upstream provider '{self.name}' closed the stream before it was complete{why}.",
-            code="upstream_stream_interrupted",
-        )
