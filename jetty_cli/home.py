@@ -60,6 +60,7 @@ class Home:
         self.root = root.absolute()
         self.nats_dir = self.root / "nats"
         self.pg_dir = self.root / "pg"
+        self.s3_dir = self.root / "s3"
         self.logs_dir = self.root / "logs"
         self.run_dir = self.root / "run"
         self.stack_json = self.run_dir / "stack.json"

@@ -42,6 +42,24 @@ class StackError(Exception):
     """A service did not start or become ready (the message carries log tails)."""
 
 
+@dataclass(frozen=True)
+class S3Config:
+    endpoint: str
+    access_key: str
+    secret_key: str = field(repr=False)
+    bucket: str = "jetty"
+    secure: bool = False
+
+    def env(self) -> dict[str, str]:
+        return {
+            "JETTY_S3_ENDPOINT": self.endpoint,
+            "JETTY_S3_ACCESS_KEY": self.access_key,
+            "JETTY_S3_SECRET_KEY": self.secret_key,
+            "JETTY_S3_BUCKET": self.bucket,
+            "JETTY_S3_SECURE": "true" if self.secure else "false",
+        }
+
+
 @dataclass
 class StackConfig:
     nats_url: str
@@ -56,6 +74,8 @@ class StackConfig:
     # Extra variables for every service (e.g. OPENAI_BASE_URL of a fake upstream).
     extra_env: Mapping[str, str] = field(default_factory=dict)
     nats_monitor_url: str | None = None
+    # The object store; None leaves JETTY_S3_* to the inherited environment.
+    s3: S3Config | None = None
     python: str = sys.executable
     cwd: Path | None = None
 
@@ -152,6 +172,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if cfg.s3 is not None:
+            env.update(cfg.s3.env())
         if name == "gateway":
             env["JETTY_HOST"] = cfg.host
             env["JETTY_PORT"] = str(cfg.port)

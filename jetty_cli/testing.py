@@ -1,6 +1,7 @@
 """Running isolated stacks for tests and benchmarks (used by ``tests/conftest.py``).
 
-Each stack gets its own NATS server (streams, the recorder's durable consumer and
+Each stack gets its own NATS server and object store (a bucket per stack would do,
+but a server per stack lets a test stop it) (streams, the recorder's durable consumer and
 the proxies' queue group are global to a NATS account, so two stacks on one server
 would share work) and a fresh migrated database, on the shared PostgreSQL server
 or, if asked, on a private one (for tests that stop Postgres).
@@ -24,8 +25,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jetty_cli import procs
-from jetty_cli.embedded import EmbeddedNats, EmbeddedPostgres
-from jetty_cli.stack import Stack, StackConfig
+from jetty_cli.embedded import EmbeddedNats, EmbeddedObjectStore, EmbeddedPostgres
+from jetty_cli.stack import S3Config, Stack, StackConfig
 from jetty_cli.tokens_cmd import create_token, wait_accepted
 from shared.tokens import generate_token
 
@@ -78,12 +79,14 @@ class TestStack(Stack):
         *,
         nats: EmbeddedNats,
         pg: EmbeddedPostgres,
+        s3: EmbeddedObjectStore,
         database_name: str,
         owns_pg: bool,
     ) -> None:
         super().__init__(config)
         self.nats = nats
         self.pg = pg
+        self.s3 = s3
         self.database_name = database_name
         self.owns_pg = owns_pg
         self.closed = False
@@ -100,6 +103,8 @@ class TestStack(Stack):
             self.nats.start()
         if not self.pg.running:
             self.pg.start()
+        if not self.s3.running:
+            self.s3.start()
         # Killed on purpose or crashed (the guard reports crashes separately).
         down = [s.name for s in self if not s.alive]
         for name in down:
@@ -122,6 +127,7 @@ class TestStack(Stack):
             self.stop()
         finally:
             self.nats.stop()
+            self.s3.stop()
             if self.owns_pg:
                 self.pg.stop()
                 shutil.rmtree(self.pg.base_dir)
@@ -148,7 +154,9 @@ class StackFactory:
         index = len(self.stacks)
         base = self.root / f"stack{index}"
         nats = EmbeddedNats(base / "nats", log_path=base / "logs" / "nats.log").start()
+        s3 = EmbeddedObjectStore(base / "s3", log_path=base / "logs" / "nanio.log")
         try:
+            s3.start()
             if own_postgres:
                 pg = EmbeddedPostgres(traversable_tmpdir("jetty-test-pg-"), durable=False).start()
             else:
@@ -156,6 +164,7 @@ class StackFactory:
             db_name, dsn = new_database(pg, migrate=True)
         except BaseException:
             nats.stop()
+            s3.stop()
             raise
         config = StackConfig(
             nats_url=nats.url,
@@ -167,8 +176,11 @@ class StackFactory:
             base_env=hermetic_env(),
             extra_env=dict(env or {}),
             nats_monitor_url=nats.monitor_url,
+            s3=S3Config(s3.endpoint, s3.access_key, s3.secret_key),
         )
-        stack = TestStack(config, nats=nats, pg=pg, database_name=db_name, owns_pg=own_postgres)
+        stack = TestStack(
+            config, nats=nats, pg=pg, s3=s3, database_name=db_name, owns_pg=own_postgres
+        )
         self.stacks.append(stack)
         try:
             stack.start(ready_timeout)

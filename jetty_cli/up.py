@@ -1,10 +1,11 @@
 """``jetty up`` (what ``make up`` runs): the whole stack on one machine, in the foreground.
 
-Start: NATS and PostgreSQL (embedded, unless ``JETTY_NATS_URL`` /
-``JETTY_DATABASE_URL`` name existing servers), migrations, the development token,
-then proxy, recorder and gateway as separate processes. Then it follows their
-logs and restarts any that dies (with backoff). Ctrl-C or SIGTERM stops the
-services, then PostgreSQL, then NATS, and exits 0. State lives in ``$JETTY_HOME``
+Start: NATS, PostgreSQL and the object store (embedded, unless ``JETTY_NATS_URL`` /
+``JETTY_DATABASE_URL`` / ``JETTY_S3_ENDPOINT`` name existing servers), migrations,
+the development token, then proxy, recorder and gateway as separate processes.
+Then it follows their logs and restarts any that dies (with backoff). Ctrl-C or
+SIGTERM stops the services, then the object store, PostgreSQL and NATS, and exits
+0. State lives in ``$JETTY_HOME``
 (see :mod:`jetty_cli.home`) and survives restarts.
 """
 
@@ -21,10 +22,15 @@ from datetime import UTC, datetime
 from types import FrameType
 
 from jetty_cli import procs
-from jetty_cli.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
+from jetty_cli.embedded import (
+    EmbeddedError,
+    EmbeddedNats,
+    EmbeddedObjectStore,
+    EmbeddedPostgres,
+)
 from jetty_cli.home import Home, StackInfo, checkout_root
 from jetty_cli.logview import LogFollower
-from jetty_cli.stack import Stack, StackConfig, StackError
+from jetty_cli.stack import S3Config, Stack, StackConfig, StackError
 from jetty_cli.tokens_cmd import register_token
 from shared.tokens import generate_token, valid_collection
 
@@ -49,6 +55,7 @@ class Up:
         self.console = LogFollower()
         self.nats: EmbeddedNats | None = None
         self.pg: EmbeddedPostgres | None = None
+        self.s3: EmbeddedObjectStore | None = None
         self.stack: Stack | None = None
         self.starting = True
         self.stop_signal: int | None = None
@@ -105,6 +112,23 @@ class Up:
         self.console.say(f"PostgreSQL on {self.pg.host}:{self.pg.port}, data {self.pg.data_dir}")
         return self.pg.dsn
 
+    def _start_object_store(self) -> S3Config | None:
+        """None when ``JETTY_S3_ENDPOINT`` names a server: the services then take
+        ``JETTY_S3_*`` from the environment they inherit."""
+        external = os.environ.get("JETTY_S3_ENDPOINT")
+        if external:
+            self.console.say(f"using the object store at {external}")
+            return None
+        self.s3 = EmbeddedObjectStore(self.home.s3_dir, log_path=self.home.logs_dir / "nanio.log")
+        self.s3.start()
+        self.console.say(f"object store (S3) on {self.s3.url}, data {self.s3.data_dir}")
+        return S3Config(
+            self.s3.endpoint,
+            self.s3.access_key,
+            self.s3.secret_key,
+            bucket=os.environ.get("JETTY_S3_BUCKET", "jetty"),
+        )
+
     def _token(self, nats_url: str, collection: str) -> str:
         token = os.environ.get("JETTY_BOOTSTRAP_TOKEN") or self.home.read_dev_token()
         if token is None:
@@ -128,6 +152,7 @@ class Up:
         self._clean_stale()
         nats_url, monitor_url = self._start_nats()
         database_url = self._start_postgres()
+        s3 = self._start_object_store()
 
         from shared.db.pool import apply_migrations
 
@@ -145,6 +170,7 @@ class Up:
                 host=host,
                 port=port,
                 nats_monitor_url=monitor_url,
+                s3=s3,
                 cwd=checkout_root(),
             )
         )
@@ -208,6 +234,9 @@ class Up:
                 self.console.say("nats-server exited; starting it again")
                 self.nats.start()
                 changed = True
+            if self.s3 is not None and not self.s3.running:
+                self.console.say("the object store exited; starting it again")
+                self.s3.start()
             if self.pg is not None and now - last_pg_check > PG_CHECK_EVERY:
                 last_pg_check = now
                 if not self.pg.running:
@@ -246,6 +275,9 @@ class Up:
             odd = {n: c for n, c in codes.items() if c not in (0, None, -signal.SIGTERM)}
             if odd:
                 self.console.say(f"exit codes: {odd}")
+        if self.s3 is not None:
+            self.console.say("stopping the object store")
+            self.s3.stop()
         if self.pg is not None:
             self.console.say("stopping PostgreSQL")
             self.pg.stop()

@@ -24,3 +24,12 @@ class CommonSettings(BaseSettings):
     # through the JetStream object store instead of inline on NATS (default limit 1 MiB).
     claim_threshold_bytes: int = 256 * 1024
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    # The S3-compatible object store (MinIO in production; `jetty up` and the tests
+    # start a local one). The endpoint is ``host:port``, as the minio SDK takes it.
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str | None = Field(default=None, repr=False)
+    s3_secret_key: str | None = Field(default=None, repr=False)
+    s3_bucket: str = "jetty"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    s3_timeout: float = Field(default=30.0, gt=0)

@@ -24,3 +24,5 @@ class GatewaySettings(CommonSettings):
     # younger than this waits for it instead of answering 404.
     fresh_id_window: float = Field(default=2.0, ge=0)
     db_pool_max: int = Field(default=10, ge=1)
+    # Per uploaded file; streamed, so this bounds storage, not memory.
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)

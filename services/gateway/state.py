@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from services.gateway.relay import ProxyRelay
 from services.gateway.settings import GatewaySettings
 from shared.bus import ClaimStore
+from shared.objectstore import ObjectStore
 from shared.tokens import TokenRecord, TokenStore
 
 
@@ -25,6 +26,7 @@ class Gateway:
     tokens: TokenStore
     claims: ClaimStore
     pool: asyncpg.Pool | None = None
+    objects: ObjectStore | None = None  # created on first upload
     background: set[asyncio.Future[None]] = field(default_factory=set)
 
 
