@@ -1,6 +1,7 @@
-"""Embedded NATS (JetStream) and PostgreSQL servers from pip-installed binaries.
+"""Embedded NATS (JetStream), PostgreSQL and S3-compatible servers from pip-installed
+binaries.
 
-Used by ``jetty up``, the test fixtures and the benchmark. Both servers take free
+Used by ``jetty up``, the test fixtures and the benchmark. The servers take free
 ports on 127.0.0.1, keep their state in a directory that survives a restart, and
 can be stopped and started again on the same port and state (tests do that to
 check reconnection).
@@ -16,7 +17,9 @@ Exception tree::
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -67,35 +70,19 @@ def pg_bin_dir() -> Path:
     return bin_dir
 
 
-class EmbeddedNats:
-    """``nats-server -js`` on a free port; the store directory keeps streams and KV."""
+class _ChildServer:
+    """A server we run as a child process: started on its chosen port (kept across
+    restarts so clients can reconnect), ready when :meth:`_ready` says so, stopped
+    with SIGTERM then SIGKILL. Subclasses give the command line and readiness."""
 
-    def __init__(
-        self,
-        store_dir: Path,
-        *,
-        port: int | None = None,
-        monitor_port: int | None = None,
-        log_path: Path | None = None,
-        host: str = "127.0.0.1",
-        start_timeout: float = 15.0,
-    ) -> None:
-        self.store_dir = Path(store_dir)
+    name = "server"
+
+    def __init__(self, *, host: str, port: int | None, log_path: Path, start_timeout: float):
         self.host = host
-        # Chosen once: a restart reuses them so clients can reconnect.
         self.port = port or procs.free_port(host)
-        self.monitor_port = monitor_port or procs.free_port(host)
-        self.log_path = log_path or self.store_dir.parent / f"{self.store_dir.name}.log"
+        self.log_path = log_path
         self.start_timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
-
-    @property
-    def monitor_url(self) -> str:
-        return f"http://{self.host}:{self.monitor_port}"
 
     @property
     def pid(self) -> int | None:
@@ -105,32 +92,28 @@ class EmbeddedNats:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def _healthy(self) -> bool:
-        try:
-            status, _ = procs.http_get(self.monitor_url + "/healthz", timeout=0.5)
-        except OSError:
-            return False
-        return status == 200
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str] | None:
+        return None  # inherit ours
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """Create directories and whatever else must exist before the first start."""
 
     def start(self) -> Self:
         if self.running:
             return self
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            str(nats_server_binary()),
-            "-js",
-            "-sd", str(self.store_dir),
-            "-a", self.host,
-            "-p", str(self.port),
-            "-m", str(self.monitor_port),
-            "-n", f"jetty-{self.port}",
-        ]  # fmt: skip
-        self._proc = procs.spawn(argv, log_path=self.log_path)
+        self._prepare()
+        self._proc = procs.spawn(self._argv(), log_path=self.log_path, env=self._env())
         try:
             procs.wait_until(
-                self._healthy,
+                self._ready,
                 timeout=self.start_timeout,
-                describe=f"nats-server on {self.url}",
+                describe=f"{self.name} on {self.host}:{self.port}",
                 alive=lambda: self.running,
             )
         except (TimeoutError, RuntimeError) as exc:
@@ -141,7 +124,7 @@ class EmbeddedNats:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (JetStream flushes its store), SIGKILL after ``timeout``."""
+        """SIGTERM (servers flush their state), SIGKILL after ``timeout``."""
         if self._proc is None:
             return
         procs.terminate(self._proc, timeout)
@@ -157,6 +140,158 @@ class EmbeddedNats:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class EmbeddedNats(_ChildServer):
+    """``nats-server -js`` on a free port; the store directory keeps streams and KV."""
+
+    name = "nats-server"
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        port: int | None = None,
+        monitor_port: int | None = None,
+        log_path: Path | None = None,
+        host: str = "127.0.0.1",
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        super().__init__(
+            host=host,
+            port=port,
+            log_path=log_path or self.store_dir.parent / f"{self.store_dir.name}.log",
+            start_timeout=start_timeout,
+        )
+        self.monitor_port = monitor_port or procs.free_port(host)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{self.host}:{self.monitor_port}"
+
+    def _ready(self) -> bool:
+        try:
+            status, _ = procs.http_get(self.monitor_url + "/healthz", timeout=0.5)
+        except OSError:
+            return False
+        return status == 200
+
+    def _prepare(self) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+
+    def _argv(self) -> list[str]:
+        return [
+            str(nats_server_binary()),
+            "-js",
+            "-sd", str(self.store_dir),
+            "-a", self.host,
+            "-p", str(self.port),
+            "-m", str(self.monitor_port),
+            "-n", f"jetty-{self.port}",
+        ]  # fmt: skip
+
+
+def nanio_binary() -> Path:
+    """``nanio`` (an S3-compatible server) installed by its wheel next to our Python."""
+    candidate = Path(sys.executable).parent / "nanio"
+    if candidate.is_file():
+        return candidate
+    found = shutil.which("nanio")
+    if found:
+        return Path(found)
+    raise BinaryNotFound("nanio not found: pip install nanio (or `make install`)")
+
+
+class EmbeddedObjectStore(_ChildServer):
+    """``nanio serve`` on a free port: objects in ``base_dir/data``, the access and
+    secret keys generated on first start and kept in ``base_dir/credentials.json``
+    (mode 0600) so a restart keeps them, log in ``base_dir/nanio.log``."""
+
+    name = "nanio"
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        port: int | None = None,
+        log_path: Path | None = None,
+        host: str = "127.0.0.1",
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.base_dir = Path(base_dir)
+        self.data_dir = self.base_dir / "data"
+        self.credentials_path = self.base_dir / "credentials.json"
+        super().__init__(
+            host=host,
+            port=port,
+            log_path=log_path or self.base_dir / "nanio.log",
+            start_timeout=start_timeout,
+        )
+        self._keys: tuple[str, str] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port``, the form the minio SDK takes (plain HTTP)."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    @property
+    def access_key(self) -> str:
+        return self._credentials()[0]
+
+    @property
+    def secret_key(self) -> str:
+        return self._credentials()[1]
+
+    def _credentials(self) -> tuple[str, str]:
+        if self._keys is not None:
+            return self._keys
+        try:
+            raw = json.loads(self.credentials_path.read_text())
+            self._keys = (str(raw["access_key"]), str(raw["secret_key"]))
+        except FileNotFoundError:
+            self._keys = ("jetty" + secrets.token_hex(6), secrets.token_urlsafe(30))
+            self.base_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.credentials_path.with_name(self.credentials_path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"access_key": self._keys[0], "secret_key": self._keys[1]}, fh)
+            os.replace(tmp, self.credentials_path)
+        return self._keys
+
+    def _ready(self) -> bool:
+        # Any S3 answer (an anonymous request gets 403) means it serves.
+        try:
+            status, _ = procs.http_get(self.url + "/", timeout=0.5)
+        except OSError:
+            return False
+        return status < 500
+
+    def _prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def _argv(self) -> list[str]:
+        return [
+            str(nanio_binary()), "serve",
+            "--data-dir", str(self.data_dir),
+            "--host", self.host,
+            "--port", str(self.port),
+            "--log-level", "warning",
+            "--no-access-log",
+        ]  # fmt: skip
+
+    def _env(self) -> dict[str, str]:
+        # Keys by environment, never on the command line (visible in ps).
+        access_key, secret_key = self._credentials()
+        return {**os.environ, "NANIO_ACCESS_KEY": access_key, "NANIO_SECRET_KEY": secret_key}
 
 
 class EmbeddedPostgres:
