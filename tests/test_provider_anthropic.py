@@ -1443,3 +1443,60 @@ async def test_fake_stream_framing(fake: FakeAnthropic) -> None:
         b'"delta":{"type":"text_delta","text":"Hi"}}'
     )
     assert frames[-2] == b'event: message_stop\ndata: {"type":"message_stop"}'
+
+
+def test_one_hour_cache_writes_are_reported_apart() -> None:
+    """So they can be priced at the 1-hour rate (docs/pricing.md)."""
+    usage = usage_from(
+        {
+            "input_tokens": 10,
+            "cache_read_input_tokens": 5,
+            "cache_creation_input_tokens": 100,
+            "cache_creation": {"ephemeral_5m_input_tokens": 40, "ephemeral_1h_input_tokens": 60},
+            "output_tokens": 7,
+        }
+    )
+    assert usage is not None and usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens == 115
+    assert usage.prompt_tokens_details.counts() == {
+        "cached_tokens": 5,
+        "cache_creation_tokens": 100,
+        "cache_creation_1h_tokens": 60,
+    }
+
+
+def test_cache_control_on_a_tool_result_is_kept() -> None:
+    """claude-code's conversation cache breakpoint sits on its last tool result."""
+    body = orjson.dumps(
+        {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 10,
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "t1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
+                    ],
+                },
+                {
+                    "role": "tool",
+                    "tool_call_id": "t1",
+                    "content": "ok",
+                    "cache_control": {"type": "ephemeral"},
+                },
+            ],
+        }
+    )
+    request = parse_chat_request(body)
+    out, _ = build_request(
+        UpstreamCall(model="claude-sonnet-4-5", request=request, body=body), stream=False
+    )
+    (result,) = out["messages"][-1]["content"]
+    assert result["type"] == "tool_result"
+    assert result["cache_control"] == {"type": "ephemeral"}

@@ -181,11 +181,21 @@ def usage_from(raw: Mapping[str, Any] | None) -> CompletionUsage | None:
     write = raw.get("cache_creation_input_tokens") or 0
     prompt = raw["input_tokens"] + read + write
     completion = raw.get("output_tokens") or 0
+    prompt_details = TokenDetails(cached_tokens=read, cache_creation_tokens=write)
+    # The part of the cache writes made with the 1-hour TTL (priced higher).
+    by_ttl = raw.get("cache_creation")
+    one_hour = by_ttl.get("ephemeral_1h_input_tokens") if isinstance(by_ttl, dict) else None
+    if isinstance(one_hour, int) and one_hour > 0:
+        prompt_details = TokenDetails(
+            cached_tokens=read,
+            cache_creation_tokens=write,
+            cache_creation_1h_tokens=one_hour,
+        )
     usage = CompletionUsage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
-        prompt_tokens_details=TokenDetails(cached_tokens=read, cache_creation_tokens=write),
+        prompt_tokens_details=prompt_details,
     )
     details = raw.get("output_tokens_details")
     if isinstance(details, dict) and isinstance(details.get("thinking_tokens"), int):

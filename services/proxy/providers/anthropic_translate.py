@@ -372,7 +372,8 @@ def _tool_result(message: Message, where: str) -> Json:
         kept = [p for p in parts if p is not None]
         if kept:
             block["content"] = kept
-    return block
+    # claude-code puts its conversation cache breakpoint on the last tool result.
+    return _with_cache_control(block, message)
 
 
 def _tools(tools: list[Json] | None) -> list[Json]:
