@@ -237,3 +237,39 @@ async def _raw_sse(stack: TestStack, model: str) -> list[str]:
 def _first_metadata(events: list[str]) -> dict[str, Any]:
     meta: dict[str, Any] = json.loads(events[0])["jetty_metadata"]
     return meta
+
+
+async def test_native_only_fields_never_reach_an_openai_upstream(
+    upstream_stack: TestStack, upstream: FakeUpstream
+) -> None:
+    """Anthropic or Gemini requests routed to OpenAI carry fields only their native
+    APIs know; the strict OpenAI API would answer 400, so they are dropped."""
+    upstream.reset()
+    body = {
+        "model": "openai/gpt-4o-mini",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {}}]},
+            {"role": "assistant", "content": "ok", "thinking_blocks": [{"type": "thinking"}]},
+            {"role": "user", "content": "again", "cache_control": {"type": "ephemeral"}},
+        ],
+        "top_k": 40,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "anthropic_beta": ["context-1m-2025-08-07"],
+        "output_config": {"effort": "low"},
+        "seed": 3,
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            upstream_stack.base_url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {upstream_stack.token}"},
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+    (sent,) = upstream.requests
+    assert {"top_k", "thinking", "anthropic_beta", "output_config"}.isdisjoint(sent.body)
+    assert sent.body["seed"] == 3  # OpenAI fields still pass through
+    assert "thinking_blocks" not in sent.body["messages"][1]
+    assert "cache_control" not in sent.body["messages"][2]
+    assert "cache_control" not in sent.body["messages"][0]["content"][0]

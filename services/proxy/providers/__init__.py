@@ -75,6 +75,9 @@ def build_providers(
                     base_url=settings.openai_base_url or OPENAI_DEFAULT_BASE_URL,
                     api_key=key.get_secret_value() if key is not None else None,
                     models=settings.openai_models,
+                    # OpenAI has no top_k (Anthropic's and Gemini's sampling knob,
+                    # which their ingress formats carry) and rejects it.
+                    drop_params=("top_k",),
                     timeouts=Timeouts(
                         connect=settings.upstream_connect_timeout,
                         first_byte=settings.upstream_first_byte_timeout,

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlencode
 
 import aiohttp
@@ -40,6 +40,39 @@ from shared.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+
+# Fields the Anthropic and Gemini ingress carry for their native adapters
+# (services/gateway/ingress/): meaningful to no OpenAI-compatible API, and rejected
+# by the strict ones, so a request that came in as Anthropic or Gemini and is
+# routed here must not carry them.
+NATIVE_ONLY_FIELDS: Final = (
+    "anthropic_beta",
+    "thinking",
+    "output_config",
+    "context_management",
+    "inference_geo",
+    "cache_control",
+)
+NATIVE_ONLY_MESSAGE_FIELDS: Final = ("thinking_blocks", "reasoning_content", "cache_control")
+
+
+def _strip_native_extensions(raw: dict[str, Any]) -> None:
+    for name in NATIVE_ONLY_FIELDS:
+        raw.pop(name, None)
+    messages = raw.get("messages")
+    if not isinstance(messages, list):
+        return
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        for name in NATIVE_ONLY_MESSAGE_FIELDS:
+            message.pop(name, None)
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict):
+                    part.pop("cache_control", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +242,7 @@ class OpenAICompatProvider(Provider):
         return orjson.dumps(raw)
 
     def _apply_quirks(self, raw: dict[str, Any]) -> None:
+        _strip_native_extensions(raw)
         config = self._config
         for name in config.drop_params:
             raw.pop(name, None)
