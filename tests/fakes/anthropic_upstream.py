@@ -43,14 +43,14 @@ import contextlib
 import re
 import time
 import uuid
-from collections import deque
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-RECORD_LIMIT = 1000
+from tests.fakes.base import RECORD_LIMIT, FakeServer
+
 DEFAULT_TEXT = "Hello! How can I help you today?"
 VERSIONS = frozenset({"2023-01-01", "2023-06-01"})
 SIGNATURE = "EqQBCkYIBhgCKkDfakeSignature0123456789abcdef=="
@@ -444,51 +444,17 @@ def _validate_thinking(body: dict[str, Any]) -> None:
 # --- the server --------------------------------------------------------------------------
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeServer[Script]):
+    # Like ANTHROPIC_BASE_URL: no /v1 (the SDK adds /v1/messages).
     def __init__(
         self, api_key: str | None = "sk-ant-fake", record_limit: int = RECORD_LIMIT
     ) -> None:
-        self.api_key = api_key
-        self.scripts: dict[str, Script] = {}
-        self.requests: deque[RecordedRequest] = deque(maxlen=record_limit)
-        self.disconnects: list[tuple[str, float]] = []
-        self.disconnected = asyncio.Event()
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        super().__init__(api_key, presets=PRESETS, default=Script, record_limit=record_limit)
         self.app.router.add_post("/v1/messages", self._messages)
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_post("/_control/script", self._control_script)
         self.app.router.add_get("/_control/requests", self._control_requests)
         self.app.router.add_post("/_control/reset", self._control_reset)
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
-
-    def script(self, model: str, script: Script) -> None:
-        self.scripts[model] = script
-
-    def reset(self) -> None:
-        self.scripts.clear()
-        self.requests.clear()
-        self.disconnects.clear()
-        self.disconnected.clear()
-
-    def _script_for(self, model: str) -> Script:
-        return self.scripts.get(model) or PRESETS.get(model) or Script()
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        # handler_cancellation: a client going away cancels the handler at once, which
-        # is how tests see that the adapter really closed its upstream request.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        bound = self._runner.addresses[0][1]
-        # Like ANTHROPIC_BASE_URL: no /v1 (the SDK adds /v1/messages).
-        self.base_url = f"http://{host}:{bound}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     # --- the API ------------------------------------------------------------------------
 
@@ -728,8 +694,7 @@ class FakeAnthropic:
             await send("message_stop", {})
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionResetError):
-            self.disconnects.append((model, time.time()))
-            self.disconnected.set()
+            self._hung_up(model)
             raise
         return response
 

@@ -30,12 +30,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.fakes.base import FakeServer
 
 DEFAULT_TEXT = "Hello! How can I help you today?"
 
@@ -226,39 +227,10 @@ def _sse(kind: str, payload: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
-class FakeCohere:
+class FakeCohere(FakeServer[CohereScript]):
     def __init__(self, api_key: str | None = "co-fake-key") -> None:
-        self.api_key = api_key
-        self.scripts: dict[str, CohereScript] = {}
-        self.requests: deque[RecordedRequest] = deque(maxlen=1000)
-        self.disconnects: list[tuple[str, float]] = []
-        self.disconnected = asyncio.Event()
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        super().__init__(api_key, presets=PRESETS, default=CohereScript)
         self.app.router.add_post("/v2/chat", self._chat)
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
-
-    def script(self, model: str, script: CohereScript) -> None:
-        self.scripts[model] = script
-
-    def reset(self) -> None:
-        self.scripts.clear()
-        self.requests.clear()
-        self.disconnects.clear()
-        self.disconnected.clear()
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        # handler_cancellation: a client that goes away cancels the handler at once.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self.base_url = f"http://{host}:{self._runner.addresses[0][1]}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -280,7 +252,7 @@ class FakeCohere:
         except Invalid as exc:
             return _error(400, str(exc))
         model = body["model"]
-        script = self.scripts.get(model) or PRESETS.get(model) or CohereScript()
+        script = self._script_for(model)
         if script.first_byte_delay:
             await asyncio.sleep(script.first_byte_delay)
         if script.status >= 400:
@@ -444,8 +416,7 @@ class FakeCohere:
                     await asyncio.sleep(script.chunk_delay)
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionResetError):
-            self.disconnects.append((model, time.time()))
-            self.disconnected.set()
+            self._hung_up(model)
             raise
         return response
 

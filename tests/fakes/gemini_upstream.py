@@ -48,13 +48,13 @@ import json
 import os
 import re
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-RECORD_LIMIT = 1000
+from tests.fakes.base import RECORD_LIMIT, FakeServer
+
 DEFAULT_TEXT = "Hello! How can I help you today?"
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 
@@ -559,53 +559,21 @@ class Validator:
             self.schema(sub, f"{path}.any_of[{k}]")
 
 
-class FakeGemini:
+class FakeGemini(FakeServer[Script]):
     def __init__(
         self, api_key: str | None = "fake-gemini-key", record_limit: int = RECORD_LIMIT
     ) -> None:
-        self.api_key = api_key
-        self.scripts: dict[str, Script] = {}
-        self.requests: deque[RecordedRequest] = deque(maxlen=record_limit)
-        self.disconnects: list[tuple[str, float]] = []
-        self.disconnected = asyncio.Event()
+        super().__init__(
+            api_key,
+            presets=PRESETS,
+            default=Script,
+            record_limit=record_limit,
+            client_max_size=100 * 1024 * 1024,
+        )
         self.signatures: set[str] = set()
-        self.app = web.Application(client_max_size=100 * 1024 * 1024)
         self.app.router.add_post(
             r"/{version:v1beta|v1}/{kind:models|tunedModels}/{rest}", self._call
         )
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
-
-    # --- scripting --------------------------------------------------------------------
-
-    def script(self, model: str, script: Script) -> None:
-        self.scripts[model] = script
-
-    def reset(self) -> None:
-        self.scripts.clear()
-        self.requests.clear()
-        self.disconnects.clear()
-        self.disconnected.clear()
-
-    def _script_for(self, model: str) -> Script:
-        return self.scripts.get(model) or PRESETS.get(model) or Script()
-
-    # --- lifecycle --------------------------------------------------------------------
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        # handler_cancellation: a client that goes away cancels the handler at once,
-        # which is how tests see that the adapter really closed its request.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        bound = self._runner.addresses[0][1]
-        self.base_url = f"http://{host}:{bound}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     # --- the API ----------------------------------------------------------------------
 
@@ -812,8 +780,7 @@ class FakeGemini:
                     await asyncio.sleep(script.chunk_delay)
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionResetError):
-            self.disconnects.append((model, time.time()))
-            self.disconnected.set()
+            self._hung_up(model)
             raise
         return response
 

@@ -27,14 +27,14 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import deque
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-RECORD_LIMIT = 1000
+from tests.fakes.base import RECORD_LIMIT, FakeServer
+
 DEFAULT_TEXT = "Hello! How can I help you today?"
 FINGERPRINT = "fp_fake0001"
 
@@ -149,53 +149,16 @@ def _tokens(text: str) -> int:
     return max(1, len(text) // 4) if text else 0
 
 
-class FakeUpstream:
+class FakeUpstream(FakeServer[Script]):
+    url_suffix = "/v1"
+
     def __init__(self, api_key: str | None = "sk-fake", record_limit: int = RECORD_LIMIT) -> None:
-        self.api_key = api_key
-        self.scripts: dict[str, Script] = {}
-        self.requests: deque[RecordedRequest] = deque(maxlen=record_limit)
-        self.disconnects: list[tuple[str, float]] = []
-        self.disconnected = asyncio.Event()
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        super().__init__(api_key, presets=PRESETS, default=Script, record_limit=record_limit)
         self.app.router.add_post("/v1/chat/completions", self._chat)
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_post("/_control/script", self._control_script)
         self.app.router.add_get("/_control/requests", self._control_requests)
         self.app.router.add_post("/_control/reset", self._control_reset)
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
-
-    # --- scripting --------------------------------------------------------------------
-
-    def script(self, model: str, script: Script) -> None:
-        self.scripts[model] = script
-
-    def reset(self) -> None:
-        self.scripts.clear()
-        self.requests.clear()
-        self.disconnects.clear()
-        self.disconnected.clear()
-
-    def _script_for(self, model: str) -> Script:
-        return self.scripts.get(model) or PRESETS.get(model) or Script()
-
-    # --- lifecycle --------------------------------------------------------------------
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        # handler_cancellation: a client that goes away cancels the handler at once,
-        # which is how tests see that the proxy really closed its upstream request.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = self._runner.addresses[0][1]
-        self.base_url = f"http://{host}:{bound}/v1"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     # --- the API ----------------------------------------------------------------------
 
@@ -452,8 +415,7 @@ class FakeUpstream:
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionResetError):
-            self.disconnects.append((model, time.time()))
-            self.disconnected.set()
+            self._hung_up(model)
             raise
         return response
 
