@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -312,6 +311,3 @@ class EventPublisher:
             log.error("%d events could not be stored before shutdown", len(not_done))
             for task in not_done:
                 task.cancel()
-
-
-Handler = Callable[[Any], Awaitable[None]]
