@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The agent CLIs the runner starts (pinned in agents/package.json), installed
+# from npm into agents/node_modules; their install scripts are not needed.
+AGENTS_STAMP := agents/node_modules/.installed
 
 .PHONY: up test lint bench install clean
 
@@ -12,12 +15,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(AGENTS_STAMP): agents/package.json agents/package-lock.json
+	npm ci --prefix agents --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $(AGENTS_STAMP)
 
-up: $(STAMP)
+install: $(STAMP) $(AGENTS_STAMP)
+
+up: $(STAMP) $(AGENTS_STAMP)
 	$(BIN)/jetty up
 
-test: $(STAMP)
+test: $(STAMP) $(AGENTS_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -29,4 +36,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .jetty .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .jetty .pytest_cache .mypy_cache .ruff_cache agents/node_modules

@@ -39,6 +39,7 @@ from shared import subjects
 from shared.events.envelope import PAYLOAD_VERSION, Envelope
 from shared.events.registry import type_name
 from shared.ids import new_event_id
+from shared.runs import ensure_runs_bucket
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
         await js.add_stream(config)
     await ensure_object_store(js, replicas)
     await ensure_tokens_bucket(js, replicas)
+    await ensure_runs_bucket(js, replicas)
 
 
 async def ensure_object_store(js: JetStreamContext, replicas: int = 1) -> Any:

@@ -13,9 +13,20 @@ CHAT_CANCEL = "jetty.chat.cancel"
 MODELS_LIST = "jetty.proxy.models"
 PROXY_QUEUE = "jetty-proxies"
 
+MODEL_RESOLVE = "jetty.proxy.resolve"
+
 RECORDER_DURABLE = "jetty-recorder"
 TOKENS_BUCKET = "jetty_tokens"
 CLAIMS_BUCKET = "jetty_claims"
+RUNS_BUCKET = "jetty_runs"
+
+# The runner's work queue: a durable pull consumer on the events stream that
+# sees only runbook.requested events (every runner instance shares it, so each
+# run is taken by one runner at a time).
+RUNNER_DURABLE = "jetty-runner"
+RUNBOOK_REQUESTED_ALL = EVENTS_PREFIX + ".*.runbook.requested"
+# Core NATS: the trajectory id of a run to stop; every runner listens.
+RUNBOOK_CANCEL = "jetty.runbook.cancel"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -33,3 +44,10 @@ def event_subject(collection: str, event_type: str) -> str:
 
 def collection_events(collection: str) -> str:
     return f"{EVENTS_PREFIX}.{token(collection)}.>"
+
+
+def run_progress(collection: str) -> list[str]:
+    """The subjects of a collection's runbook progress (status, agent steps,
+    artifacts); subscribers filter by trajectory id."""
+    prefix = f"{EVENTS_PREFIX}.{token(collection)}"
+    return [f"{prefix}.runbook.>", f"{prefix}.artifact.>"]

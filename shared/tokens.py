@@ -37,6 +37,9 @@ class TokenRecord(BaseModel):
     name: str = ""
     created_at: datetime
     revoked: bool = False
+    #: set for a run-scoped token (handed to a runbook's agent): it reaches only
+    #: the model endpoints, and every call it makes is a step of this trajectory
+    trajectory_id: str | None = None
 
 
 def generate_token() -> str:
@@ -67,10 +70,17 @@ class TokenStore:
             self._kv = await ensure_tokens_bucket(self._js)
         return self._kv
 
-    async def register(self, token: str, collection: str, name: str = "") -> TokenRecord:
+    async def register(
+        self, token: str, collection: str, name: str = "", *, trajectory_id: str | None = None
+    ) -> TokenRecord:
         if not valid_collection(collection):
             raise ValueError(f"invalid collection name {collection!r}")
-        record = TokenRecord(collection=collection, name=name, created_at=datetime.now(UTC))
+        record = TokenRecord(
+            collection=collection,
+            name=name,
+            created_at=datetime.now(UTC),
+            trajectory_id=trajectory_id,
+        )
         kv = await self._bucket()
         await kv.put(hash_token(token), record.model_dump_json().encode())
         self._cache[hash_token(token)] = record

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, cast
 
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -13,19 +13,52 @@ from shared.events.completion import (
     CompletionRequested,
 )
 from shared.events.envelope import TypedEnvelope
+from shared.events.runbook import (
+    ArtifactStored,
+    RunbookCancelled,
+    RunbookCompleted,
+    RunbookFailed,
+    RunbookRequested,
+    RunbookStarted,
+    RunbookStep,
+)
 
 COMPLETION_REQUESTED: Final = "completion.requested"
 COMPLETION_FINISHED: Final = "completion.finished"
 COMPLETION_FAILED: Final = "completion.failed"
 COMPLETION_CANCELLED: Final = "completion.cancelled"
+RUNBOOK_REQUESTED: Final = "runbook.requested"
+RUNBOOK_STARTED: Final = "runbook.started"
+RUNBOOK_COMPLETED: Final = "runbook.completed"
+RUNBOOK_FAILED: Final = "runbook.failed"
+RUNBOOK_CANCELLED: Final = "runbook.cancelled"
+RUNBOOK_STEP: Final = "runbook.step"
+ARTIFACT_STORED: Final = "artifact.stored"
 
-EventData = CompletionRequested | CompletionFinished | CompletionFailed | CompletionCancelled
+CompletionData = CompletionRequested | CompletionFinished | CompletionFailed | CompletionCancelled
+RunbookData = (
+    RunbookRequested
+    | RunbookStarted
+    | RunbookCompleted
+    | RunbookFailed
+    | RunbookCancelled
+    | RunbookStep
+    | ArtifactStored
+)
+EventData = CompletionData | RunbookData
 
 PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     COMPLETION_REQUESTED: CompletionRequested,
     COMPLETION_FINISHED: CompletionFinished,
     COMPLETION_FAILED: CompletionFailed,
     COMPLETION_CANCELLED: CompletionCancelled,
+    RUNBOOK_REQUESTED: RunbookRequested,
+    RUNBOOK_STARTED: RunbookStarted,
+    RUNBOOK_COMPLETED: RunbookCompleted,
+    RUNBOOK_FAILED: RunbookFailed,
+    RUNBOOK_CANCELLED: RunbookCancelled,
+    RUNBOOK_STEP: RunbookStep,
+    ARTIFACT_STORED: ArtifactStored,
 }
 
 TYPE_OF: Final[dict[type[BaseModel], str]] = {model: name for name, model in PAYLOADS.items()}
@@ -50,11 +83,54 @@ class CancelledEnvelope(TypedEnvelope[CompletionCancelled]):
     type: Literal["completion.cancelled"]
 
 
-AnyEnvelope = RequestedEnvelope | FinishedEnvelope | FailedEnvelope | CancelledEnvelope
+class RunbookRequestedEnvelope(TypedEnvelope[RunbookRequested]):
+    type: Literal["runbook.requested"]
+
+
+class RunbookStartedEnvelope(TypedEnvelope[RunbookStarted]):
+    type: Literal["runbook.started"]
+
+
+class RunbookCompletedEnvelope(TypedEnvelope[RunbookCompleted]):
+    type: Literal["runbook.completed"]
+
+
+class RunbookFailedEnvelope(TypedEnvelope[RunbookFailed]):
+    type: Literal["runbook.failed"]
+
+
+class RunbookCancelledEnvelope(TypedEnvelope[RunbookCancelled]):
+    type: Literal["runbook.cancelled"]
+
+
+class RunbookStepEnvelope(TypedEnvelope[RunbookStep]):
+    type: Literal["runbook.step"]
+
+
+class ArtifactStoredEnvelope(TypedEnvelope[ArtifactStored]):
+    type: Literal["artifact.stored"]
+
+
+AnyEnvelope = (
+    RequestedEnvelope
+    | FinishedEnvelope
+    | FailedEnvelope
+    | CancelledEnvelope
+    | RunbookRequestedEnvelope
+    | RunbookStartedEnvelope
+    | RunbookCompletedEnvelope
+    | RunbookFailedEnvelope
+    | RunbookCancelledEnvelope
+    | RunbookStepEnvelope
+    | ArtifactStoredEnvelope
+)
 
 _ENVELOPES: Final[TypeAdapter[AnyEnvelope]] = TypeAdapter(
     Annotated[AnyEnvelope, Field(discriminator="type")]
 )
+
+
+_EVENT_DATA: Final = tuple(PAYLOADS.values())
 
 
 class UnknownEventType(ValueError):
@@ -73,10 +149,8 @@ def parse_data(event_type: str, raw: dict[str, Any]) -> EventData:
     if model is None:
         raise UnknownEventType(event_type)
     parsed = model.model_validate(raw)
-    assert isinstance(
-        parsed, CompletionRequested | CompletionFinished | CompletionFailed | CompletionCancelled
-    )
-    return parsed
+    assert isinstance(parsed, _EVENT_DATA)
+    return cast(EventData, parsed)
 
 
 def parse_data_json(event_type: str, raw: bytes) -> EventData:
@@ -85,10 +159,8 @@ def parse_data_json(event_type: str, raw: bytes) -> EventData:
     if model is None:
         raise UnknownEventType(event_type)
     parsed = model.model_validate_json(raw)
-    assert isinstance(
-        parsed, CompletionRequested | CompletionFinished | CompletionFailed | CompletionCancelled
-    )
-    return parsed
+    assert isinstance(parsed, _EVENT_DATA)
+    return cast(EventData, parsed)
 
 
 def decode_envelope(payload: bytes) -> AnyEnvelope:

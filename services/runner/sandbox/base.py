@@ -1,0 +1,115 @@
+"""The port both sandbox backends implement (``local`` bubblewrap, ``kubernetes``).
+
+The runner prepares a :class:`SandboxSpec` (the agent's command, the input files
+to place in the workspace, limits) and gets back a running :class:`Sandbox`:
+the agent's stdout lines as they come, its exit, a kill switch, and at the end
+the files it created or changed. The backend owns getting inputs in and outputs
+out (a local folder for ``local``; presigned object-store URLs for
+``kubernetes``), so the runner never needs to know where the workspace lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from services.runner.agents.base import AgentCommand
+
+
+class SandboxError(Exception):
+    """The sandbox could not be created or started (the run fails with it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    #: where it goes, relative to the workspace (``uploads/data.csv``)
+    path: str
+    #: its object key in the bucket (``<collection>/uploads/data.csv``)
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    #: wall-clock limit of the agent, seconds (the backend kills it past this)
+    timeout_s: float
+    memory_mb: int = 4096
+    max_processes: int = 512
+    cpu_seconds: int | None = None
+    #: largest file the agent may write, MB
+    max_file_mb: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    trajectory_id: str
+    collection: str
+    task: str
+    command: AgentCommand
+    inputs: list[InputFile]
+    limits: Limits
+    #: where artifacts go: ``<collection>/<task>/<trajectory>/`` (+ workspace path)
+    artifact_prefix: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """A file the agent created or changed, already in the object store."""
+
+    path: str
+    key: str
+    size: int
+    sha256: str
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxExit:
+    #: the agent's exit code; None when it was killed (timeout, cancel)
+    exit_code: int | None
+    timed_out: bool = False
+    killed: bool = False
+    #: the tail of the agent's stderr, for the error message of a failed run
+    stderr_tail: str = ""
+
+
+class Sandbox(Protocol):
+    #: a name for logs and the runbook.started event (bwrap pid, Job name)
+    sandbox_id: str
+
+    def lines(self) -> AsyncIterator[str]:
+        """The agent's stdout, line by line (no newline), until it exits."""
+
+    async def wait(self) -> SandboxExit:
+        """Wait for the agent to end (or the timeout to kill it)."""
+
+    async def kill(self) -> None:
+        """Stop the agent now (cancel, budget); idempotent."""
+
+    async def collect_outputs(self) -> list[OutputFile]:
+        """After the end: upload every file the agent created or changed (inputs
+        it left unchanged are not artifacts) and describe them."""
+
+    async def destroy(self) -> None:
+        """Remove everything the sandbox left (workspace, Job); idempotent."""
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxLayout:
+    """Where things are as the agent inside sees them (fills :class:`AgentSpec`)."""
+
+    workspace: str
+    home: str
+    agents_dir: str
+    #: the gateway's base URL from inside (``local``: the relay's loopback port)
+    gateway_url: str
+
+
+class SandboxBackend(Protocol):
+    name: str
+    layout: SandboxLayout
+
+    async def start(self, spec: SandboxSpec) -> Sandbox: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,135 @@
+"""Events of a runbook trajectory: its status changes, the agent's own steps and
+the artifacts it left.
+
+A runbook's status moves ``pending`` (``runbook.requested``) → ``running``
+(``runbook.started``) → one of ``runbook.completed`` / ``runbook.failed`` /
+``runbook.cancelled``. A run may also end straight from ``pending`` (cancelled
+while queued, or failed before its sandbox started). The model calls the agent
+makes through the gateway are ordinary completion events with ``mode: runbook``
+and the run's trajectory id; the agent's messages, tool calls and tool results
+are ``runbook.step`` events; every file the agent created or changed is an
+``artifact.stored`` event. Steps of both kinds share one index space per run
+(allocated in the run's state record, :mod:`shared.runs`), so they sort in the
+order they happened.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events.completion import COST_PATTERN, ErrorRecord
+
+AgentName = Literal["claude-code", "codex", "gemini-cli"]
+AGENTS: tuple[str, ...] = ("claude-code", "codex", "gemini-cli")
+
+RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+AgentStepKind = Literal["message", "tool_call", "tool_result"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Budget(_Frozen):
+    """Limits on the model calls of one run, enforced by the gateway. ``None``: no
+    limit of that kind."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: str | None = Field(default=None, pattern=COST_PATTERN)
+
+
+class RunbookRequested(_Frozen):
+    """The gateway accepted a runbook; the runner's work queue holds it (pending)."""
+
+    task: str
+    agent: AgentName
+    model: str
+    #: the system message(s): the runbook the agent follows
+    runbook: str
+    #: the user message(s): what to do now
+    prompt: str
+    #: object paths inside the collection (``uploads/data.csv``), each checked to
+    #: exist before this event was published; placed in the workspace at that path
+    file_paths: list[str] = Field(default_factory=list)
+    budget: Budget = Budget()
+    #: wall-clock limit of the agent's run, seconds
+    timeout_s: float = Field(gt=0)
+    requested_at: datetime
+    #: the original request, recorded as sent (minus the jetty block's secrets: none)
+    request: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunbookStarted(_Frozen):
+    """A runner took the run and its sandbox is starting (running)."""
+
+    task: str
+    started_at: datetime
+    runner: str
+    backend: str
+    sandbox_id: str
+
+
+class AgentOutcome(_Frozen):
+    """What the agent itself reported at its end (its final JSON event)."""
+
+    result: str | None = None
+    exit_code: int | None = None
+    num_turns: int | None = None
+    #: the agent's own usage figures, as it printed them (informational: the
+    #: trajectory's usage is the sum of the recorded model calls)
+    reported_usage: dict[str, int] = Field(default_factory=dict)
+
+
+class _RunbookEnded(_Frozen):
+    task: str
+    ended_at: datetime
+    #: when the agent process started (None if it never did)
+    agent_started_at: datetime | None = None
+    outcome: AgentOutcome = AgentOutcome()
+
+
+class RunbookCompleted(_RunbookEnded):
+    pass
+
+
+class RunbookFailed(_RunbookEnded):
+    error: ErrorRecord
+
+
+class RunbookCancelled(_RunbookEnded):
+    reason: str = "cancel_requested"
+
+
+class RunbookStep(_Frozen):
+    """One step of the agent's own stream, in the same shape for every agent."""
+
+    task: str
+    step_index: int = Field(ge=0)
+    kind: AgentStepKind
+    started_at: datetime
+    ended_at: datetime
+    #: assistant text (message) or the tool's output (tool_result)
+    text: str | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+    tool_input: dict[str, Any] | None = None
+    is_error: bool = False
+
+
+class ArtifactStored(_Frozen):
+    """A file the agent created or changed, now in the object store."""
+
+    task: str
+    #: relative to the workspace: ``results/summary.md``
+    path: str
+    #: the object's key in the bucket: ``<collection>/<task>/<trajectory>/<path>``
+    key: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    content_type: str
+    stored_at: datetime
