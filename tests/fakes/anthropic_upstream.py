@@ -512,7 +512,7 @@ class FakeAnthropic(FakeServer[Script]):
                 except Invalid as exc:
                     response = error_response(400, "invalid_request_error", str(exc))
         model = body.get("model", "") if isinstance(body, dict) else ""
-        script = self._script_for(str(model))
+        script = self._script_for(str(model), body)
         if response is None and script.status >= 400:
             headers = {"retry-after": script.retry_after} if script.retry_after else None
             response = error_response(

@@ -37,6 +37,7 @@ class FakeServer(Generic[ScriptT]):
     ) -> None:
         self.api_key = api_key
         self.scripts: dict[str, ScriptT] = {}
+        self.responders: dict[str, Callable[[Any], ScriptT]] = {}
         self.requests: deque[Any] = deque(maxlen=record_limit)
         self.disconnects: list[tuple[str, float]] = []
         self.disconnected = asyncio.Event()
@@ -49,13 +50,23 @@ class FakeServer(Generic[ScriptT]):
     def script(self, model: str, script: ScriptT) -> None:
         self.scripts[model] = script
 
+    def respond_with(self, model: str, responder: Callable[[Any], ScriptT]) -> None:
+        """Answer ``model`` with a script computed from each request body (a parsed
+        JSON document): a scripted conversation that reacts to what the client sent,
+        e.g. an agent's tool results. Takes precedence over :meth:`script`."""
+        self.responders[model] = responder
+
     def reset(self) -> None:
         self.scripts.clear()
+        self.responders.clear()
         self.requests.clear()
         self.disconnects.clear()
         self.disconnected.clear()
 
-    def _script_for(self, model: str) -> ScriptT:
+    def _script_for(self, model: str, body: Any = None) -> ScriptT:
+        responder = self.responders.get(model)
+        if responder is not None:
+            return responder(body)
         return self.scripts.get(model) or self._presets.get(model) or self._default()
 
     def _hung_up(self, model: str) -> None:

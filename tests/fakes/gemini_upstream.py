@@ -630,7 +630,7 @@ class FakeGemini(FakeServer[Script]):
         if not isinstance(body, dict):
             message = f"Invalid JSON payload received. Unexpected token.\n{raw[:40]!r}"
             return _json_response(400, error_body(400, "INVALID_ARGUMENT", message))
-        script = self._script_for(name)
+        script = self._script_for(name, body)
         try:
             doc = Validator(name, self.signatures).request(body)
         except RequestRejected as rejected:

@@ -209,7 +209,7 @@ class FakeUpstream(FakeServer[Script]):
         if invalid is not None:
             return invalid
         model = str(body["model"])
-        script = self._script_for(model)
+        script = self._script_for(model, body)
         if script.first_byte_delay:
             await asyncio.sleep(script.first_byte_delay)
         if script.status >= 400:
