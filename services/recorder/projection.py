@@ -1,4 +1,5 @@
-"""The projection: completion events -> ``steps`` and ``trajectories`` rows.
+"""The projection: events -> ``steps``, ``trajectories`` (and, through
+:mod:`services.recorder.runbook_projection`, ``runbooks`` and ``artifacts``) rows.
 
 Plain functions over an asyncpg connection, no transport; tests call them directly.
 What must stay true (and is tested):
@@ -17,8 +18,9 @@ What must stay true (and is tested):
   same set of events, in any split into batches, gives the same rows.
 * **No wall clock.** Every time comes from the events, so a replay of the stream
   gives identical tables.
-* **Set-based.** A batch is three statements whatever its size (tracking rows,
-  steps, trajectories; arrays through ``unnest``), not a round trip per event. The
+* **Set-based.** A batch of completion events is three statements whatever its
+  size (tracking rows, steps, trajectories; arrays through ``unnest``), not a round
+  trip per event; runbook events add one statement per table they touch. The
   batch is first folded in memory to one row per step, with the same precedence.
 """
 
@@ -26,13 +28,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from pydantic import BaseModel, ValidationError
 
+from services.recorder.runbook_projection import (
+    MODE_RUNBOOK,
+    apply_runbook_events,
+    recompute_runbook_trajectories,
+)
+from services.recorder.values import (
+    STATUS_RANK,
+    TRAJECTORY_COLUMNS,
+    TRAJECTORY_CONFLICT,
+    USAGE_AGGREGATES,
+    Event,
+)
+from services.recorder.values import json as _json
+from services.recorder.values import text as _text
+from services.recorder.values import utc as _utc
 from shared.events.completion import (
     CompletionCancelled,
     CompletionFailed,
@@ -40,10 +56,12 @@ from shared.events.completion import (
     CompletionRequested,
 )
 from shared.events.envelope import Envelope
-from shared.events.registry import AnyEnvelope, EventData, UnknownEventType, parse_data
+from shared.events.registry import UnknownEventType, parse_data
 
 if TYPE_CHECKING:
     from shared.db.pool import Connection
+
+__all__ = ["STATUS_RANK", "Event", "PoisonEvent", "apply", "apply_parsed", "handle", "parse"]
 
 STEP_KIND_COMPLETION = "completion"
 
@@ -56,30 +74,6 @@ SERVER_SETTINGS: dict[str, str] = {"plan_cache_mode": "force_custom_plan"}
 
 class PoisonEvent(ValueError):
     """An event that can never be projected (unknown type, invalid payload)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """What the projection uses of an envelope, its payload parsed into the
-    registered model."""
-
-    id: str
-    type: str
-    trajectory_id: str
-    collection: str
-    time: datetime
-    data: EventData
-
-    @classmethod
-    def of(cls, envelope: Envelope | AnyEnvelope, data: EventData) -> Event:
-        return cls(
-            envelope.id,
-            envelope.type,
-            envelope.trajectory_id,
-            envelope.collection,
-            envelope.time,
-            data,
-        )
 
 
 def parse(envelope: Envelope) -> Event:
@@ -120,12 +114,25 @@ async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
         fresh = await _claim_new(list(unique.values()), conn)
         if not fresh:
             return 0
-        rows = [_step_row(facts) for _, facts in sorted(_fold(fresh).items())]
-        # Key order (sorted above and in the statement), so that two recorders
-        # sharing the durable lock rows in the same order and cannot deadlock.
-        await conn.execute(_UPSERT_STEPS, *zip(*rows, strict=True))
-        touched = sorted({e.trajectory_id for e in fresh})
-        await conn.execute(_RECOMPUTE_TRAJECTORIES, touched)
+        calls = [e for e in fresh if isinstance(e.data, _COMPLETION_EVENTS)]
+        others = [e for e in fresh if not isinstance(e.data, _COMPLETION_EVENTS)]
+        if calls:
+            rows = [_step_row(facts) for _, facts in sorted(_fold(calls).items())]
+            # Key order (sorted above and in the statement), so that two recorders
+            # sharing the durable lock rows in the same order and cannot deadlock.
+            await conn.execute(_UPSERT_STEPS, *zip(*rows, strict=True))
+        if others:
+            await apply_runbook_events(others, conn)
+        passthrough = {
+            e.trajectory_id
+            for e in calls
+            if isinstance(e.data, _COMPLETION_EVENTS) and e.data.mode != MODE_RUNBOOK
+        }
+        if passthrough:
+            await conn.execute(_RECOMPUTE_TRAJECTORIES, sorted(passthrough))
+        runbooks = {e.trajectory_id for e in fresh} - passthrough
+        if runbooks:
+            await recompute_runbook_trajectories(runbooks, conn)
     return len(fresh)
 
 
@@ -149,16 +156,6 @@ async def _claim_new(events: list[Event], conn: Connection) -> list[Event]:
 
 # --- one step's facts -----------------------------------------------------------
 
-# Must equal the SQL function jetty_status_rank() (tested): the in-batch fold below
-# and the upsert against stored rows have to pick the same winner.
-STATUS_RANK: dict[str, int] = {
-    "pending": 0,
-    "running": 1,
-    "completed": 2,
-    "cancelled": 3,
-    "failed": 4,
-}
-
 
 @dataclass(slots=True)
 class _StepFacts:
@@ -168,7 +165,16 @@ class _StepFacts:
     end: Event | None = None
 
 
-def _end_status(data: EventData) -> str:
+_COMPLETION_EVENTS = (
+    CompletionRequested,
+    CompletionFinished,
+    CompletionFailed,
+    CompletionCancelled,
+)
+CompletionData = CompletionRequested | CompletionFinished | CompletionFailed | CompletionCancelled
+
+
+def _end_status(data: CompletionData) -> str:
     if isinstance(data, CompletionFinished):
         return "completed"
     if isinstance(data, CompletionFailed):
@@ -177,7 +183,7 @@ def _end_status(data: EventData) -> str:
 
 
 def _end_precedence(event: Event) -> tuple[int, datetime, str]:
-    assert not isinstance(event.data, CompletionRequested)
+    assert isinstance(event.data, CompletionFinished | CompletionFailed | CompletionCancelled)
     return (STATUS_RANK[_end_status(event.data)], _utc(event.data.ended_at), event.id)
 
 
@@ -186,6 +192,7 @@ def _fold(events: Sequence[Event]) -> dict[tuple[str, int], _StepFacts]:
     to stored rows (a set-based INSERT may not touch one row twice)."""
     steps: dict[tuple[str, int], _StepFacts] = {}
     for event in events:
+        assert isinstance(event.data, _COMPLETION_EVENTS)
         facts = steps.setdefault((event.trajectory_id, event.data.step_index), _StepFacts())
         if isinstance(event.data, CompletionRequested):
             if facts.request is None or event.id < facts.request.id:
@@ -255,21 +262,17 @@ FROM unnest({_ARRAYS}) AS u({", ".join(_COLUMNS)})
 ORDER BY u.trajectory_id, u.step_index
 ON CONFLICT (trajectory_id, step_index) DO UPDATE SET
     {_SET}
-WHERE {_REQUEST_WINS} OR {_END_WINS}
+WHERE s.kind = '{STEP_KIND_COMPLETION}' AND ({_REQUEST_WINS} OR {_END_WINS})
 """
 
-# A trajectory is a pure function of its steps. Passthrough has exactly one step;
+# A passthrough trajectory is a pure function of its steps: it has exactly one;
 # with several, the first step (lowest index) gives identity, status and timing and
-# usage is summed. The runbook slice adds its own status source on top of this.
-# Cost follows pricing.sum_costs: the exact sum of the steps' costs, NULL if any
-# step with usage is unpriced (a partial sum would under-report); steps without
-# usage (still running, failed before any token) add nothing, and with no usage at
-# all the cost is NULL like the token counts.
-_RECOMPUTE_TRAJECTORIES = """
-INSERT INTO trajectories AS t (
-    trajectory_id, collection, task, mode, status, model, created_at, completed_at,
-    latency_ms, ttft_ms, prompt_tokens, completion_tokens, total_tokens, error, cost_usd
-)
+# usage is summed (cost as values.USAGE_AGGREGATES says). Runbook trajectories are
+# skipped here (their row comes from the runbooks table, runbook_projection.py):
+# those with a runbooks row, and those with a runbook-mode step whose
+# runbook.requested has not arrived yet.
+_RECOMPUTE_TRAJECTORIES = f"""
+INSERT INTO trajectories AS t ({TRAJECTORY_COLUMNS})
 SELECT f.trajectory_id, f.collection, f.task, f.mode, f.status, f.model, a.created_at,
        f.ended_at, f.latency_ms, f.ttft_ms,
        a.prompt_tokens, a.completion_tokens, a.total_tokens, f.error, a.cost_usd
@@ -279,41 +282,14 @@ FROM (
     ORDER BY trajectory_id, step_index
 ) AS f
 JOIN (
-    SELECT trajectory_id,
-           min(started_at) AS created_at,
-           sum((usage->>'prompt_tokens')::bigint) AS prompt_tokens,
-           sum((usage->>'completion_tokens')::bigint) AS completion_tokens,
-           sum((usage->>'total_tokens')::bigint) AS total_tokens,
-           CASE WHEN bool_or(usage IS NOT NULL AND cost_usd IS NULL) THEN NULL
-                ELSE sum(cost_usd) END AS cost_usd
+    SELECT trajectory_id, min(started_at) AS created_at, {USAGE_AGGREGATES}
     FROM steps WHERE trajectory_id = ANY($1::text[])
     GROUP BY trajectory_id
+    HAVING NOT bool_or(mode = '{MODE_RUNBOOK}')
 ) AS a USING (trajectory_id)
+WHERE NOT EXISTS (SELECT 1 FROM runbooks r WHERE r.trajectory_id = f.trajectory_id)
 ORDER BY f.trajectory_id
-ON CONFLICT (trajectory_id) DO UPDATE SET
-    collection = EXCLUDED.collection,
-    task = EXCLUDED.task,
-    mode = EXCLUDED.mode,
-    status = EXCLUDED.status,
-    model = EXCLUDED.model,
-    created_at = EXCLUDED.created_at,
-    completed_at = EXCLUDED.completed_at,
-    latency_ms = EXCLUDED.latency_ms,
-    ttft_ms = EXCLUDED.ttft_ms,
-    prompt_tokens = EXCLUDED.prompt_tokens,
-    completion_tokens = EXCLUDED.completion_tokens,
-    total_tokens = EXCLUDED.total_tokens,
-    error = EXCLUDED.error,
-    cost_usd = EXCLUDED.cost_usd
--- Skip no-op writes (duplicates, replays over existing rows): no dead tuples.
-WHERE (t.collection, t.task, t.mode, t.status, t.model, t.created_at, t.completed_at,
-       t.latency_ms, t.ttft_ms, t.prompt_tokens, t.completion_tokens, t.total_tokens, t.error,
-       t.cost_usd)
-      IS DISTINCT FROM
-      (EXCLUDED.collection, EXCLUDED.task, EXCLUDED.mode, EXCLUDED.status, EXCLUDED.model,
-       EXCLUDED.created_at, EXCLUDED.completed_at, EXCLUDED.latency_ms, EXCLUDED.ttft_ms,
-       EXCLUDED.prompt_tokens, EXCLUDED.completion_tokens, EXCLUDED.total_tokens, EXCLUDED.error,
-       EXCLUDED.cost_usd)
+{TRAJECTORY_CONFLICT}
 """
 
 
@@ -324,6 +300,7 @@ def _step_row(facts: _StepFacts) -> tuple[Any, ...]:
     source = request or end
     assert source is not None
     data = source.data
+    assert isinstance(data, _COMPLETION_EVENTS)
     values: dict[str, Any] = {
         "trajectory_id": source.trajectory_id,
         "step_index": data.step_index,
@@ -373,35 +350,3 @@ def _step_row(facts: _StepFacts) -> tuple[Any, ...]:
             "cost_usd": None if ended.cost_usd is None else Decimal(ended.cost_usd),
         }
     return tuple(values.get(column) for column in _COLUMNS)
-
-
-def _utc(moment: datetime) -> datetime:
-    # A naive time from a careless producer is taken as UTC, the same way every time.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def _text(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; an event must not become unstorable over one.
-    return value.replace("\x00", "\ufffd") if "\x00" in value else value
-
-
-def _json(value: Any) -> str:
-    if isinstance(value, BaseModel):
-        text = value.model_dump_json()  # one pass, no intermediate dict
-        if "\\u0000" not in text:
-            return text
-        value = value.model_dump(mode="json")
-    encoded = orjson.dumps(value)
-    if b"\\u0000" in encoded:  # jsonb rejects \u0000 too
-        encoded = orjson.dumps(_scrub(value))
-    return encoded.decode()
-
-
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, dict):
-        return {_text(str(k)): _scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
-    return value

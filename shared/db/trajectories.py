@@ -1,8 +1,10 @@
 """Read side of the trajectory projection, for the gateway's query API.
 
-The models are the JSON the API returns (``model_dump(mode="json")``). Both reads
-are scoped by collection: another collection's trajectory is indistinguishable
-from an unknown one.
+The models are the JSON the API returns (``model_dump(mode="json")``). Every read
+is scoped by collection: another collection's trajectory is indistinguishable
+from an unknown one. A runbook trajectory's view adds ``agent``, ``runbook`` (the
+run's own status detail), ``timing``, its ``artifacts`` and its agent steps; these
+are left out of a passthrough trajectory's JSON, which keeps its exact shape.
 
 Exception tree::
 
@@ -14,9 +16,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -81,6 +86,10 @@ def _is_empty(value: list[Any]) -> bool:
     return not value
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class AttemptView(_View):
     """One upstream try of a step that needed retries or a fallback."""
 
@@ -110,15 +119,71 @@ class StepView(_View):
     # Stored with the response when a step needed retries or a fallback; left out of
     # the JSON when the first try answered (most steps).
     attempts: list[AttemptView] = Field(default_factory=list, exclude_if=_is_empty)
+    # Steps of a runbook only (left out of the JSON otherwise): the step's status
+    # and times, and for the agent's own steps (kind message / tool_call /
+    # tool_result) what the agent said or did.
+    status: Status | None = Field(default=None, exclude_if=_is_none)
+    started_at: datetime | None = Field(default=None, exclude_if=_is_none)
+    ended_at: datetime | None = Field(default=None, exclude_if=_is_none)
+    text: str | None = Field(default=None, exclude_if=_is_none)
+    tool_name: str | None = Field(default=None, exclude_if=_is_none)
+    tool_call_id: str | None = Field(default=None, exclude_if=_is_none)
+    tool_input: dict[str, Any] | None = Field(default=None, exclude_if=_is_none)
+    is_error: bool | None = Field(default=None, exclude_if=_is_none)
 
 
 class ArtifactView(_View):
-    """Files a runbook produced (filled in by the runbook slice; empty for passthrough)."""
+    """A file a runbook produced (none for passthrough). ``url`` is where the
+    client downloads it; the gateway fills it in (:func:`with_artifact_urls`)."""
 
+    #: the file name (last part of ``path``)
     name: str
+    #: relative to the run's workspace: ``results/summary.md``
+    path: str
     url: str | None = None
     size_bytes: int | None = None
+    sha256: str | None = None
     media_type: str | None = None
+
+
+class RunbookView(_View):
+    """A runbook's own status detail, beside the trajectory's summary fields."""
+
+    agent: str | None
+    status: Status
+    requested_at: datetime | None
+    started_at: datetime | None
+    #: when the agent process itself started inside the sandbox
+    agent_started_at: datetime | None
+    ended_at: datetime | None
+    #: the agent's final answer, as it reported it
+    result: str | None
+    exit_code: int | None
+    num_turns: int | None
+    #: the agent's own usage figures (informational; ``usage`` is the recorded calls')
+    reported_usage: dict[str, int]
+    file_paths: list[str]
+    budget: dict[str, Any] | None
+    timeout_s: float | None
+    runner: str | None
+    backend: str | None
+    sandbox_id: str | None
+    #: why a cancelled run stopped
+    cancel_reason: str | None
+    error: ErrorView | None
+
+
+class TimingView(_View):
+    """Where a runbook's time went, in milliseconds (None until both ends are known)."""
+
+    #: requested -> started (waiting for a runner)
+    queued_ms: float | None
+    #: started -> ended (sandbox, agent, collecting artifacts)
+    run_ms: float | None
+    #: agent process start -> ended
+    agent_ms: float | None
+    #: requested -> ended
+    total_ms: float | None
 
 
 class TrajectorySummary(_View):
@@ -141,6 +206,26 @@ class TrajectorySummary(_View):
 class TrajectoryView(TrajectorySummary):
     steps: list[StepView]
     artifacts: list[ArtifactView] = Field(default_factory=list)
+    # Runbooks only; left out of a passthrough trajectory's JSON.
+    agent: str | None = Field(default=None, exclude_if=_is_none)
+    runbook: RunbookView | None = Field(default=None, exclude_if=_is_none)
+    timing: TimingView | None = Field(default=None, exclude_if=_is_none)
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactRecord:
+    """Where an artifact's bytes are, for the download route."""
+
+    trajectory_id: str
+    collection: str
+    task: str
+    path: str
+    #: the object's key in the bucket
+    key: str
+    size: int
+    sha256: str
+    content_type: str
+    stored_at: datetime
 
 
 class TrajectoryPage(_View):
@@ -155,8 +240,18 @@ _SUMMARY_COLUMNS = """
     t.total_tokens, t.error::text AS error, t.cost_usd
 """
 
-# One statement, so the trajectory and its steps come from the same snapshot even
-# when ``conn_or_pool`` is a pool.
+# Extra keys of a runbook's steps: status and times, and the agent step's detail.
+_RUNBOOK_STEP_KEYS = """
+    || CASE WHEN s.mode = 'runbook' THEN jsonb_strip_nulls(jsonb_build_object(
+            'status', s.status,
+            'started_at', to_char(s.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+            'ended_at', to_char(s.ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')))
+            || coalesce(s.detail, '{}'::jsonb)
+       ELSE '{}'::jsonb END
+"""
+
+# One statement, so the trajectory, its steps, its run and its artifacts come from
+# the same snapshot even when ``conn_or_pool`` is a pool.
 _GET = f"""
 SELECT {_SUMMARY_COLUMNS},
     (SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -164,23 +259,136 @@ SELECT {_SUMMARY_COLUMNS},
                 'response', s.response, 'usage', s.usage, 'latency_ms', s.latency_ms,
                 'ttft_ms', s.ttft_ms, 'provider', s.provider, 'model', s.model,
                 'error', s.error, 'cost_usd', s.cost_usd, 'ingress', s.ingress)
+                {_RUNBOOK_STEP_KEYS}
                 ORDER BY s.step_index),
                 '[]'::jsonb)
-     FROM steps s WHERE s.trajectory_id = t.trajectory_id)::text AS steps
+     FROM steps s WHERE s.trajectory_id = t.trajectory_id)::text AS steps,
+    (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'path', a.path, 'size_bytes', a.size, 'sha256', a.sha256,
+                'media_type', a.content_type)
+                ORDER BY a.path COLLATE "C"),
+                '[]'::jsonb)
+     FROM artifacts a WHERE a.trajectory_id = t.trajectory_id)::text AS artifacts,
+    r.trajectory_id IS NOT NULL AS is_runbook, r.agent AS run_agent, r.status AS run_status,
+    r.requested_at AS run_requested_at, r.started_at AS run_started_at,
+    r.agent_started_at AS run_agent_started_at, r.ended_at AS run_ended_at,
+    r.outcome::text AS run_outcome, r.file_paths::text AS run_file_paths,
+    r.budget::text AS run_budget, r.timeout_s AS run_timeout_s, r.runner AS run_runner,
+    r.backend AS run_backend, r.sandbox_id AS run_sandbox_id,
+    r.cancel_reason AS run_cancel_reason, r.error::text AS run_error
 FROM trajectories t
+LEFT JOIN runbooks r ON r.trajectory_id = t.trajectory_id
 WHERE t.trajectory_id = $1 AND t.collection = $2
 """
+_GET_BY_TASK = _GET + " AND t.task = $3"
 
 
 async def get_trajectory(
     conn_or_pool: Executor, collection: str, trajectory_id: str
 ) -> TrajectoryView | None:
-    """The trajectory with its steps, or ``None`` if unknown *or of another collection*."""
+    """The trajectory with its steps (and, for a runbook, its run, timing and
+    artifacts), or ``None`` if unknown *or of another collection*."""
     row = await conn_or_pool.fetchrow(_GET, trajectory_id, collection)
-    if row is None:
-        return None
+    return None if row is None else _view(row)
+
+
+async def get_trajectory_by_task(
+    conn_or_pool: Executor, collection: str, task: str, trajectory_id: str
+) -> TrajectoryView | None:
+    """:func:`get_trajectory`, also ``None`` when the trajectory is of another task
+    (the route ``/api/v1/db/trajectory/{collection}/{task}/{id}``)."""
+    row = await conn_or_pool.fetchrow(_GET_BY_TASK, trajectory_id, collection, task)
+    return None if row is None else _view(row)
+
+
+async def get_artifact(
+    conn_or_pool: Executor, collection: str, trajectory_id: str, path: str
+) -> ArtifactRecord | None:
+    """One artifact of a trajectory by its workspace path, or ``None`` if there is
+    no such file *or the trajectory is of another collection*."""
+    row = await conn_or_pool.fetchrow(
+        """
+        SELECT trajectory_id, collection, task, path, key, size, sha256, content_type,
+               stored_at
+        FROM artifacts WHERE trajectory_id = $1 AND path = $2 AND collection = $3
+        """,
+        trajectory_id,
+        path,
+        collection,
+    )
+    return None if row is None else ArtifactRecord(**dict(row.items()))
+
+
+def with_artifact_urls(view: TrajectoryView, base: str | Callable[[str], str]) -> TrajectoryView:
+    """``view`` with every artifact's ``url`` set: ``base`` + ``/`` + the path
+    (percent-encoded, slashes kept), or ``base(path)`` when it is a function (a
+    presigned URL, say)."""
+    if not view.artifacts:
+        return view
+
+    def url(path: str) -> str:
+        if callable(base):
+            return base(path)
+        return f"{base.rstrip('/')}/{quote(path, safe='/')}"
+
+    artifacts = [a.model_copy(update={"url": url(a.path)}) for a in view.artifacts]
+    return view.model_copy(update={"artifacts": artifacts})
+
+
+def _view(row: Any) -> TrajectoryView:
     steps = [_step(raw) for raw in orjson.loads(row["steps"])]
-    return TrajectoryView(**_summary_fields(row), steps=steps, artifacts=[])
+    artifacts = [
+        ArtifactView(name=raw["path"].rsplit("/", 1)[-1], **raw)
+        for raw in orjson.loads(row["artifacts"])
+    ]
+    fields = _summary_fields(row)
+    if not row["is_runbook"]:
+        return TrajectoryView(**fields, steps=steps, artifacts=artifacts)
+    run = _runbook(row)
+    return TrajectoryView(
+        **fields,
+        steps=steps,
+        artifacts=artifacts,
+        agent=run.agent,
+        runbook=run,
+        timing=TimingView(
+            queued_ms=_ms(run.requested_at, run.started_at),
+            run_ms=_ms(run.started_at, run.ended_at),
+            agent_ms=_ms(run.agent_started_at, run.ended_at),
+            total_ms=_ms(run.requested_at, run.ended_at),
+        ),
+    )
+
+
+def _runbook(row: Any) -> RunbookView:
+    outcome = orjson.loads(row["run_outcome"]) if row["run_outcome"] else {}
+    error = row["run_error"]
+    return RunbookView(
+        agent=row["run_agent"],
+        status=row["run_status"],
+        requested_at=row["run_requested_at"],
+        started_at=row["run_started_at"],
+        agent_started_at=row["run_agent_started_at"],
+        ended_at=row["run_ended_at"],
+        result=outcome.get("result"),
+        exit_code=outcome.get("exit_code"),
+        num_turns=outcome.get("num_turns"),
+        reported_usage=outcome.get("reported_usage") or {},
+        file_paths=orjson.loads(row["run_file_paths"]) if row["run_file_paths"] else [],
+        budget=orjson.loads(row["run_budget"]) if row["run_budget"] else None,
+        timeout_s=row["run_timeout_s"],
+        runner=row["run_runner"],
+        backend=row["run_backend"],
+        sandbox_id=row["run_sandbox_id"],
+        cancel_reason=row["run_cancel_reason"],
+        error=None if error is None else ErrorView.model_validate_json(error),
+    )
+
+
+def _ms(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return (end - start) / timedelta(milliseconds=1)
 
 
 async def list_trajectories(
