@@ -33,9 +33,9 @@ from jetty_cli import procs
 from shared import subjects
 
 # Start order: the consumers first, so the gateway's first request finds a proxy.
-SERVICES = ("proxy", "recorder", "gateway")
+SERVICES = ("proxy", "recorder", "runner", "gateway")
 # Stop order: stop taking requests, finish them, then drain the events.
-STOP_ORDER = ("gateway", "proxy", "recorder")
+STOP_ORDER = ("gateway", "runner", "proxy", "recorder")
 
 
 class StackError(Exception):
@@ -174,6 +174,11 @@ class Stack:
         )
         if cfg.s3 is not None:
             env.update(cfg.s3.env())
+        if name == "runner":
+            # Sandboxes reach the gateway through the runner's relay; their
+            # workspaces live beside the logs.
+            env["JETTY_RUNNER_GATEWAY_URL"] = self.base_url
+            env.setdefault("JETTY_RUNNER_WORKSPACE_ROOT", str(cfg.log_dir.parent / "runs"))
         if name == "gateway":
             env["JETTY_HOST"] = cfg.host
             env["JETTY_PORT"] = str(cfg.port)

@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import BinaryIO, TypeVar, cast
 
 import urllib3
@@ -211,6 +212,54 @@ class ObjectStore:
                 response.release_conn()
 
         return await self._call(get)
+
+    async def iter_chunks(self, key: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
+        """The object's bytes in pieces, read in a thread as they are consumed (never
+        the whole object in memory). Raises :class:`ObjectStoreError` on the first
+        piece if the object cannot be read."""
+        response = await self._call(lambda: self.client.get_object(self.bucket, key))
+        try:
+            while True:
+                chunk = await self._call(lambda: response.read(chunk_size))
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            response.close()
+            response.release_conn()
+
+    async def get_to_file(self, key: str, path: Path, *, limit: int | None = None) -> int:
+        """Stream the object into a new file at ``path`` (never held in memory);
+        returns its size. Past ``limit`` bytes: :class:`ObjectTooLarge` (the partial
+        file is removed)."""
+
+        def get() -> int:
+            response = self.client.get_object(self.bucket, key)
+            size = 0
+            try:
+                with open(path, "xb") as fh:
+                    try:
+                        for chunk in response.stream(256 * 1024):
+                            size += len(chunk)
+                            if limit is not None and size > limit:
+                                raise ObjectTooLarge(limit)
+                            fh.write(chunk)
+                    except BaseException:
+                        path.unlink(missing_ok=True)
+                        raise
+            finally:
+                response.close()
+                response.release_conn()
+            return size
+
+        # No overall wait_for (a large object takes as long as it takes): every
+        # read has the HTTP pool's timeout.
+        try:
+            return await asyncio.to_thread(get)
+        except ObjectTooLarge:
+            raise
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ObjectStoreError(f"object store: {exc}") from exc
 
     async def remove(self, key: str) -> None:
         await self._call(lambda: self.client.remove_object(self.bucket, key))

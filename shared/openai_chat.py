@@ -17,6 +17,7 @@ from shared.errors import InvalidRequest
 
 TASK_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"
 DEFAULT_TASK = "_chat"
+DEFAULT_RUNBOOK_TASK = "_runbook"
 
 
 class _Open(BaseModel):
@@ -78,6 +79,15 @@ class StreamOptions(_Open):
     include_usage: StrictBool | None = None
 
 
+class RunBudgetIn(BaseModel):
+    """A runbook's own limits on its model calls (each defaults to the server's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_cost_usd: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+
+
 class JettyBlock(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -85,7 +95,10 @@ class JettyBlock(BaseModel):
     runbook: StrictBool = False
     collection: str | None = None
     agent: Literal["claude-code", "codex", "gemini-cli"] | None = None
-    file_paths: list[str] | None = None
+    file_paths: Annotated[list[str], Field(max_length=100)] | None = None
+    # Runbook only: limits of this run (the server's defaults apply when absent).
+    budget: RunBudgetIn | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
 
 
 class ChatCompletionRequest(_Open):
@@ -110,7 +123,11 @@ class ChatCompletionRequest(_Open):
 
     @property
     def task(self) -> str:
-        return (self.jetty.task if self.jetty and self.jetty.task else None) or DEFAULT_TASK
+        if self.jetty is not None and self.jetty.task:
+            return self.jetty.task
+        return (
+            DEFAULT_RUNBOOK_TASK if self.jetty is not None and self.jetty.runbook else DEFAULT_TASK
+        )
 
     @property
     def include_usage(self) -> bool:

@@ -70,6 +70,8 @@ class RunState(BaseModel):
     #: set by the gateway when it refused a call for the budget
     budget_exceeded: bool = False
     runner: str | None = None
+    #: SHA-256 of the run-scoped token the agent holds (revoked when the run ends)
+    token_hash: str | None = None
     updated_at: datetime
 
     def over_budget(self) -> bool:

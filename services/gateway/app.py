@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.gateway import chat, files, ingress, trajectories
+from services.gateway import chat, files, ingress, runbook_routes, trajectories
 from services.gateway.middleware import auth_middleware, errors_middleware
 from services.gateway.relay import ProxyRelay
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GATEWAY, Gateway
-from shared.bus import ClaimStore, connect, ensure_streams, source_name
+from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
+from shared.runs import RunStates
 from shared.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,14 @@ async def _connect_forever(settings: GatewaySettings) -> Gateway:
     relay = ProxyRelay(nc, settings.proxy_idle_timeout)
     await relay.start()
     return Gateway(
-        settings=settings, nc=nc, js=js, relay=relay, tokens=tokens, claims=ClaimStore(js)
+        settings=settings,
+        nc=nc,
+        js=js,
+        relay=relay,
+        tokens=tokens,
+        claims=ClaimStore(js),
+        runs=RunStates(js),
+        publisher=EventPublisher(nc, js, source_name("gateway"), settings.claim_threshold_bytes),
     )
 
 
@@ -50,6 +58,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[GATEWAY] = gw
     yield
     await gw.relay.stop()
+    await gw.publisher.flush(timeout=5)
     await gw.tokens.close()
     if gw.background:
         await asyncio.wait(gw.background, timeout=2)
@@ -89,6 +98,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     for module in ingress.MODULES:
         app.router.add_routes(module.routes())
     app.router.add_routes(files.routes())
+    app.router.add_routes(runbook_routes.routes())
     app.router.add_get("/api/v1/trajectories", trajectories.list_trajectories)
     app.router.add_get("/api/v1/trajectories/{trajectory_id}", trajectories.get_trajectory)
     return app

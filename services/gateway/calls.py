@@ -16,12 +16,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
+from nats.errors import Error as NatsError
 
 from services.gateway.state import Gateway
 from shared.chatwire import ChatCall, Frame
-from shared.errors import ApiError, PayloadTooLarge
+from shared.errors import ApiError, PayloadTooLarge, Unavailable
+from shared.events.completion import Mode
+from shared.events.runbook import TERMINAL_STATUSES
 from shared.ids import new_trajectory_id
 from shared.openai_chat import ChatCompletionRequest
+from shared.runs import RunNotFound, RunState, RunStateError
 from shared.tokens import TokenRecord
 
 SSE_HEADERS = {
@@ -101,15 +105,27 @@ async def open_call(
 
     ``body`` is the OpenAI chat request JSON the proxy will read; ``req`` its
     validated form."""
-    trajectory_id = new_trajectory_id()
+    if auth.trajectory_id is not None:
+        trajectory_id, collection, task, step_index = await _run_step(gw, auth.trajectory_id)
+        mode: Mode = "runbook"
+    else:
+        trajectory_id, collection, task, step_index = (
+            new_trajectory_id(),
+            auth.collection,
+            req.task,
+            0,
+        )
+        mode = "passthrough"
     body_ref = None
     if len(body) > gw.settings.claim_threshold_bytes:
         body_ref = await gw.claims.put(f"call/{trajectory_id}", body)
         body = b""
     call = ChatCall(
         trajectory_id=trajectory_id,
-        collection=auth.collection,
-        task=req.task,
+        collection=collection,
+        task=task,
+        mode=mode,
+        step_index=step_index,
         received_at=received_at if received_at is not None else time.time(),
         stream=bool(req.stream),
         include_usage=req.include_usage,
@@ -117,3 +133,46 @@ async def open_call(
         body_ref=body_ref,
     )
     return OpenCall(gw, call, body)
+
+
+async def _run_step(gw: Gateway, trajectory_id: str) -> tuple[str, str, str, int]:
+    """A runbook agent's call: check that its run is live and within budget, and
+    draw the step index the call is recorded under (one compare-and-set)."""
+
+    def claim(state: RunState) -> RunState:
+        if state.status in TERMINAL_STATUSES or state.cancel_requested:
+            raise _RunClosed(state.status)
+        if state.over_budget():
+            return state.model_copy(update={"budget_exceeded": True})
+        return state.model_copy(update={"next_step": state.next_step + 1})
+
+    try:
+        state = await gw.runs.update(trajectory_id, claim)
+    except (_RunClosed, RunNotFound):
+        raise ApiError(
+            "This runbook run has ended; its token no longer reaches the models.",
+            status=403,
+            error_type="permission_error",
+            code="run_not_active",
+        ) from None
+    except (RunStateError, NatsError, TimeoutError) as exc:
+        raise Unavailable(
+            f"The run's state could not be read ({exc.__class__.__name__}); retry.",
+            code="run_state_unavailable",
+            retry_after=1,
+        ) from None
+    if state.over_budget():
+        budget = state.budget
+        raise ApiError(
+            "This run's budget is spent "
+            f"({state.spent_tokens} tokens, ${state.spent_usd}; limits: "
+            f"{budget.max_tokens or 'none'} tokens, ${budget.max_cost_usd or 'none'}).",
+            status=403,
+            error_type="permission_error",
+            code="budget_exceeded",
+        )
+    return state.trajectory_id, state.collection, state.task, state.next_step - 1
+
+
+class _RunClosed(Exception):
+    pass

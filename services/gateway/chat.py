@@ -9,22 +9,17 @@ from aiohttp import web
 
 from services.gateway.calls import SSE_HEADERS, OpenCall, open_call, read_body
 from services.gateway.middleware import TRAJECTORY_HEADER
+from services.gateway.runbooks import run_runbook
 from services.gateway.state import GATEWAY, auth_of
 from shared import subjects
 from shared.chatwire import Frame
-from shared.errors import ApiError, NotImplementedYet
+from shared.errors import ApiError
 from shared.openai_chat import ChatCompletionRequest, parse_chat_request
 
 
 def _check_jetty_block(req: ChatCompletionRequest, collection: str) -> None:
     if req.jetty is None:
         return
-    if req.jetty.runbook:
-        raise NotImplementedYet(
-            "Runbook mode (jetty.runbook: true) is not available on this server yet.",
-            param="jetty.runbook",
-            code="runbook_not_available",
-        )
     if req.jetty.collection is not None and req.jetty.collection != collection:
         raise ApiError(
             f"This API token cannot write to collection '{req.jetty.collection}'.",
@@ -41,6 +36,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     auth = auth_of(request)
     body = await read_body(request, gw.settings.max_body_bytes)
     req = parse_chat_request(body)
+    if req.jetty is not None and req.jetty.runbook:
+        return await run_runbook(request, gw, auth, req)
     _check_jetty_block(req, auth.collection)
     call = await open_call(gw, auth, req, body, received_at=received_at)
     headers = {TRAJECTORY_HEADER: call.trajectory_id}

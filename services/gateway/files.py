@@ -89,19 +89,19 @@ def valid_name(raw: str | None) -> str:
     return name
 
 
-async def _store(gw: Gateway) -> ObjectStore:
+async def object_store(gw: Gateway) -> ObjectStore:
     # Created on first use, so the gateway serves chat while the store is down.
     if gw.objects is None:
         store = ObjectStore.from_settings(gw.settings)
         try:
             await store.ensure_bucket()
         except ObjectStoreError as exc:
-            raise _store_unavailable(exc) from None
+            raise store_unavailable(exc) from None
         gw.objects = store
     return gw.objects
 
 
-def _store_unavailable(exc: BaseException) -> Unavailable:
+def store_unavailable(exc: BaseException) -> Unavailable:
     log.warning("object store unavailable: %s", exc)
     return Unavailable(
         "The object store is unavailable; please retry shortly.",
@@ -118,7 +118,7 @@ async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 async def _put(gw: Gateway, collection: str, part: BodyPartReader) -> UploadedFile:
     name = valid_name(part.filename)
     content_type = part.headers.get("Content-Type") or "application/octet-stream"
-    store = await _store(gw)
+    store = await object_store(gw)
     limit = gw.settings.max_upload_bytes
     try:
         stored = await store.put_stream(
@@ -131,7 +131,7 @@ async def _put(gw: Gateway, collection: str, part: BodyPartReader) -> UploadedFi
             code="file_too_large",
         ) from None
     except ObjectStoreError as exc:
-        raise _store_unavailable(exc) from None
+        raise store_unavailable(exc) from None
     return _answer(collection, name, stored)
 
 
@@ -178,7 +178,7 @@ async def _receive(request: web.Request, field: str, *, many: bool) -> list[Uplo
             collection = await _collection_field(part)
             if collection != own:
                 for done in stored:  # see the module docstring
-                    await (await _store(gw)).remove(f"{own}/{done.path}")
+                    await (await object_store(gw)).remove(f"{own}/{done.path}")
                 raise Forbidden(
                     f"This token cannot write to collection {collection!r}.",
                     param="collection",

@@ -97,6 +97,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 _KEY_HEADERS = ("x-api-key", "x-goog-api-key")
 QUERY_KEY_PREFIX = "/v1beta/"
 
+# What a run-scoped token (the one a runbook's agent holds) may reach: the model
+# endpoints of every wire format, nothing else (no files, no trajectories).
+RUN_TOKEN_PATHS = (
+    "/v1/chat/completions",
+    "/chat/completions",
+    "/v1/messages",
+    "/v1/responses",
+    "/v1/models",
+    "/v1beta/models",
+)
+
 
 def api_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
@@ -128,5 +139,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     record = await request.app[GATEWAY].tokens.resolve(token)
     if record is None:
         raise Unauthorized("Invalid API token.", code="invalid_api_key")
+    if record.trajectory_id is not None and not request.path.startswith(RUN_TOKEN_PATHS):
+        raise ApiError(
+            "This token belongs to a runbook's sandbox: it reaches only the model endpoints.",
+            status=403,
+            error_type="permission_error",
+            code="token_scope",
+        )
     request[AUTH] = record
     return await handler(request)

@@ -26,3 +26,16 @@ class GatewaySettings(CommonSettings):
     db_pool_max: int = Field(default=10, ge=1)
     # Per uploaded file; streamed, so this bounds storage, not memory.
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    # Runbook mode. Defaults for a run's limits (a request's jetty.budget /
+    # jetty.timeout_s override them, up to the maximum timeout).
+    runbook_max_tokens: int = Field(default=2_000_000, ge=1)
+    runbook_max_cost_usd: float = Field(default=10.0, gt=0)
+    runbook_timeout: float = Field(default=1800.0, gt=0)
+    runbook_max_timeout: float = Field(default=6 * 3600.0, gt=0)
+    # stream:false waits this long for the run to end before answering with its id
+    # and status for polling.
+    runbook_wait: float = Field(default=600.0, ge=0)
+    # An SSE comment goes out after this many quiet seconds of a runbook stream.
+    runbook_keepalive: float = Field(default=15.0, gt=0)
+    # Base URL of artifact links in answers; by default the request's own origin.
+    public_url: str | None = None

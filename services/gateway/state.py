@@ -12,8 +12,9 @@ from nats.js import JetStreamContext
 
 from services.gateway.relay import ProxyRelay
 from services.gateway.settings import GatewaySettings
-from shared.bus import ClaimStore
+from shared.bus import ClaimStore, EventPublisher
 from shared.objectstore import ObjectStore
+from shared.runs import RunStates
 from shared.tokens import TokenRecord, TokenStore
 
 
@@ -25,6 +26,8 @@ class Gateway:
     relay: ProxyRelay
     tokens: TokenStore
     claims: ClaimStore
+    runs: RunStates
+    publisher: EventPublisher
     pool: asyncpg.Pool | None = None
     objects: ObjectStore | None = None  # created on first upload
     background: set[asyncio.Future[None]] = field(default_factory=set)

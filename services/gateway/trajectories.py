@@ -31,7 +31,7 @@ TERMINAL = frozenset({"completed", "failed", "cancelled"})
 MAX_LIMIT = 200
 
 
-async def _pool(gw: Gateway) -> asyncpg.Pool:
+async def open_pool(gw: Gateway) -> asyncpg.Pool:
     # Created lazily: the chat path must work while Postgres is down.
     if gw.pool is None:
         try:
@@ -42,11 +42,11 @@ async def _pool(gw: Gateway) -> asyncpg.Pool:
                 application_name="jetty-gateway",
             )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise _db_unavailable(exc) from None
+            raise db_unavailable(exc) from None
     return gw.pool
 
 
-def _db_unavailable(exc: BaseException) -> Unavailable:
+def db_unavailable(exc: BaseException) -> Unavailable:
     log.warning("trajectory store unavailable: %s", exc.__class__.__name__)
     return Unavailable(
         "The trajectory store is unavailable; please retry shortly.",
@@ -81,19 +81,25 @@ async def _projection_caught_up(gw: Gateway) -> bool:
 
 
 async def _load(gw: Gateway, collection: str, trajectory_id: str) -> TrajectoryView | None:
-    pool = await _pool(gw)
+    pool = await open_pool(gw)
     try:
         return await queries.get_trajectory(pool, collection, trajectory_id)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise _db_unavailable(exc) from None
+        raise db_unavailable(exc) from None
 
 
 async def get_trajectory(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    collection = auth_of(request).collection
-    trajectory_id = request.match_info["trajectory_id"]
+    view = await read_trajectory(
+        gw, auth_of(request).collection, request.match_info["trajectory_id"]
+    )
+    return web.Response(body=view.model_dump_json(), content_type="application/json")
+
+
+async def read_trajectory(gw: Gateway, collection: str, trajectory_id: str) -> TrajectoryView:
+    """The trajectory as the API shows it, read-your-writes; 404 / 503 as errors."""
     if not is_trajectory_id(trajectory_id):
-        raise _not_found(trajectory_id)
+        raise not_found(trajectory_id)
     view = await _load(gw, collection, trajectory_id)
     if view is None:
         view = await _wait_if_fresh(gw, collection, trajectory_id)
@@ -109,8 +115,8 @@ async def get_trajectory(request: web.Request) -> web.Response:
                     code="projection_lagging",
                     retry_after=1,
                 )
-            raise _not_found(trajectory_id)
-    return web.Response(body=view.model_dump_json(), content_type="application/json")
+            raise not_found(trajectory_id)
+    return view
 
 
 async def _wait_if_fresh(gw: Gateway, collection: str, trajectory_id: str) -> TrajectoryView | None:
@@ -128,7 +134,7 @@ async def _wait_if_fresh(gw: Gateway, collection: str, trajectory_id: str) -> Tr
     return None
 
 
-def _not_found(trajectory_id: str) -> NotFound:
+def not_found(trajectory_id: str) -> NotFound:
     return NotFound(
         f"No trajectory with id '{trajectory_id}'.", param="trajectory_id", code="not_found"
     )
@@ -164,7 +170,7 @@ async def list_trajectories(request: web.Request) -> web.Response:
             f"Invalid value for 'limit': an integer from 1 to {MAX_LIMIT}.", param="limit"
         )
     since = _parse_since(q["since"]) if "since" in q else None
-    pool = await _pool(gw)
+    pool = await open_pool(gw)
     try:
         page = await queries.list_trajectories(
             pool,
@@ -179,5 +185,5 @@ async def list_trajectories(request: web.Request) -> web.Response:
     except queries.InvalidCursor:
         raise InvalidRequest("Invalid value for 'cursor'.", param="cursor") from None
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise _db_unavailable(exc) from None
+        raise db_unavailable(exc) from None
     return web.Response(body=page.model_dump_json(), content_type="application/json")

@@ -16,6 +16,7 @@ from services.proxy.settings import ProxySettings
 from services.proxy.worker import Worker
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
 from shared.logs import setup_logging, use_uvloop
+from shared.runs import RunStates
 
 log = logging.getLogger("services.proxy")
 
@@ -43,6 +44,7 @@ async def main(settings: ProxySettings) -> None:
         publisher,
         ClaimStore(js),
         router,
+        runs=RunStates(js),
         max_in_flight=settings.proxy_max_in_flight,
         total_timeout=settings.upstream_total_timeout,
         requested_delay=settings.proxy_requested_delay,

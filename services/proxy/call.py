@@ -56,6 +56,7 @@ from shared.events.completion import (
 )
 from shared.openai_chat import ChatCompletionRequest, parse_chat_request
 from shared.redact import recorded_request
+from shared.runs import RunStateError, RunStates
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ class CallDeps:
     requested_delay: float = 0.25
     # Retries of one target; fallback targets (aliases) are tried whatever it says.
     retry: RetryPolicy = field(default_factory=RetryPolicy.none)
+    # Live state of runbook runs: a runbook agent's call adds its spend there before
+    # its last frame, so the gateway sees it when it checks the next call's budget.
+    runs: RunStates | None = None
 
 
 def with_metadata(document: bytes, metadata: bytes) -> bytes:
@@ -463,6 +467,27 @@ class CallRun:
         await self.deps.publisher.publish(
             self.call.collection, self.call.trajectory_id, data, wait=True
         )
+        if self.call.mode == "runbook" and data.usage is not None:
+            await self._add_run_spend(data.usage, data.cost_usd)
+
+    async def _add_run_spend(self, usage: Usage, cost_usd: str | None) -> None:
+        """Count a runbook agent's call against its run's budget (bounded: the event
+        above is the record; this only feeds the gateway's next budget check)."""
+        if self.deps.runs is None:
+            return
+        try:
+            await asyncio.wait_for(
+                self.deps.runs.add_spend(
+                    self.call.trajectory_id,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    total_tokens=usage.total_tokens,
+                    cost_usd=cost_usd,
+                ),
+                timeout=2.0,
+            )
+        except (RunStateError, NatsError, TimeoutError) as exc:
+            log.warning("spend of %s not added to its run: %r", self.call.trajectory_id, exc)
 
     async def _finished(self) -> None:
         self.ended = True

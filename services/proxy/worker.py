@@ -6,6 +6,8 @@ Consumes (see :mod:`shared.chatwire`)::
     jetty.chat.request   queue group jetty-proxies   ChatCall + body → reply frames
     jetty.chat.cancel    every proxy                 trajectory id → cancel that call
     jetty.proxy.models   queue group jetty-proxies   → OpenAI GET /v1/models JSON
+    jetty.proxy.resolve  queue group jetty-proxies   model name → {"provider", "model"}
+                                                     or an ``e`` error frame (404)
 
 nats-py awaits a subscription's callback before delivering its next message, so
 the request callback only decodes and spawns; everything slow happens in the
@@ -36,6 +38,7 @@ from shared import subjects
 from shared.bus import ClaimStore, EventPublisher
 from shared.chatwire import KEEPALIVE_INTERVAL, BadFrame, Frame, decode_call, frame
 from shared.errors import ApiError, InvalidRequest, Unavailable
+from shared.runs import RunStates
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class Worker:
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         requested_delay: float = 0.25,
         retry: RetryPolicy | None = None,
+        runs: RunStates | None = None,
     ) -> None:
         self._nc = nc
         self._router = router
@@ -67,6 +71,7 @@ class Worker:
             total_timeout=total_timeout,
             requested_delay=requested_delay,
             retry=retry if retry is not None else RetryPolicy.none(),
+            runs=runs,
         )
         self._max_in_flight = max_in_flight
         self._keepalive_interval = keepalive_interval
@@ -96,6 +101,9 @@ class Worker:
             ),
             await self._nc.subscribe(
                 subjects.MODELS_LIST, queue=subjects.PROXY_QUEUE, cb=self._on_models
+            ),
+            await self._nc.subscribe(
+                subjects.MODEL_RESOLVE, queue=subjects.PROXY_QUEUE, cb=self._on_resolve
             ),
         ]
         await self._confirm_subscriptions()
@@ -214,6 +222,24 @@ class Worker:
             await self._nc.publish(msg.reply, self._router.models_json())
         except NatsError as exc:
             log.warning("could not answer the model list: %r", exc)
+
+    async def _on_resolve(self, msg: Msg) -> None:
+        """Whether a model name routes to a configured provider (the gateway checks a
+        runbook's model before queueing it)."""
+        if not msg.reply:
+            return
+        try:
+            route = self._router.plan(msg.data.decode(errors="replace"))[0]
+            answer = frame(
+                Frame.RESPONSE,
+                orjson.dumps({"provider": route.provider.name, "model": route.upstream_model}),
+            )
+        except ApiError as exc:
+            answer = frame(Frame.ERROR, orjson.dumps(exc.to_dict()))
+        try:
+            await self._nc.publish(msg.reply, answer)
+        except NatsError as exc:
+            log.warning("could not answer a model lookup: %r", exc)
 
     async def _keepalives(self) -> None:
         """One ticker for all calls (cheaper than a timer per call): a call silent for

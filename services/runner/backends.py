@@ -1,0 +1,34 @@
+"""The sandbox backend named by ``JETTY_RUNNER_BACKEND``, built from settings."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from services.runner.sandbox.base import SandboxBackend
+from services.runner.settings import RunnerSettings
+from shared.objectstore import ObjectStore
+
+
+def build_backend(settings: RunnerSettings) -> SandboxBackend:
+    store = ObjectStore.from_settings(settings)
+    if settings.runner_backend == "kubernetes":
+        # Imported only here: the official client is heavy and the local backend
+        # does not need it.
+        from services.runner.sandbox.kubernetes import (
+            KubernetesSandboxBackend,
+            KubernetesSettings,
+        )
+
+        return KubernetesSandboxBackend.from_settings(KubernetesSettings(), store)
+    from services.runner.sandbox.local import LocalSandboxBackend, LocalSandboxSettings
+
+    gateway = urlsplit(settings.runner_gateway_url)
+    return LocalSandboxBackend(
+        LocalSandboxSettings(
+            root=settings.runner_workspace_root,
+            agents_dir=settings.runner_agents_dir,
+            gateway_host=gateway.hostname or "127.0.0.1",
+            gateway_port=gateway.port or (443 if gateway.scheme == "https" else 80),
+        ),
+        store,
+    )

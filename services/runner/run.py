@@ -1,0 +1,412 @@
+"""One runbook run, from its ``runbook.requested`` event to its end event.
+
+The steps, in order: claim the run in its live state (pending → running; a run
+already ``running`` means its runner died: it is failed with ``runner_lost``, not
+resumed), mint the agent's run-scoped token, start the sandbox with the agent's
+command, turn the agent's output into ``runbook.step`` events while watching for a
+cancel or a refused model call, then store the files it made as artifacts,
+publish the end event, and revoke the token. Every way out — including errors of
+our own — ends the run with exactly one end event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.errors import Error as NatsError
+
+from services.runner.agents.base import AgentAdapter, AgentSpec, ParsedStep, StreamParser
+from services.runner.sandbox.base import (
+    InputFile,
+    Limits,
+    Sandbox,
+    SandboxBackend,
+    SandboxError,
+    SandboxExit,
+    SandboxSpec,
+)
+from services.runner.settings import RunnerSettings
+from shared.bus import EventPublisher
+from shared.events.completion import ErrorRecord
+from shared.events.runbook import (
+    TERMINAL_STATUSES,
+    AgentOutcome,
+    ArtifactStored,
+    RunbookCancelled,
+    RunbookCompleted,
+    RunbookFailed,
+    RunbookRequested,
+    RunbookStarted,
+    RunbookStep,
+)
+from shared.runs import RunState, RunStates
+from shared.tokens import TokenStore, generate_token, hash_token
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RunDeps:
+    settings: RunnerSettings
+    runner: str
+    publisher: EventPublisher
+    runs: RunStates
+    tokens: TokenStore
+    backend: SandboxBackend
+    adapters: dict[str, AgentAdapter]
+
+
+class _Skip(Exception):
+    """The run is not ours to start (already ended, or being cancelled)."""
+
+    def __init__(self, state: RunState) -> None:
+        super().__init__(state.status)
+        self.state = state
+
+
+def _error(status: int, error_type: str, code: str, message: str) -> ErrorRecord:
+    return ErrorRecord(status=status, type=error_type, code=code, message=message)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Run:
+    def __init__(self, deps: RunDeps, trajectory_id: str, collection: str, event: RunbookRequested):
+        self.deps = deps
+        self.trajectory_id = trajectory_id
+        self.collection = collection
+        self.event = event
+        self.sandbox: Sandbox | None = None
+        self.stop_reason: str | None = None  # "cancel" | "budget"
+        self.agent_started_at: datetime | None = None
+        self._stopped = asyncio.Event()
+
+    # --- control ------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the agent (cancel, budget); the run then ends accordingly."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stopped.set()
+
+    # --- the run ------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        try:
+            state = await self._claim()
+        except _Skip as skip:
+            await self._skipped(skip.state)
+            return
+        if state is None:  # the run's state is gone: nothing to coordinate with
+            await self._end_failed(
+                _error(500, "server_error", "run_state_missing", "The run's state was lost."),
+                AgentOutcome(),
+            )
+            return
+        token = generate_token()
+        try:
+            await self._execute(state, token)
+        except Exception as exc:  # our own failure must still end the run
+            log.exception("run %s failed in the runner", self.trajectory_id)
+            await self._end_failed(
+                _error(500, "server_error", "runner_error", f"The runner failed: {exc!r}"),
+                AgentOutcome(),
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await self.deps.tokens.revoke(hash_token(token))
+            if self.sandbox is not None:
+                with contextlib.suppress(Exception):
+                    await self.sandbox.destroy()
+
+    async def _claim(self) -> RunState | None:
+        runner = self.deps.runner
+
+        def claim(state: RunState) -> RunState:
+            if state.status in TERMINAL_STATUSES:
+                raise _Skip(state)
+            if state.status == "running":
+                # The runner that had it is gone (the queue handed it on).
+                raise _Skip(state)
+            if state.cancel_requested:
+                raise _Skip(state)
+            return state.model_copy(update={"status": "running", "runner": runner})
+
+        state = await self.deps.runs.get(self.trajectory_id)
+        if state is None:
+            return None
+        return await self.deps.runs.update(self.trajectory_id, claim)
+
+    async def _skipped(self, state: RunState) -> None:
+        if state.status in TERMINAL_STATUSES:
+            log.info("run %s already %s; skipped", self.trajectory_id, state.status)
+            return
+        if state.status == "running":
+            await self._revoke_stale(state)
+            await self._end_failed(
+                _error(
+                    500,
+                    "server_error",
+                    "runner_lost",
+                    "The runner executing this run stopped before it finished; "
+                    "runs are not resumed. Start it again.",
+                ),
+                AgentOutcome(),
+            )
+            return
+        await self._end(RunbookCancelled(task=self.event.task, ended_at=_now()), "cancelled")
+
+    async def _revoke_stale(self, state: RunState) -> None:
+        if state.token_hash is not None:
+            with contextlib.suppress(Exception):
+                await self.deps.tokens.revoke(state.token_hash)
+
+    async def _execute(self, state: RunState, token: str) -> None:
+        deps = self.deps
+        adapter = deps.adapters.get(self.event.agent)
+        if adapter is None:
+            await self._end_failed(
+                _error(
+                    400,
+                    "invalid_request_error",
+                    "agent_unavailable",
+                    f"This runner has no adapter for agent '{self.event.agent}'.",
+                ),
+                AgentOutcome(),
+            )
+            return
+        await deps.tokens.register(
+            token, self.collection, f"run {self.trajectory_id}", trajectory_id=self.trajectory_id
+        )
+        await deps.runs.update(
+            self.trajectory_id, lambda s: s.model_copy(update={"token_hash": hash_token(token)})
+        )
+        layout = deps.backend.layout
+        command = adapter.command(
+            AgentSpec(
+                model=self.event.model,
+                runbook=self.event.runbook,
+                prompt=self.event.prompt,
+                gateway_url=layout.gateway_url,
+                token=token,
+                workspace=layout.workspace,
+                home=layout.home,
+                agents_dir=layout.agents_dir,
+            )
+        )
+        settings = deps.settings
+        spec = SandboxSpec(
+            trajectory_id=self.trajectory_id,
+            collection=self.collection,
+            task=self.event.task,
+            command=command,
+            inputs=[InputFile(p, f"{self.collection}/{p}") for p in self.event.file_paths],
+            limits=Limits(
+                timeout_s=self.event.timeout_s,
+                memory_mb=settings.runner_memory_mb,
+                max_processes=settings.runner_max_processes,
+                cpu_seconds=settings.runner_cpu_seconds,
+                max_file_mb=settings.runner_max_file_mb,
+            ),
+            artifact_prefix=f"{self.collection}/{self.event.task}/{self.trajectory_id}/",
+            labels={"trajectory-id": self.trajectory_id, "agent": self.event.agent},
+        )
+        try:
+            self.sandbox = await deps.backend.start(spec)
+        except SandboxError as exc:
+            await self._end_failed(
+                _error(503, "server_error", "sandbox_failed", f"The sandbox did not start: {exc}"),
+                AgentOutcome(),
+            )
+            return
+        self.agent_started_at = _now()
+        await deps.publisher.publish(
+            self.collection,
+            self.trajectory_id,
+            RunbookStarted(
+                task=self.event.task,
+                started_at=self.agent_started_at,
+                runner=deps.runner,
+                backend=deps.backend.name,
+                sandbox_id=self.sandbox.sandbox_id,
+            ),
+        )
+        parser = adapter.parser()
+        watcher = asyncio.create_task(self._watch_state(), name=f"watch-{self.trajectory_id}")
+        try:
+            await self._pump(self.sandbox, parser)
+            result = await self.sandbox.wait()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        outcome = parser.outcome(result.exit_code)
+        await self._store_artifacts(self.sandbox)
+        await self._finish(result, outcome)
+
+    async def _pump(self, sandbox: Sandbox, parser: StreamParser) -> None:
+        """Agent output → step events, until the agent's stdout closes."""
+        async for line in sandbox.lines():
+            try:
+                steps = parser.feed(line, time.time())
+            except Exception:  # a parser bug must not lose the run
+                log.exception("run %s: agent output not understood", self.trajectory_id)
+                continue
+            for step in steps:
+                await self._publish_step(step)
+
+    async def _publish_step(self, step: ParsedStep) -> None:
+        limit = self.deps.settings.runner_step_text_limit
+        text = step.text
+        if text is not None and len(text) > limit:
+            text = text[:limit] + f"\n… [{len(step.text or '') - limit} more characters]"
+        index = await self.deps.runs.allocate_steps(self.trajectory_id)
+        await self.deps.publisher.publish(
+            self.collection,
+            self.trajectory_id,
+            RunbookStep(
+                task=self.event.task,
+                step_index=index,
+                kind=step.kind,
+                started_at=datetime.fromtimestamp(step.started, UTC),
+                ended_at=datetime.fromtimestamp(max(step.ended, step.started), UTC),
+                text=text,
+                tool_name=step.tool_name,
+                tool_call_id=step.tool_call_id,
+                tool_input=_bounded(step.tool_input, limit),
+                is_error=step.is_error,
+            ),
+        )
+
+    async def _watch_state(self) -> None:
+        """Kill the sandbox when a cancel is asked for or the gateway refused a call
+        for the budget (the agent may otherwise retry for a long time)."""
+        poll = self.deps.settings.runner_state_poll
+        while True:
+            try:
+                state = await self.deps.runs.get(self.trajectory_id)
+            except (NatsError, TimeoutError):
+                state = None
+            if state is not None and (state.cancel_requested or state.budget_exceeded):
+                self.request_stop("cancel" if state.cancel_requested else "budget")
+            if self.stop_reason is not None and self.sandbox is not None:
+                await self.sandbox.kill()
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), poll)
+
+    async def _store_artifacts(self, sandbox: Sandbox) -> None:
+        try:
+            outputs = await sandbox.collect_outputs()
+        except Exception as exc:
+            log.warning("run %s: outputs not collected: %r", self.trajectory_id, exc)
+            return
+        for out in outputs:
+            await self.deps.publisher.publish(
+                self.collection,
+                self.trajectory_id,
+                ArtifactStored(
+                    task=self.event.task,
+                    path=out.path,
+                    key=out.key,
+                    size=out.size,
+                    sha256=out.sha256,
+                    content_type=out.content_type,
+                    stored_at=_now(),
+                ),
+            )
+
+    async def _finish(self, result: SandboxExit, outcome: AgentOutcome) -> None:
+        agent = self.event.agent
+        if self.stop_reason == "cancel":
+            await self._end(
+                RunbookCancelled(
+                    task=self.event.task,
+                    ended_at=_now(),
+                    agent_started_at=self.agent_started_at,
+                    outcome=outcome,
+                ),
+                "cancelled",
+            )
+            return
+        if self.stop_reason == "budget":
+            state = await self.deps.runs.get(self.trajectory_id)
+            spent = f" (spent {state.spent_tokens} tokens, ${state.spent_usd})" if state else ""
+            error = _error(
+                402,
+                "budget_exceeded",
+                "budget_exceeded",
+                f"The run's budget was exhausted{spent}; the agent's next model call "
+                "was refused.",
+            )
+        elif result.timed_out:
+            error = _error(
+                504,
+                "timeout",
+                "timeout",
+                f"The agent did not finish within {self.event.timeout_s:g} seconds.",
+            )
+        elif result.exit_code != 0:
+            detail = (outcome.result or result.stderr_tail or "").strip()[-1000:]
+            error = _error(
+                500,
+                "agent_error",
+                "agent_failed",
+                f"{agent} exited with code {result.exit_code}"
+                + (f": {detail}" if detail else "."),
+            )
+        else:
+            await self._end(
+                RunbookCompleted(
+                    task=self.event.task,
+                    ended_at=_now(),
+                    agent_started_at=self.agent_started_at,
+                    outcome=outcome,
+                ),
+                "completed",
+            )
+            return
+        await self._end_failed(error, outcome)
+
+    async def _end_failed(self, error: ErrorRecord, outcome: AgentOutcome) -> None:
+        await self._end(
+            RunbookFailed(
+                task=self.event.task,
+                ended_at=_now(),
+                agent_started_at=self.agent_started_at,
+                outcome=outcome,
+                error=error,
+            ),
+            "failed",
+        )
+
+    async def _end(
+        self, data: RunbookCompleted | RunbookFailed | RunbookCancelled, status: Any
+    ) -> None:
+        """The one end event; then the live state (readers of either agree)."""
+        await self.deps.publisher.publish(self.collection, self.trajectory_id, data)
+        try:
+            await self.deps.runs.set_status(self.trajectory_id, status)
+        except Exception as exc:
+            log.warning("run %s: final state not stored: %r", self.trajectory_id, exc)
+
+
+def _bounded(value: dict[str, Any] | None, limit: int) -> dict[str, Any] | None:
+    """Tool inputs are kept whole unless a string in them is huge (a written file)."""
+    if value is None:
+        return None
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, str) and len(item) > limit:
+            out[key] = item[:limit] + f"\n… [{len(item) - limit} more characters]"
+        else:
+            out[key] = item
+    return out
