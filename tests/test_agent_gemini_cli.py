@@ -9,7 +9,7 @@ import asyncio
 import json
 import secrets
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "agents"
 GEMINI_KEY = "gem-agent-test-1"
 MODEL = "gemini-2.5-pro"
 RUN_TIMEOUT = 60.0
+RUNBOOK = "You are a data clerk. Summaries go to results/summary.md."
 CSV = "region,units,revenue\nnorth,12,340.50\nsouth,7,99.25\neast,30,1200\n"
 
 
@@ -287,8 +288,12 @@ async def gemini() -> AsyncIterator[FakeGemini]:
 
 
 @pytest.fixture(scope="module")
-def gemini_stack(stack_factory: StackFactory, gemini: FakeGemini) -> TestStack:
-    return stack_factory(env={"GEMINI_API_KEY": GEMINI_KEY, "GEMINI_BASE_URL": gemini.base_url})
+def gemini_stack(stack_factory: StackFactory, gemini: FakeGemini) -> Iterator[TestStack]:
+    """The platform with the Gemini fake behind ``gemini-*`` names; stopped after
+    this module (nothing else uses it)."""
+    stack = stack_factory(env={"GEMINI_API_KEY": GEMINI_KEY, "GEMINI_BASE_URL": gemini.base_url})
+    yield stack
+    stack.close()
 
 
 def write_home_files(home: Path, command: AgentCommand) -> None:
@@ -343,25 +348,25 @@ async def get_json(
         return body
 
 
-@pytest.mark.timeout(100)
-async def test_real_cli_reads_summarises_and_writes_through_the_gateway(
-    gemini_stack: TestStack, gemini: FakeGemini, tmp_path: Path
-) -> None:
+async def run_conversation(
+    stack: TestStack, fake: FakeGemini, tmp_path: Path, *, missing_first: bool = False
+) -> tuple[Run, Path, str]:
+    """The real CLI in a fresh workspace and home against ``stack``, ``fake`` playing
+    :class:`ReadSummarizeWrite`; returns the run, the workspace and the run's token."""
     assert GEMINI_BIN.exists(), "run `make agents/node_modules/.installed`"
-    gemini.reset()
+    fake.reset()
     workspace, home = tmp_path / "workspace", tmp_path / "home"
     (workspace / "uploads").mkdir(parents=True)
     home.mkdir()
     (workspace / DATA_PATH).write_text(CSV)
-    gemini.respond_with(MODEL, ReadSummarizeWrite(str(workspace)))
-    token = await gemini_stack.create_token(f"gemini-cli-{secrets.token_hex(4)}")
-    runbook = "You are a data clerk. Summaries go to results/summary.md."
+    fake.respond_with(MODEL, ReadSummarizeWrite(str(workspace), missing_first=missing_first))
+    token = await stack.create_token(f"gemini-cli-{secrets.token_hex(4)}")
     command = GeminiCliAdapter().command(
         AgentSpec(
             model=MODEL,
-            runbook=runbook,
+            runbook=RUNBOOK,
             prompt="Summarise uploads/data.csv.",
-            gateway_url=gemini_stack.base_url,
+            gateway_url=stack.base_url,
             token=token,
             workspace=str(workspace),
             home=str(home),
@@ -369,8 +374,20 @@ async def test_real_cli_reads_summarises_and_writes_through_the_gateway(
         )
     )
     write_home_files(home, command)
+    return await run_agent(command, workspace), workspace, token
 
-    run = await run_agent(command, workspace)
+
+async def recorded_calls(stack: TestStack, token: str) -> list[dict[str, Any]]:
+    page = await get_json(stack, "/api/v1/trajectories", token, {"limit": "50"})
+    data: list[dict[str, Any]] = page["data"]
+    return data
+
+
+@pytest.mark.timeout(100)
+async def test_real_cli_reads_summarises_and_writes_through_the_gateway(
+    gemini_stack: TestStack, gemini: FakeGemini, tmp_path: Path
+) -> None:
+    run, workspace, token = await run_conversation(gemini_stack, gemini, tmp_path)
 
     assert run.exit_code == 0, run.stderr[-3000:]
     assert (workspace / SUMMARY_PATH).read_text() == summarize_csv(CSV)
@@ -402,11 +419,10 @@ async def test_real_cli_reads_summarises_and_writes_through_the_gateway(
     assert len(upstream) == 3
     assert all(r.headers.get("x-goog-api-key") == GEMINI_KEY for r in upstream)
     system = upstream[0].body["systemInstruction"]["parts"]
-    assert runbook in "".join(p.get("text", "") for p in system)
+    assert RUNBOOK in "".join(p.get("text", "") for p in system)
 
     # the gateway recorded each model call, with usage
-    page = await get_json(gemini_stack, "/api/v1/trajectories", token, {"limit": "50"})
-    trajectories: list[dict[str, Any]] = page["data"]
+    trajectories = await recorded_calls(gemini_stack, token)
     assert len(trajectories) == 3
     assert {t["model"] for t in trajectories} == {MODEL}
     assert all(t["status"] == "completed" for t in trajectories)
@@ -419,3 +435,35 @@ async def test_real_cli_reads_summarises_and_writes_through_the_gateway(
         gemini_stack, f"/api/v1/trajectories/{trajectories[0]['trajectory_id']}", token
     )
     assert [step["ingress"] for step in one["steps"]] == ["gemini"]
+
+
+@pytest.mark.timeout(100)
+async def test_real_cli_recovers_from_a_failing_tool(
+    gemini_stack: TestStack, gemini: FakeGemini, tmp_path: Path
+) -> None:
+    run, workspace, token = await run_conversation(
+        gemini_stack, gemini, tmp_path, missing_first=True
+    )
+
+    assert run.exit_code == 0, run.stderr[-3000:]
+    assert (workspace / SUMMARY_PATH).read_text() == summarize_csv(CSV)
+    calls = [s for s in run.steps if s.kind == "tool_call"]
+    results = [s for s in run.steps if s.kind == "tool_result"]
+    assert [c.tool_input and c.tool_input["file_path"] for c in calls] == [
+        str(workspace / MISSING_PATH),
+        str(workspace / DATA_PATH),
+        str(workspace / SUMMARY_PATH),
+    ]
+    assert [r.is_error for r in results] == [True, False, False]
+    assert results[0].text == "File not found."
+    assert run.outcome.num_turns == 4
+    # the failure went back to the model as a function response with an error
+    last = gemini.requests[-1].body["contents"]
+    errors = [
+        part["functionResponse"]["response"]
+        for content in last
+        for part in content["parts"]
+        if "functionResponse" in part and "error" in part["functionResponse"]["response"]
+    ]
+    assert len(errors) == 1 and MISSING_PATH in str(errors[0])
+    assert len(await recorded_calls(gemini_stack, token)) == 4

@@ -62,23 +62,40 @@ def _strings(value: Any) -> list[str]:
 
 
 def function_responses(body: dict[str, Any]) -> list[tuple[str, str]]:
-    """(function name, its response's text) for every ``functionResponse`` in the
-    conversation, in order."""
+    """(function name, its response's text) for every successful
+    ``functionResponse`` in the conversation, in order (gemini-cli answers a failed
+    tool with ``{"error": "..."}``)."""
     found: list[tuple[str, str]] = []
     for content in body.get("contents") or []:
         for part in content.get("parts") or []:
             response = part.get("functionResponse") if isinstance(part, dict) else None
-            if isinstance(response, dict):
-                text = "\n".join(_strings(response.get("response")))
-                found.append((str(response.get("name") or ""), text))
+            if not isinstance(response, dict):
+                continue
+            payload = response.get("response")
+            if isinstance(payload, dict) and "error" in payload:
+                continue
+            found.append((str(response.get("name") or ""), "\n".join(_strings(payload))))
     return found
+
+
+def failed_calls(body: dict[str, Any]) -> int:
+    """How many function responses in the conversation report an error."""
+    return sum(
+        1
+        for content in body.get("contents") or []
+        for part in content.get("parts") or []
+        if isinstance(part, dict)
+        and isinstance(response := part.get("functionResponse"), dict)
+        and isinstance(payload := response.get("response"), dict)
+        and "error" in payload
+    )
 
 
 def csv_text(result: str) -> str | None:
     """The CSV out of a ``read_file`` response (it is the file's text as is); None
-    when the response is an error (no header line with a comma)."""
+    when it does not look like one (no header line with a comma)."""
     text = result.strip()
-    if not text or "," not in text.splitlines()[0] or text.lower().startswith("error"):
+    if not text or "," not in text.splitlines()[0]:
         return None
     return text + "\n"
 
@@ -100,6 +117,7 @@ class ReadSummarizeWrite:
         if data is not None:
             call = {"file_path": f"{self.workspace}/{SUMMARY_PATH}", "content": summarize_csv(data)}
             return Script(tool_calls=[("write_file", call)], call_ids=True)
-        target = DATA_PATH if reads or not self.missing_first else MISSING_PATH
+        failed_before = failed_calls(body) > 0
+        target = MISSING_PATH if self.missing_first and not failed_before else DATA_PATH
         call = {"file_path": f"{self.workspace}/{target}"}
         return Script(tool_calls=[("read_file", call)], preamble=PREFACE, call_ids=True)
