@@ -67,7 +67,7 @@ class ClaudeCodeAdapter:
 
     def __init__(self, *, max_retries: int = MAX_RETRIES, binary: str | None = None) -> None:
         #: the CLI, relative to ``agents_dir`` (default: the native platform binary)
-        self.binary = binary or (f"node_modules/@anthropic-ai/claude-code-{platform_key()}/claude")
+        self.binary = binary or f"node_modules/@anthropic-ai/claude-code-{platform_key()}/claude"
         self.max_retries = max_retries
 
     def command(self, spec: AgentSpec) -> AgentCommand:
