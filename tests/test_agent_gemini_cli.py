@@ -9,6 +9,7 @@ import asyncio
 import json
 import secrets
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,9 +319,8 @@ async def run_agent(command: AgentCommand, workspace: Path) -> Run:
 
     async def read_stdout() -> None:
         assert proc.stdout is not None
-        loop = asyncio.get_running_loop()
         async for raw in proc.stdout:
-            steps.extend(parser.feed(raw.decode(errors="replace").rstrip("\n"), loop.time()))
+            steps.extend(parser.feed(raw.decode(errors="replace").rstrip("\n"), time.time()))
 
     try:
         _, stderr = await asyncio.wait_for(
