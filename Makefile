@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The agent CLIs the runner starts (pinned in agents/package.json), installed
-# from npm into agents/node_modules; their install scripts are not needed.
+# from npm into agents/node_modules. Install scripts stay off; the one step that
+# matters is claude-code's: it puts its native binary where `.bin/claude` points.
 AGENTS_STAMP := agents/node_modules/.installed
 
 .PHONY: up test lint bench install clean
@@ -17,6 +18,7 @@ $(STAMP): pyproject.toml
 
 $(AGENTS_STAMP): agents/package.json agents/package-lock.json
 	npm ci --prefix agents --no-audit --no-fund --ignore-scripts --loglevel=error
+	cd agents/node_modules/@anthropic-ai/claude-code && node install.cjs
 	touch $(AGENTS_STAMP)
 
 install: $(STAMP) $(AGENTS_STAMP)

