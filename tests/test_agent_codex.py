@@ -24,6 +24,7 @@ from jetty_cli.testing import StackFactory, TestStack
 from services.runner.agents.base import AgentSpec, ParsedStep
 from services.runner.agents.codex import (
     CONFIG_PATH,
+    MAX_ARGV_PROMPT_BYTES,
     MAX_RESULT_BYTES,
     TOKEN_ENV,
     CodexAdapter,
@@ -32,7 +33,7 @@ from services.runner.agents.codex import (
     toml_string,
 )
 from shared.events.runbook import AgentOutcome
-from tests.fakes.openai_upstream import FakeUpstream
+from tests.fakes.openai_upstream import FakeUpstream, Script
 from tests.fakes.scenario_codex import FINAL_TEXT, INPUT_PATH, SUMMARY_PATH, codex_scenario
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,6 +169,19 @@ def test_parser_ignores_garbage_and_unknown_events() -> None:
     assert outcome.reported_usage["input_tokens"] == 15644
 
 
+def test_a_retry_that_succeeds_leaves_no_error() -> None:
+    lines = [
+        '{"type": "turn.started"}',
+        '{"type": "error", "message": "Reconnecting... 1/1 (stream disconnected)"}',
+        '{"type": "turn.completed", "usage": {"input_tokens": 10, "output_tokens": 2}}',
+    ]
+    parser, steps = _feed(lines)
+    assert steps == [] and parser.error is None
+    assert parser.outcome(0) == AgentOutcome(
+        exit_code=0, num_turns=1, reported_usage={"input_tokens": 10, "output_tokens": 2}
+    )
+
+
 def test_long_results_are_truncated() -> None:
     output = "é" * MAX_RESULT_BYTES  # two bytes each
     item = {
@@ -284,6 +298,14 @@ def test_command(monkeypatch: pytest.MonkeyPatch) -> None:
     assert list(command.home_files) == [CONFIG_PATH]
 
 
+def test_a_long_prompt_goes_in_on_stdin() -> None:
+    prompt = "-" + "y" * MAX_ARGV_PROMPT_BYTES
+    command = CodexAdapter().command(_spec(prompt=prompt))
+    assert command.argv[-2:] == ["--", "-"]
+    assert command.stdin == prompt.encode()
+    assert prompt not in command.argv
+
+
 def test_command_without_a_runbook_keeps_codex_instructions() -> None:
     command = CodexAdapter().command(_spec(runbook="  \n"))
     assert "developer_instructions" not in tomllib.loads(command.home_files[CONFIG_PATH].decode())
@@ -326,7 +348,7 @@ async def _run_codex(spec: AgentSpec) -> Run:
         *command.argv,
         env=command.env,
         cwd=spec.workspace,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if command.stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # the node wrapper and the native binary go together
@@ -340,8 +362,16 @@ async def _run_codex(spec: AgentSpec) -> Run:
         async for raw in process.stdout:
             steps.extend(parser.feed(raw.decode().rstrip("\n"), time.time()))
 
+    async def write() -> None:
+        if command.stdin is not None:
+            assert process.stdin is not None
+            process.stdin.write(command.stdin)
+            await process.stdin.drain()
+            process.stdin.close()
+
     assert process.stderr is not None
     try:
+        await write()
         _, stderr, exit_code = await asyncio.wait_for(
             asyncio.gather(read(), process.stderr.read(), process.wait()), AGENT_TIMEOUT
         )
@@ -445,3 +475,82 @@ async def test_codex_reads_csv_and_writes_summary(
     completion = sum(t["usage"]["completion_tokens"] for t in trajectories)
     assert reported["input_tokens"] == prompt > 0
     assert reported["output_tokens"] == completion > 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cause", ["upstream_refuses", "token_unknown"])
+async def test_codex_exits_non_zero_when_the_gateway_refuses(
+    codex_stack: TestStack, upstream: FakeUpstream, tmp_path: Path, cause: str
+) -> None:
+    """A refused model call ends the run at once (one retry at most), exit 1, with
+    the refusal's message as the outcome's result."""
+    upstream.reset()
+    model = "gpt-4o-mini"
+    upstream.script(
+        model,
+        Script(
+            status=400,
+            error_message="Invalid value for 'temperature': must be at most 2.",
+            error_type="invalid_request_error",
+            error_code="invalid_value",
+        ),
+    )
+    token = "jt_not_a_token_of_ours" if cause == "token_unknown" else codex_stack.token
+    workspace, home = tmp_path / "workspace", tmp_path / "home"
+    workspace.mkdir()
+    home.mkdir()
+    spec = AgentSpec(
+        model=model,
+        runbook="Be brief.",
+        prompt="Say hello.",
+        gateway_url=codex_stack.base_url,
+        token=token,
+        workspace=str(workspace),
+        home=str(home),
+        agents_dir=AGENTS_DIR,
+    )
+
+    run = await _run_codex(spec)
+
+    assert run.exit_code == 1, run.stderr
+    assert run.steps == []
+    assert run.outcome.exit_code == 1
+    assert run.outcome.reported_usage == {}
+    if cause == "upstream_refuses":
+        assert run.outcome.result == "Invalid value for 'temperature': must be at most 2."
+        assert 1 <= len(upstream.requests) <= 2
+    else:
+        assert run.outcome.result is not None and "401 Unauthorized" in run.outcome.result
+        assert len(upstream.requests) == 0
+
+
+@pytest.mark.timeout(60)
+async def test_codex_reads_a_long_prompt_from_stdin(
+    codex_stack: TestStack, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.reset()
+    model = "gpt-4.1"
+    upstream.script(model, Script(text="Noted."))
+    prompt = "Read all of this: " + " ".join(f"word{i}" for i in range(MAX_ARGV_PROMPT_BYTES // 4))
+    workspace, home = tmp_path / "workspace", tmp_path / "home"
+    workspace.mkdir()
+    home.mkdir()
+    spec = AgentSpec(
+        model=model,
+        runbook="Be brief.",
+        prompt=prompt,
+        gateway_url=codex_stack.base_url,
+        token=codex_stack.token,
+        workspace=str(workspace),
+        home=str(home),
+        agents_dir=AGENTS_DIR,
+    )
+    assert CodexAdapter().command(spec).stdin is not None
+
+    run = await _run_codex(spec)
+
+    assert run.exit_code == 0, run.stderr
+    assert run.outcome.result == "Noted."
+    [request] = upstream.requests
+    users = [m["content"] for m in request.body["messages"] if m["role"] == "user"]
+    assert users[-1] == prompt

@@ -16,6 +16,9 @@ every process. Replacing the base instructions (``model_instructions_file``) wou
 drop the tool guidance; an ``AGENTS.md`` would have to sit in the workspace, where
 it would come back as an artifact.
 
+The prompt is the last argument, after ``--``; one longer than
+:data:`MAX_ARGV_PROMPT_BYTES` goes in on stdin instead (``-`` as the prompt).
+
 The same file turns off analytics and the update check, and keeps the token out of
 the commands the agent runs (``shell_environment_policy.inherit = "core"``: only
 ``HOME``, ``PATH``, ``USER``, ``TMPDIR`` and the like; by default every variable
@@ -30,8 +33,14 @@ status}, ``web_search`` {query}, ``todo_list`` {items}, ``error`` {message: a
 warning, e.g. unknown model metadata}), ``turn.completed`` (``usage``:
 ``input_tokens``, ``cached_input_tokens``, ``output_tokens``,
 ``reasoning_output_tokens``…), ``turn.failed`` (``error.message``) and ``error``
-(``message``: a fatal stream error). ``codex exec`` runs one turn; the model calls
-inside it are not events of their own (the gateway records each of them).
+(``message``: a stream error; ``Reconnecting... n/m`` before a retry, then the
+final one). ``codex exec`` runs one turn; the model calls inside it are not events
+of their own (the gateway records each of them). A shell command that is an
+``apply_patch`` invocation is run by codex itself and reported as a ``file_change``
+(paths and kinds, no contents), not as a ``command_execution``.
+
+``codex`` is a node script that starts the native binary as its child: stopping a
+run means signalling the whole process group (or the sandbox), not just the pid.
 """
 
 from __future__ import annotations
@@ -53,6 +62,9 @@ CONFIG_PATH = f"{CODEX_HOME}/config.toml"
 #: a tool result's text is cut to this many bytes (UTF-8)
 MAX_RESULT_BYTES = 16 * 1024
 PROGRESS_TEXT_CHARS = 200
+#: a longer prompt goes in on stdin (``-`` as the prompt): one argument may hold
+#: at most 128 KiB on Linux
+MAX_ARGV_PROMPT_BYTES = 64 * 1024
 
 # Tools whose items the parser turns into a call and its result.
 _TOOL_ITEMS = frozenset({"command_execution", "file_change", "mcp_tool_call", "web_search"})
@@ -120,6 +132,7 @@ class CodexAdapter:
     def command(self, spec: AgentSpec) -> AgentCommand:
         bin_dir = f"{spec.agents_dir.rstrip('/')}/node_modules/.bin"
         home = spec.home.rstrip("/")
+        in_argv = len(spec.prompt.encode()) <= MAX_ARGV_PROMPT_BYTES
         argv = [
             f"{bin_dir}/{BIN}",
             "exec",
@@ -141,7 +154,7 @@ class CodexAdapter:
             spec.model,
             # After "--": a prompt starting with "-" is still the prompt.
             "--",
-            spec.prompt,
+            spec.prompt if in_argv else "-",
         ]
         env = {
             "PATH": f"{bin_dir}:/usr/bin:/bin",
@@ -152,7 +165,12 @@ class CodexAdapter:
             "NO_COLOR": "1",
             TOKEN_ENV: spec.token,
         }
-        return AgentCommand(argv=argv, env=env, home_files={CONFIG_PATH: config_toml(spec.runbook)})
+        return AgentCommand(
+            argv=argv,
+            env=env,
+            home_files={CONFIG_PATH: config_toml(spec.runbook)},
+            stdin=None if in_argv else spec.prompt.encode(),
+        )
 
     def parser(self) -> CodexStreamParser:
         return CodexStreamParser()
@@ -277,6 +295,7 @@ class CodexStreamParser:
             self.thread_id = str(event.get("thread_id") or "") or None
         elif kind == "turn.completed":
             self._turns += 1
+            self._error = None  # "Reconnecting…" errors before it were not fatal
             for key, value in _int_usage(event.get("usage")).items():
                 self._usage[key] = self._usage.get(key, 0) + value
         elif kind == "turn.failed":
