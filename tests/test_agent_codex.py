@@ -34,7 +34,13 @@ from services.runner.agents.codex import (
 )
 from shared.events.runbook import AgentOutcome
 from tests.fakes.openai_upstream import FakeUpstream, Script
-from tests.fakes.scenario_codex import FINAL_TEXT, INPUT_PATH, SUMMARY_PATH, codex_scenario
+from tests.fakes.scenario_codex import (
+    FINAL_TEXT,
+    INPUT_PATH,
+    READ_FAILED,
+    SUMMARY_PATH,
+    codex_scenario,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 AGENTS_DIR = str(REPO / "agents")
@@ -554,3 +560,37 @@ async def test_codex_reads_a_long_prompt_from_stdin(
     [request] = upstream.requests
     users = [m["content"] for m in request.body["messages"] if m["role"] == "user"]
     assert users[-1] == prompt
+
+
+@pytest.mark.timeout(60)
+async def test_codex_reports_a_failing_read(
+    codex_stack: TestStack, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """No input file: the read fails (a tool_result with is_error), the model says
+    so, nothing is written, and codex itself still exits 0."""
+    upstream.reset()
+    workspace, home = tmp_path / "workspace", tmp_path / "home"
+    workspace.mkdir()
+    home.mkdir()
+    upstream.respond_with(MODEL, codex_scenario(str(workspace)))
+    spec = AgentSpec(
+        model=MODEL,
+        runbook="Write results under results/.",
+        prompt=f"Summarise {INPUT_PATH}.",
+        gateway_url=codex_stack.base_url,
+        token=codex_stack.token,
+        workspace=str(workspace),
+        home=str(home),
+        agents_dir=AGENTS_DIR,
+    )
+
+    run = await _run_codex(spec)
+
+    assert run.exit_code == 0, run.stderr
+    assert [s.kind for s in run.steps] == ["tool_call", "tool_result", "message"]
+    failed = run.steps[1]
+    assert failed.is_error and failed.text is not None
+    assert "No such file or directory" in failed.text
+    assert run.progress[1].startswith("✗ exec_command failed")
+    assert run.outcome.result is not None and run.outcome.result.startswith(READ_FAILED)
+    assert not (workspace / "results").exists()

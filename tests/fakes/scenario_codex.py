@@ -11,6 +11,9 @@ Each answer is chosen from what the request carries, never from a call counter:
    tells the model to edit files that way) and reports a ``file_change`` item;
 3. the write's result is there too: a final text answer.
 
+If the read failed (its report says a non-zero exit code), the answer is a final
+text saying so, and nothing is written.
+
 codex hands a command's output back as a small report (``Chunk ID``, ``Wall time``,
 ``Process exited with code N``, ``Output:`` and then the output), so the CSV is the
 text after the ``Output:`` line. Usage is in every answer (the fake adds it when
@@ -33,6 +36,7 @@ from tests.fakes.openai_upstream import Script
 SUMMARY_PATH = "results/summary.md"
 INPUT_PATH = "uploads/data.csv"
 FINAL_TEXT = f"I read {INPUT_PATH} and wrote its summary to {SUMMARY_PATH}."
+READ_FAILED = f"I could not read {INPUT_PATH}:"
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ def codex_scenario(workspace: str) -> Callable[[Any], Script]:
         wrote = any(SUMMARY_PATH in cmd and out is not None for cmd, out in calls)
         if read_output is None:
             return Script(tool_calls=[("exec_command", json.dumps({"cmd": read}))])
+        if "Process exited with code 0\n" not in read_output:
+            return Script(text=f"{READ_FAILED} {command_output(read_output).strip()}")
         if not wrote:
             summary = summarise(command_output(read_output)).markdown()
             return Script(
