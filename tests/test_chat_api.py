@@ -304,7 +304,12 @@ def _doc(**fields: Any) -> bytes:
     return json.dumps(fields).encode()
 
 
-RUNBOOK = {"runbook": True, "collection": "default", "agent": "codex"}
+RUNBOOK = {
+    "runbook": True,
+    "collection": "default",
+    "agent": "codex",
+    "file_paths": ["uploads/never-uploaded.csv"],
+}
 
 
 @pytest.mark.parametrize(
@@ -328,7 +333,9 @@ RUNBOOK = {"runbook": True, "collection": "default", "agent": "codex"}
          400, "jetty.task", "invalid_value"),
         (_doc(model="no-such-model", messages=GOOD_MESSAGES), 404, "model", "model_not_found"),
         (_doc(model="mock/x", messages=GOOD_MESSAGES, jetty=RUNBOOK),
-         501, "jetty.runbook", "runbook_not_available"),
+         400, "jetty.file_paths[0]", "file_not_found"),
+        (_doc(model="mock/x", messages=GOOD_MESSAGES, jetty={**RUNBOOK, "agent": None}),
+         400, "jetty.agent", "missing_required_parameter"),
     ],
 )  # fmt: skip
 def test_bad_input_is_an_openai_error(

@@ -162,7 +162,7 @@ async def get_by_task(request: web.Request) -> web.Response:
     view = await trajectories.read_trajectory(request.app[GATEWAY], collection, trajectory_id)
     if view.task != task:
         raise trajectories.not_found(trajectory_id)
-    return web.Response(body=view.model_dump_json(), content_type="application/json")
+    return trajectories.view_response(request, view)
 
 
 def routes() -> list[web.RouteDef]:

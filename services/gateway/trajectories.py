@@ -93,6 +93,16 @@ async def get_trajectory(request: web.Request) -> web.Response:
     view = await read_trajectory(
         gw, auth_of(request).collection, request.match_info["trajectory_id"]
     )
+    return view_response(request, view)
+
+
+def view_response(request: web.Request, view: TrajectoryView) -> web.Response:
+    """The trajectory's JSON, with its artifacts' download URLs."""
+    gw = request.app[GATEWAY]
+    base = gw.settings.public_url or str(request.url.origin())
+    view = queries.with_artifact_urls(
+        view, f"{base}/api/v1/trajectories/{view.trajectory_id}/artifacts"
+    )
     return web.Response(body=view.model_dump_json(), content_type="application/json")
 
 
