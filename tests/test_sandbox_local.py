@@ -5,6 +5,7 @@ gateway, and the real agent CLIs."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -244,7 +245,9 @@ for path in json.loads(sys.argv[3]):
         out["write"][path] = "written"
     except OSError as exc:
         out["write"][path] = type(exc).__name__
-out["env"] = dict(os.environ)
+# as exec'd (os.environ would show this Python's own locale coercion too)
+with open("/proc/self/environ", "rb") as fh:
+    out["env"] = dict(v.decode().split("=", 1) for v in fh.read().split(bytes(1)) if v)
 print(json.dumps(out))
 """
 
@@ -326,7 +329,8 @@ async def test_only_the_gateway_is_reachable_and_the_host_is_hidden(
     assert env["GATEWAY"] == backend.layout.gateway_url and env["AGENT_SETTING"] == "1"
     leaked = [k for k in env if k.startswith("JETTY_") or k.endswith("_API_KEY")]
     assert leaked == []
-    assert set(env) <= {"GATEWAY", "AGENT_SETTING", "HOME", "PATH", "PWD", "LC_CTYPE"}
+    # exactly the command's environment (+ HOME, PATH defaults, and bwrap's PWD)
+    assert set(env) == {"GATEWAY", "AGENT_SETTING", "HOME", "PATH", "PWD"}
 
 
 # -- limits and ends --------------------------------------------------------------------
@@ -401,6 +405,23 @@ async def test_file_size_limit_holds(backend: LocalSandboxBackend) -> None:
     assert [(o.path, o.size) for o in outputs] == [("big", 1024 * 1024)]
 
 
+async def test_cpu_and_memory_limits_hold(backend: LocalSandboxBackend) -> None:
+    hog = "try:\n    b = bytearray(512 * 1024 * 1024)\nexcept MemoryError:\n    print('no memory')"
+    script = f"python3 -c \"{hog}\"; python3 -c 'while True: pass'; echo cpu rc=$?"
+    limits = Limits(timeout_s=60, memory_mb=128, cpu_seconds=1)
+    lines, end = await _run(backend, _spec("cpu-memory", _sh(script), limits=limits))
+    assert end.exit_code == 0, end.stderr_tail
+    assert lines == ["no memory", "cpu rc=152"]  # 128 + SIGXCPU
+
+
+async def test_stderr_is_kept_as_a_bounded_tail(backend: LocalSandboxBackend) -> None:
+    script = "head -c 100000 /dev/zero | tr '\\0' e >&2; echo THE-END >&2; exit 2"
+    lines, end = await _run(backend, _spec("stderr", _sh(script)))
+    bound = backend.settings.stderr_tail_bytes
+    assert lines == [] and end.exit_code == 2
+    assert end.stderr_tail == "e" * (bound - len("THE-END\n")) + "THE-END\n"
+
+
 # -- the real agent CLIs -------------------------------------------------------------------
 
 
@@ -417,3 +438,90 @@ async def test_agent_clis_start_inside(backend: LocalSandboxBackend) -> None:
     assert versions["claude"] == ["0", f"{package['@anthropic-ai/claude-code']} (Claude Code)"]
     assert versions["codex"] == ["0", f"codex-cli {package['@openai/codex']}"]
     assert versions["gemini"] == ["0", package["@google/gemini-cli"]]
+
+
+# -- an unprivileged runner --------------------------------------------------------------
+
+UNPRIVILEGED_RUN = """
+import asyncio, json, os, sys
+from pathlib import Path
+sys.path[:0] = [os.environ["PROJECT"], os.environ["SITE_PACKAGES"]]
+from services.runner.agents.base import AgentCommand
+from services.runner.sandbox.base import InputFile, Limits, SandboxSpec
+from services.runner.sandbox.local import LocalSandboxBackend, LocalSandboxSettings
+from shared.objectstore import ObjectStore
+from shared.settings import CommonSettings
+
+SCRIPT = '''
+cat in.txt
+python3 -c "import urllib.request as u; print(u.urlopen('$GATEWAY/probe?n=9').read().decode())"
+mkdir -p locked/inner && echo hidden > locked/inner/secret.txt
+chmod 000 locked/inner/secret.txt locked/inner && chmod 500 locked
+'''
+
+async def main():
+    root = Path(os.environ["RUNS"])
+    settings = LocalSandboxSettings(
+        root=root, agents_dir=Path(os.environ["AGENTS"]),
+        gateway_host="127.0.0.1", gateway_port=int(os.environ["GATEWAY_PORT"]),
+    )
+    backend = LocalSandboxBackend(settings, ObjectStore.from_settings(CommonSettings()))
+    spec = SandboxSpec(
+        "unprivileged", "sbx", "tests",
+        AgentCommand(["/bin/sh", "-c", SCRIPT], {"GATEWAY": backend.layout.gateway_url}),
+        [InputFile("in.txt", "sbx/uploads/unprivileged.txt")], Limits(timeout_s=60),
+        "sbx/tests/unprivileged/",
+    )
+    sandbox = await backend.start(spec)
+    lines = [line async for line in sandbox.lines()]
+    end = await sandbox.wait()
+    outputs = await sandbox.collect_outputs()
+    await sandbox.destroy()
+    await backend.close()
+    print(json.dumps({
+        "uid": os.getuid(), "lines": lines, "exit": end.exit_code, "stderr": end.stderr_tail,
+        "outputs": [[o.path, o.size] for o in outputs], "left": os.listdir(root),
+    }))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the whole module already runs unprivileged")
+async def test_an_unprivileged_runner(
+    store: ObjectStore, s3: EmbeddedObjectStore, gateway: int
+) -> None:
+    """The backend run by a non-root user (here: nobody, through the system's
+    Python 3.11 and our packages): the sandbox's user is then the runner's own."""
+    nobody = 65534
+    await _put(store, "sbx/uploads/unprivileged.txt", b"input for nobody\n")
+    runs = traversable_tmpdir("jetty-sbx-nobody-")
+    os.chown(runs, nobody, nobody)
+    site_packages = next((ROOT / ".venv" / "lib").glob("python3.*/site-packages"))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PROJECT": str(ROOT),
+        "SITE_PACKAGES": str(site_packages),
+        "RUNS": str(runs),
+        "AGENTS": str(AGENTS),
+        "GATEWAY_PORT": str(gateway),
+        "JETTY_S3_ENDPOINT": s3.endpoint,
+        "JETTY_S3_ACCESS_KEY": s3.access_key,
+        "JETTY_S3_SECRET_KEY": s3.secret_key,
+    }
+    try:
+        child = await asyncio.create_subprocess_exec(
+            "/usr/bin/python3", "-I", "-c", UNPRIVILEGED_RUN,
+            env=env, cwd="/", user=nobody, group=nobody, extra_groups=[],
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await child.communicate()
+    finally:
+        shutil.rmtree(runs)
+    assert child.returncode == 0, err.decode()
+    seen = json.loads(out)
+    assert seen["uid"] == nobody
+    assert seen["exit"] == 0, seen["stderr"]
+    assert seen["lines"] == ["input for nobody", f"{GATEWAY_REPLY} 9"]
+    assert seen["outputs"] == [["locked/inner/secret.txt", 7]]
+    assert seen["left"] == []  # the read-only folders were removed too

@@ -126,8 +126,12 @@ def options(mounts: Mounts, env: Mapping[str, str]) -> list[str]:
     return [*args, "--chdir", WORKSPACE]
 
 
-def command(argv: Sequence[str], limits: Limits, inner_port: int) -> list[str]:
+def command(
+    argv: Sequence[str], env: Mapping[str, str], limits: Limits, inner_port: int
+) -> list[str]:
     """What bwrap runs: the launcher (relay, limits), which then execs ``argv``.
     (bwrap wants the command on its real command line, after the options.)"""
     launcher = [PYTHON, "-I", "-S", LAUNCHER, "--port", str(inner_port), "--socket", SOCKET]
+    if "LC_CTYPE" not in env:
+        launcher += ["--unset-ctype", "1"]
     return [*launcher, *limit_args(limits), "--", *argv]

@@ -332,7 +332,8 @@ class LocalSandboxBackend:
             # anonymous memory file: never on a command line (ps), never on disk.
             options = bwrap.options(mounts, spec.command.env)
             args_fd = data("bwrap-args", b"".join(a.encode() + b"\0" for a in options))
-            argv = bwrap.command(spec.command.argv, spec.limits, self.settings.inner_port)
+            command = spec.command
+            argv = bwrap.command(command.argv, command.env, spec.limits, self.settings.inner_port)
             passed = (mounts.passwd, mounts.group, mounts.launcher, args_fd)
             try:
                 return await asyncio.create_subprocess_exec(
