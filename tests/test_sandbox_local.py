@@ -333,6 +333,26 @@ async def test_only_the_gateway_is_reachable_and_the_host_is_hidden(
     assert set(env) == {"GATEWAY", "AGENT_SETTING", "HOME", "PATH", "PWD"}
 
 
+async def test_sandboxes_side_by_side(backend: LocalSandboxBackend) -> None:
+    """Each sandbox has its own loopback (the same relay port) and its own files."""
+    fetch = (
+        'python3 -c "import urllib.request as u; '
+        "print(u.urlopen('$GATEWAY/probe?n=$N').read().decode())\"; ls /workspace"
+    )
+
+    async def one(n: int) -> list[str]:
+        spec = _spec(
+            f"side-{n}", _sh(f"touch mine-{n}; {fetch}"),
+            env={"GATEWAY": backend.layout.gateway_url, "N": str(n)},
+        )  # fmt: skip
+        lines, end = await _run(backend, spec)
+        assert end.exit_code == 0, end.stderr_tail
+        return lines
+
+    results = await asyncio.gather(*(one(n) for n in range(3)))
+    assert results == [[f"{GATEWAY_REPLY} {n}", f"mine-{n}"] for n in range(3)]
+
+
 # -- limits and ends --------------------------------------------------------------------
 
 
