@@ -175,10 +175,10 @@ class Stack:
         if cfg.s3 is not None:
             env.update(cfg.s3.env())
         if name == "runner":
-            # Sandboxes reach the gateway through the runner's relay; their
-            # workspaces live beside the logs.
+            # Sandboxes reach the gateway through the runner's relay. Their
+            # workspaces stay in the runner's default (under the system temp
+            # folder), which the unprivileged sandbox user can reach.
             env["JETTY_RUNNER_GATEWAY_URL"] = self.base_url
-            env.setdefault("JETTY_RUNNER_WORKSPACE_ROOT", str(cfg.log_dir.parent / "runs"))
         if name == "gateway":
             env["JETTY_HOST"] = cfg.host
             env["JETTY_PORT"] = str(cfg.port)

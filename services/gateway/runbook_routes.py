@@ -120,6 +120,9 @@ async def download_artifact(request: web.Request) -> web.StreamResponse:
     pool = await trajectories.open_pool(gw)
     try:
         artifact = await queries.get_artifact(pool, collection, trajectory_id, path)
+        if artifact is None and await trajectories.projection_caught_up(gw):
+            # Read-your-writes: the run's last events may still be on their way.
+            artifact = await queries.get_artifact(pool, collection, trajectory_id, path)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise trajectories.db_unavailable(exc) from None
     if artifact is None:

@@ -55,7 +55,7 @@ def db_unavailable(exc: BaseException) -> Unavailable:
     )
 
 
-async def _projection_caught_up(gw: Gateway) -> bool:
+async def projection_caught_up(gw: Gateway) -> bool:
     """Wait (bounded) until the recorder has committed every event that was in the
     stream when we started waiting; False if it did not get there in time."""
     deadline = time.monotonic() + gw.settings.consistency_wait
@@ -116,7 +116,7 @@ async def read_trajectory(gw: Gateway, collection: str, trajectory_id: str) -> T
     if view is None or view.status not in TERMINAL:
         # Read-your-writes: events published before this request (the end of the
         # call the client just saw) may still be on their way to Postgres.
-        caught_up = await _projection_caught_up(gw)
+        caught_up = await projection_caught_up(gw)
         view = await _load(gw, collection, trajectory_id)
         if view is None:
             if not caught_up:

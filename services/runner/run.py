@@ -326,6 +326,13 @@ class Run:
 
     async def _finish(self, result: SandboxExit, outcome: AgentOutcome) -> None:
         agent = self.event.agent
+        if self.stop_reason is None:
+            # The agent may have given up on its own right after a refused call,
+            # before the state watch saw the refusal: the refusal is the cause.
+            with contextlib.suppress(NatsError, TimeoutError):
+                state = await self.deps.runs.get(self.trajectory_id)
+                if state is not None and state.budget_exceeded:
+                    self.stop_reason = "budget"
         if self.stop_reason == "cancel":
             await self._end(
                 RunbookCancelled(

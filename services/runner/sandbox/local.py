@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from services.runner.sandbox import bwrap, outputs
@@ -347,9 +348,8 @@ class LocalSandboxBackend:
                     start_new_session=True,
                     env={},
                     cwd="/",
-                    user=owner,
-                    group=owner,
-                    extra_groups=[] if owner is not None else None,
+                    # Not user=/group=: uvloop (the services' loop) refuses them.
+                    preexec_fn=None if owner is None else partial(_drop_to, owner),
                 )  # fmt: skip
             except OSError as exc:
                 raise SandboxError(f"cannot start bwrap: {exc}") from exc
@@ -358,6 +358,13 @@ class LocalSandboxBackend:
         """Destroy every sandbox this backend started that is still there."""
         live, self._live = list(self._live), set()
         await asyncio.gather(*(s.destroy() for s in live), return_exceptions=True)
+
+
+def _drop_to(uid: int) -> None:
+    """In the child, before exec: become the unprivileged sandbox owner."""
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
 
 
 def _safe_name(trajectory_id: str) -> str:

@@ -1,0 +1,425 @@
+"""Runbooks end to end: the real agent CLIs in the real local sandbox, on a real
+stack (NATS, PostgreSQL, the S3-compatible store, every service), each agent's model
+calls answered by a scripted fake of its provider behind our gateway, driven by the
+official OpenAI SDK.
+
+Each agent uploads-reads-summarises-writes: it reads ``uploads/data.csv`` and writes
+``results/summary.md``, whose content the fake computes from the CSV text the agent
+sent back — so the artifact proves the agent read the input inside its sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from openai import AsyncOpenAI
+
+from jetty_cli.testing import StackFactory, TestStack, call
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.anthropic_upstream import Script as AnthropicScript
+from tests.fakes.gemini_upstream import FakeGemini
+from tests.fakes.openai_upstream import FakeUpstream
+from tests.fakes.scenario_claude_code import ReadSummarizeWrite as ClaudeScenario
+from tests.fakes.scenario_claude_code import summarize_csv
+from tests.fakes.scenario_codex import codex_scenario
+from tests.fakes.scenario_codex import summarise as codex_summary
+from tests.fakes.scenario_gemini_cli import ReadSummarizeWrite as GeminiScenario
+from tests.fakes.scenario_gemini_cli import summarize_csv as gemini_summary
+
+pytestmark = pytest.mark.timeout(300)
+
+ANTHROPIC_KEY = "sk-ant-runbook-test"
+OPENAI_KEY = "sk-openai-runbook-test"
+GEMINI_KEY = "gemini-runbook-test"
+WORKSPACE = "/workspace"
+COLLECTION = "default"
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    model: str
+    provider: str
+    #: the summary its scenario writes for a CSV text (each fake computes its own)
+    summary: Callable[[str], str]
+
+
+AGENTS = [
+    Agent("claude-code", "claude-sonnet-4-6", "anthropic", summarize_csv),
+    Agent("codex", "gpt-4o", "openai", lambda text: codex_summary(text).markdown()),
+    Agent("gemini-cli", "gemini-2.5-pro", "gemini", gemini_summary),
+]
+
+
+@dataclass
+class Fakes:
+    anthropic: FakeAnthropic
+    openai: FakeUpstream
+    gemini: FakeGemini
+
+    def script(self, agent: Agent) -> None:
+        if agent.provider == "anthropic":
+            self.anthropic.respond_with(agent.model, ClaudeScenario(WORKSPACE))
+        elif agent.provider == "openai":
+            self.openai.respond_with(agent.model, codex_scenario(WORKSPACE))
+        else:
+            self.gemini.respond_with(agent.model, GeminiScenario(WORKSPACE))
+
+    def calls(self, agent: Agent) -> int:
+        fake = {"anthropic": self.anthropic, "openai": self.openai, "gemini": self.gemini}
+        return len(fake[agent.provider].requests)
+
+    def reset(self) -> None:
+        self.anthropic.reset()
+        self.openai.reset()
+        self.gemini.reset()
+
+
+@pytest.fixture(scope="module")
+async def fakes() -> AsyncIterator[Fakes]:
+    found = Fakes(FakeAnthropic(ANTHROPIC_KEY), FakeUpstream(OPENAI_KEY), FakeGemini(GEMINI_KEY))
+    for fake in (found.anthropic, found.openai, found.gemini):
+        await fake.start()
+    yield found
+    for fake in (found.anthropic, found.openai, found.gemini):
+        await fake.stop()
+
+
+@pytest.fixture(scope="module")
+def runbooks(stack_factory: StackFactory, fakes: Fakes) -> Iterator[TestStack]:
+    stack = stack_factory(
+        env={
+            "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+            "ANTHROPIC_BASE_URL": fakes.anthropic.base_url,
+            "OPENAI_API_KEY": OPENAI_KEY,
+            "OPENAI_BASE_URL": fakes.openai.base_url,
+            "GEMINI_API_KEY": GEMINI_KEY,
+            "GEMINI_BASE_URL": fakes.gemini.base_url,
+            "JETTY_RUNNER_ACK_WAIT": "3",
+            "JETTY_RUNNER_CONCURRENCY": "2",
+            "JETTY_RUNBOOK_KEEPALIVE": "1",
+        }
+    )
+    yield stack
+    stack.close()
+
+
+@pytest.fixture
+def fake(fakes: Fakes) -> Fakes:
+    fakes.reset()
+    return fakes
+
+
+def _csv(agent: Agent) -> tuple[bytes, str]:
+    """A fresh random CSV and the summary ``agent``'s scenario will write for it."""
+    rng = random.Random()
+    rows = [(f"item{i}", rng.randint(1, 500), rng.randint(1, 9)) for i in range(rng.randint(3, 7))]
+    text = "name,price,qty\n" + "".join(f"{n},{p},{q}\n" for n, p, q in rows)
+    return text.encode(), agent.summary(text)
+
+
+async def _upload(stack: TestStack, data: bytes, name: str = "data.csv") -> str:
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename=name, content_type="text/csv")
+    form.add_field("collection", COLLECTION)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            stack.base_url + "/api/v1/files/upload",
+            data=form,
+            headers={"Authorization": f"Bearer {stack.token}"},
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+        path = (await response.json())["path"]
+        assert isinstance(path, str)
+        return path
+
+
+def _jetty(agent: Agent, task: str, file_paths: list[str], **more: Any) -> dict[str, Any]:
+    return {
+        "jetty": {
+            "runbook": True,
+            "collection": COLLECTION,
+            "task": task,
+            "agent": agent.name,
+            "file_paths": file_paths,
+            **more,
+        }
+    }
+
+
+MESSAGES: list[Any] = [
+    {"role": "system", "content": "Read uploads/data.csv and write results/summary.md."},
+    {"role": "user", "content": "Summarise the data."},
+]
+
+
+@dataclass
+class Progress:
+    content: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    first: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    finish_reason: str | None = None
+
+
+async def _stream(stack: TestStack, agent: Agent, body_extra: dict[str, Any]) -> Progress:
+    client = AsyncOpenAI(base_url=stack.base_url + "/v1", api_key=stack.token, max_retries=0)
+    progress = Progress()
+    stream = await client.chat.completions.create(
+        model=agent.model, messages=MESSAGES, stream=True, extra_body=body_extra, timeout=240
+    )
+    async for chunk in stream:
+        extra = chunk.model_extra or {}
+        if "jetty" in extra:
+            progress.events.append(extra["jetty"])
+        if "jetty_metadata" in extra:
+            if progress.first is None:
+                progress.first = extra["jetty_metadata"]
+            progress.last = extra["jetty_metadata"]
+        for choice in chunk.choices:
+            progress.content += choice.delta.content or ""
+            progress.finish_reason = choice.finish_reason or progress.finish_reason
+    await client.close()
+    return progress
+
+
+async def _download(stack: TestStack, url: str) -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers={"Authorization": f"Bearer {stack.token}"}) as response,
+    ):
+        return response.status, await response.read()
+
+
+def _trajectory(stack: TestStack, trajectory_id: str) -> dict[str, Any]:
+    status, _, view = call(stack.base_url + f"/api/v1/trajectories/{trajectory_id}", stack.token)
+    assert status == 200, view
+    assert isinstance(view, dict)
+    return view
+
+
+async def _until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(check)
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("agent", AGENTS, ids=[a.name for a in AGENTS])
+async def test_an_agent_summarises_an_uploaded_csv(
+    runbooks: TestStack, fake: Fakes, agent: Agent
+) -> None:
+    data, expected = _csv(agent)
+    path = await _upload(runbooks, data)
+    fake.script(agent)
+    progress = await _stream(runbooks, agent, _jetty(agent, f"summary-{agent.name}", [path]))
+
+    # The stream: pending first, running, steps, the artifact, then the final metadata.
+    assert progress.first is not None and progress.first["status"] == "pending"
+    final = progress.last
+    assert final is not None
+    assert final["status"] == "completed", final["error"]
+    assert progress.finish_reason == "stop"
+    kinds = [e["type"] for e in progress.events]
+    assert "step" in kinds and "artifact" in kinds
+    statuses = [e["status"] for e in progress.events if e["type"] == "status"]
+    assert statuses[0] == "pending" and "running" in statuses and statuses[-1] == "completed"
+    tool_calls = [e["step"] for e in progress.events if e["type"] == "step"]
+    assert any(s["kind"] == "tool_call" for s in tool_calls)
+    assert "Artifact: results/summary.md" in progress.content
+
+    # The artifact: downloadable, and computed from the CSV the agent read.
+    artifacts = {a["path"]: a for a in final["artifacts"]}
+    assert "results/summary.md" in artifacts, artifacts
+    assert "uploads/data.csv" not in artifacts  # unchanged input: not an artifact
+    status, content = await _download(runbooks, artifacts["results/summary.md"]["url"])
+    assert status == 200
+    assert content.decode().strip() == expected.strip()
+
+    # Usage and cost: the sum of the agent's model calls, each recorded.
+    model_calls = fake.calls(agent)
+    assert final["model_calls"] == model_calls >= 3
+    assert final["usage"]["total_tokens"] > 0
+    assert final["cost_usd"] is not None and final["cost_usd"] > 0
+    assert final["timing"]["run_ms"] > 0
+
+    # The trajectory: every step, the inner model calls with usage, the artifact.
+    view = _trajectory(runbooks, final["trajectory_id"])
+    assert view["status"] == "completed" and view["mode"] == "runbook"
+    assert view["task"] == f"summary-{agent.name}"
+    completions = [s for s in view["steps"] if s["kind"] == "completion"]
+    assert len(completions) == model_calls
+    assert all(s["usage"]["total_tokens"] > 0 for s in completions)
+    assert view["usage"]["total_tokens"] == sum(s["usage"]["total_tokens"] for s in completions)
+    assert view["usage"]["total_tokens"] == final["usage"]["total_tokens"]
+    assert view["cost_usd"] == pytest.approx(final["cost_usd"])
+    agent_kinds = {s["kind"] for s in view["steps"]}
+    assert {"tool_call", "tool_result", "message"} <= agent_kinds
+    indexes = [s["index"] for s in view["steps"]]
+    assert indexes == sorted(indexes) and len(set(indexes)) == len(indexes)
+    [artifact] = [a for a in view["artifacts"] if a["path"] == "results/summary.md"]
+    assert artifact["url"] == artifacts["results/summary.md"]["url"]
+    assert artifact["sha256"] == artifacts["results/summary.md"]["sha256"]
+
+
+async def test_stream_false_waits_for_the_result(runbooks: TestStack, fake: Fakes) -> None:
+    agent = AGENTS[0]
+    data, expected = _csv(agent)
+    path = await _upload(runbooks, data)
+    fake.script(agent)
+    client = AsyncOpenAI(base_url=runbooks.base_url + "/v1", api_key=runbooks.token)
+    completion = await client.chat.completions.create(
+        model=agent.model, messages=MESSAGES, extra_body=_jetty(agent, "wait", [path]), timeout=240
+    )
+    await client.close()
+    meta = (completion.model_extra or {})["jetty_metadata"]
+    assert meta["status"] == "completed"
+    assert completion.choices[0].message.content and "results/summary.md" in (
+        completion.choices[0].message.content
+    )
+    assert completion.usage is not None and completion.usage.total_tokens > 0
+    [artifact] = [a for a in meta["artifacts"] if a["path"] == "results/summary.md"]
+    status, content = await _download(runbooks, artifact["url"])
+    assert status == 200 and content.decode().strip() == expected.strip()
+
+
+# --- failure paths (claude-code: the quickest of the three to start) ---------------
+
+
+async def _start(
+    stack: TestStack, agent: Agent, file_paths: list[str] | None = None, **jetty: Any
+) -> str:
+    """Start a run and return its id (read from the first SSE chunk; the stream is
+    then closed, which leaves the run going)."""
+    jetty_block = _jetty(agent, "failures", file_paths or [], **jetty)
+    body = {"model": agent.model, "messages": MESSAGES, **jetty_block}
+    url = stack.base_url + "/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    # The SSE's first chunk names the run; the stream is then left to the run.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=body | {"stream": True}, headers=headers) as response,
+    ):
+        assert response.status == 200, await response.text()
+        async for line in response.content:
+            if line.startswith(b"data: {"):
+                doc = orjson.loads(line[6:])
+                trajectory_id = doc["jetty_metadata"]["trajectory_id"]
+                assert isinstance(trajectory_id, str)
+                return trajectory_id
+    raise AssertionError("no first chunk")
+
+
+async def _ended(stack: TestStack, trajectory_id: str, timeout: float = 90.0) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        view = _trajectory(stack, trajectory_id)
+        return view if view["status"] in ("completed", "failed", "cancelled") else None
+
+    view = await _until(check, timeout)
+    assert view is not None, f"run {trajectory_id} did not end"
+    assert isinstance(view, dict)
+    return view
+
+
+async def _running(stack: TestStack, trajectory_id: str) -> None:
+    def check() -> bool:
+        return bool(_trajectory(stack, trajectory_id)["status"] == "running")
+
+    assert await _until(check, 60), "run never started"
+
+
+CLAUDE = AGENTS[0]
+
+
+async def test_an_agent_that_exits_non_zero_fails_the_run(runbooks: TestStack, fake: Fakes) -> None:
+    fake.anthropic.script(
+        CLAUDE.model,
+        AnthropicScript(status=400, error_type="invalid_request_error", error_message="bad"),
+    )
+    view = await _ended(runbooks, await _start(runbooks, CLAUDE))
+    assert view["status"] == "failed"
+    assert view["error"]["code"] == "agent_failed"
+    assert "exited with code" in view["error"]["message"]
+
+
+async def test_a_run_past_its_timeout_fails(runbooks: TestStack, fake: Fakes) -> None:
+    fake.anthropic.script(CLAUDE.model, AnthropicScript(first_byte_delay=60))
+    view = await _ended(runbooks, await _start(runbooks, CLAUDE, timeout_s=4))
+    assert view["status"] == "failed"
+    assert view["error"]["code"] == "timeout"
+
+
+async def test_cancel_stops_a_running_agent(runbooks: TestStack, fake: Fakes) -> None:
+    fake.anthropic.script(CLAUDE.model, AnthropicScript(first_byte_delay=60))
+    trajectory_id = await _start(runbooks, CLAUDE)
+    await _running(runbooks, trajectory_id)
+    url = runbooks.base_url + f"/api/v1/trajectories/{trajectory_id}/cancel"
+    status, _, answer = await asyncio.to_thread(call, url, runbooks.token, {})
+    assert (status, answer["status"]) == (200, "cancelled"), runbooks.log_tails(("runner",))
+    view = await _ended(runbooks, trajectory_id)
+    assert view["status"] == "cancelled"
+
+
+async def test_a_spent_budget_refuses_the_next_call_and_fails_the_run(
+    runbooks: TestStack, fake: Fakes
+) -> None:
+    fake.script(CLAUDE)
+    data, _ = _csv(CLAUDE)
+    path = await _upload(runbooks, data)
+    body = {
+        "model": CLAUDE.model,
+        "messages": MESSAGES,
+        **_jetty(CLAUDE, "budget", [path], budget={"max_tokens": 1}),
+    }
+    status, _, doc = await asyncio.to_thread(
+        call, runbooks.base_url + "/v1/chat/completions", runbooks.token, body
+    )
+    assert status == 200, doc
+    meta = doc["jetty_metadata"]
+    assert meta["status"] == "failed"
+    assert meta["error"]["code"] == "budget_exceeded"
+    assert meta["model_calls"] == 1  # the first call ran; the next was refused
+    view = _trajectory(runbooks, meta["trajectory_id"])
+    assert view["status"] == "failed" and view["error"]["code"] == "budget_exceeded"
+
+
+async def test_a_runner_killed_mid_run_leaves_no_run_stuck(
+    runbooks: TestStack, fake: Fakes
+) -> None:
+    fake.anthropic.script(CLAUDE.model, AnthropicScript(first_byte_delay=60))
+    trajectory_id = await _start(runbooks, CLAUDE)
+    await _running(runbooks, trajectory_id)
+    runbooks.kill("runner")
+    await runbooks.restart_async("runner")
+    view = await _ended(runbooks, trajectory_id)
+    assert view["status"] == "failed"
+    assert view["error"]["code"] == "runner_lost"
+
+
+async def test_a_queued_run_survives_a_runner_restart(runbooks: TestStack, fake: Fakes) -> None:
+    fake.script(CLAUDE)
+    data, expected = _csv(CLAUDE)
+    path = await _upload(runbooks, data)
+    runbooks.kill("runner")
+    trajectory_id = await _start(runbooks, CLAUDE, file_paths=[path])
+    assert _trajectory(runbooks, trajectory_id)["status"] == "pending"
+    await runbooks.restart_async("runner")
+    view = await _ended(runbooks, trajectory_id)
+    assert view["status"] == "completed", view
+    [artifact] = [
+        a for a in view["artifacts"] if a.get("path", a.get("name")) == "results/summary.md"
+    ]
+    status, content = await _download(runbooks, artifact["url"])
+    assert status == 200 and content.decode().strip() == expected.strip()
