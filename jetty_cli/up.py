@@ -2,7 +2,7 @@
 
 Start: NATS, PostgreSQL and the object store (embedded, unless ``JETTY_NATS_URL`` /
 ``JETTY_DATABASE_URL`` / ``JETTY_S3_ENDPOINT`` name existing servers), migrations,
-the development token, then proxy, recorder and gateway as separate processes.
+the development token, then proxy, recorder, runner and gateway as separate processes.
 Then it follows their logs and restarts any that dies (with backoff). Ctrl-C or
 SIGTERM stops the services, then the object store, PostgreSQL and NATS, and exits
 0. State lives in ``$JETTY_HOME``

@@ -33,19 +33,19 @@ def _env(stack: TestStack) -> dict[str, str]:
 
 
 def test_readme_has_the_examples() -> None:
-    assert len(_runnable_shell()) >= 3
+    assert len(_runnable_shell()) >= 4
     assert _blocks("python") and _blocks("js")
     first = README.read_text().split("```", 2)[1]
     assert "make up" in first and "make test" in first  # the two commands come first
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
-@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("index", range(4))
 def test_shell_example(stack: TestStack, index: int) -> None:
     script = _runnable_shell()[index]
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
-        env=_env(stack), capture_output=True, text=True, timeout=60, check=False,
+        env=_env(stack), capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     if '"stream": true' in script:
@@ -56,7 +56,12 @@ def test_shell_example(stack: TestStack, index: int) -> None:
     assert documents
     for document in documents:
         assert document.get("error") is None, document
-        assert {"choices", "steps", "data"} & document.keys()
+        assert {"choices", "steps", "data", "path"} & document.keys()
+        metadata = document.get("jetty_metadata")
+        if isinstance(metadata, dict) and metadata.get("mode") == "runbook":
+            # The agent really ran (in its sandbox, against the mock model).
+            assert metadata["status"] == "completed", metadata
+            assert metadata["model_calls"] >= 1
 
 
 def _json_documents(text: str) -> list[dict[str, object]]:

@@ -423,3 +423,38 @@ async def test_a_queued_run_survives_a_runner_restart(runbooks: TestStack, fake:
     ]
     status, content = await _download(runbooks, artifact["url"])
     assert status == 200 and content.decode().strip() == expected.strip()
+
+
+async def test_a_quiet_run_streams_keepalives_and_ends_its_stream_with_the_failure(
+    runbooks: TestStack, fake: Fakes
+) -> None:
+    """The stack sends a keep-alive comment after 1 s of quiet; a failed run still
+    ends its SSE with a final chunk (status and error in jetty_metadata) and [DONE]."""
+    fake.anthropic.script(CLAUDE.model, AnthropicScript(first_byte_delay=60))
+    body = {
+        "model": CLAUDE.model,
+        "messages": MESSAGES,
+        "stream": True,
+        **_jetty(CLAUDE, "quiet", [], timeout_s=3),
+    }
+    lines: list[bytes] = []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            runbooks.base_url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {runbooks.token}"},
+        ) as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        async for line in response.content:
+            if line.strip():
+                lines.append(line.strip())
+    assert b": keep-alive" in lines
+    assert lines[-1] == b"data: [DONE]"
+    final = orjson.loads(lines[-2][len(b"data: ") :])
+    assert final["object"] == "chat.completion.chunk"
+    assert final["choices"][0]["finish_reason"] == "stop"
+    assert final["jetty_metadata"]["status"] == "failed"
+    assert final["jetty_metadata"]["error"]["code"] == "timeout"
