@@ -9,7 +9,9 @@ measures on the same machine in the same run:
   ``mock`` provider (no upstream at all);
 * time to first token added for streams;
 * requests/s at concurrency 32, every call recorded (the run checks that every
-  call it made is in PostgreSQL afterwards).
+  call it made is in PostgreSQL afterwards);
+* runbooks (:mod:`bench.runbook`, :mod:`bench.sandbox`): the local sandbox's start
+  time, and a claude-code run through the platform against the same run bare.
 
 Results are printed and written into docs/benchmarks.md between markers.
 """
@@ -32,7 +34,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from bench import translation
+from bench import runbook, translation
 from bench.loadgen import Result, run
 from jetty_cli import procs
 from jetty_cli.embedded import EmbeddedPostgres
@@ -250,6 +252,9 @@ def main() -> None:
             }
         )
         rows, note = asyncio.run(_scenarios(stack, upstream_port, anthropic_port, args.quick))
+        runbooks = runbook.run_all(
+            factory, n=3 if args.quick else 8, sandbox_runs=10 if args.quick else 30
+        )
     finally:
         factory.close_all()
         for fake in fakes:
@@ -264,7 +269,11 @@ def main() -> None:
         f"Run {stamp} on {_machine()}; `make bench`{' --quick' if args.quick else ''}.\n\n"
         f"{_table(rows)}\n\n{note}\n\n"
         "Translation alone, in process (request and answer, best of three):\n\n"
-        f"| translation | per call |\n|---|---|\n{micro}\n"
+        f"| translation | per call |\n|---|---|\n{micro}\n\n"
+        "Runbooks (claude-code, the scripted read-summarise-write conversation; the "
+        "overhead is the platform run minus the same run bare, i.e. total time minus "
+        "the agent's and the fake upstream's):\n\n"
+        f"{runbooks}\n"
     )
     print(section)
     if not args.no_write:
