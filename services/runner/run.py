@@ -351,8 +351,7 @@ class Run:
                 402,
                 "budget_exceeded",
                 "budget_exceeded",
-                f"The run's budget was exhausted{spent}; the agent's next model call "
-                "was refused.",
+                f"The run's budget was exhausted{spent}; the agent's next model call was refused.",
             )
         elif result.timed_out:
             error = _error(
@@ -367,8 +366,7 @@ class Run:
                 500,
                 "agent_error",
                 "agent_failed",
-                f"{agent} exited with code {result.exit_code}"
-                + (f": {detail}" if detail else "."),
+                f"{agent} exited with code {result.exit_code}" + (f": {detail}" if detail else "."),
             )
         else:
             await self._end(

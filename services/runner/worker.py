@@ -68,9 +68,7 @@ class RunnerWorker:
             subjects.RUNBOOK_REQUESTED_ALL,
             durable=subjects.RUNNER_DURABLE,
             stream=subjects.EVENTS_STREAM,
-            config=runner_consumer_config(
-                self._deps.settings.runner_ack_wait, self._concurrency
-            ),
+            config=runner_consumer_config(self._deps.settings.runner_ack_wait, self._concurrency),
         )
         log.info("runner taking runs (%d at once)", self._concurrency)
         while not self._stopping.is_set():
