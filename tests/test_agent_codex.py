@@ -202,9 +202,9 @@ def test_long_results_are_truncated() -> None:
     call, result = steps  # one completed item without a started one: both steps
     assert call.kind == "tool_call" and call.started == result.started
     assert result.text is not None
-    kept, _, note = result.text.partition("\n… [truncated: ")
+    kept, _, note = result.text.partition("\n… [")
     assert kept == "é" * (MAX_RESULT_BYTES // 2)
-    assert note == f"{len(output.encode())} bytes in all]"
+    assert note == f"{len(output.encode()) - MAX_RESULT_BYTES} more bytes]"
 
 
 def test_mcp_and_search_items() -> None:

@@ -19,34 +19,16 @@ each call.
 
 from __future__ import annotations
 
-import csv
-import io
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from tests.fakes.gemini_upstream import Script
+from tests.fakes.scenario_claude_code import summarize_csv
 
 DATA_PATH = "uploads/data.csv"
 SUMMARY_PATH = "results/summary.md"
 MISSING_PATH = "uploads/missing.csv"
 PREFACE = "I'll read the data file first."
 FINAL_PREFIX = "Done: wrote results/summary.md"
-
-
-def summarize_csv(text: str) -> str:
-    """``rows: N`` and ``sum of <column>: X`` for every all-numeric column."""
-    rows = list(csv.reader(io.StringIO(text.strip())))
-    if not rows:
-        return "# Summary\n\nrows: 0\n"
-    header, data = rows[0], [r for r in rows[1:] if any(cell.strip() for cell in r)]
-    lines = ["# Summary", "", f"rows: {len(data)}"]
-    for i, name in enumerate(header):
-        try:
-            total = sum((Decimal(r[i].strip()) for r in data), Decimal(0))
-        except (InvalidOperation, IndexError):
-            continue
-        lines.append(f"sum of {name.strip()}: {total}")
-    return "\n".join(lines) + "\n"
 
 
 def _strings(value: Any) -> list[str]:

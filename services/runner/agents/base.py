@@ -88,3 +88,13 @@ class AgentAdapter(Protocol):
     def command(self, spec: AgentSpec) -> AgentCommand: ...
 
     def parser(self) -> StreamParser: ...
+
+
+def clip_output(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (never inside a character), with
+    a note of how much was left out: tool outputs can be megabytes."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    kept = raw[:limit].decode("utf-8", "ignore")
+    return f"{kept}\n… [{len(raw) - limit} more bytes]"

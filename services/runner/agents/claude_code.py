@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from services.runner.agents.base import AgentCommand, AgentSpec, ParsedStep
+from services.runner.agents.base import AgentCommand, AgentSpec, ParsedStep, clip_output
 from shared.events.runbook import AgentOutcome
 
 NAME = "claude-code"
@@ -113,11 +113,7 @@ class ClaudeCodeAdapter:
 
 
 def truncate(text: str, limit: int = TOOL_OUTPUT_LIMIT) -> str:
-    raw = text.encode()
-    if len(raw) <= limit:
-        return text
-    kept = raw[:limit].decode(errors="ignore")
-    return f"{kept}\n… [{len(raw) - limit} more bytes]"
+    return clip_output(text, limit)
 
 
 def _result_text(content: Any) -> str:

@@ -49,7 +49,7 @@ import json
 import shlex
 from typing import Any
 
-from services.runner.agents.base import AgentCommand, AgentSpec, ParsedStep
+from services.runner.agents.base import AgentCommand, AgentSpec, ParsedStep, clip_output
 from shared.events.runbook import AgentOutcome
 
 NAME = "codex"
@@ -177,11 +177,7 @@ class CodexAdapter:
 
 
 def truncate(text: str, limit: int = MAX_RESULT_BYTES) -> str:
-    raw = text.encode("utf-8", "replace")
-    if len(raw) <= limit:
-        return text
-    kept = raw[:limit].decode("utf-8", "ignore")
-    return f"{kept}\n… [truncated: {len(raw)} bytes in all]"
+    return clip_output(text, limit)
 
 
 def shell_script(command: str) -> str:
