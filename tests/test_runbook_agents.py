@@ -15,14 +15,22 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import nats
+import nats.errors
 import orjson
 import pytest
 from openai import AsyncOpenAI
 
 from jetty_cli.testing import StackFactory, TestStack, call
+from shared import subjects
+from shared.bus import EventPublisher
+from shared.events.completion import ErrorRecord
+from shared.events.runbook import RunbookFailed
+from shared.runs import RunStates
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.anthropic_upstream import Script as AnthropicScript
 from tests.fakes.gemini_upstream import FakeGemini
@@ -458,3 +466,61 @@ async def test_a_quiet_run_streams_keepalives_and_ends_its_stream_with_the_failu
     assert final["choices"][0]["finish_reason"] == "stop"
     assert final["jetty_metadata"]["status"] == "failed"
     assert final["jetty_metadata"]["error"]["code"] == "timeout"
+
+
+async def test_a_run_ended_elsewhere_is_stopped_and_not_ended_twice(
+    runbooks: TestStack, fake: Fakes
+) -> None:
+    """A runner that missed its heartbeats may find its run failed by another runner
+    (``runner_lost``): it stops the agent and publishes no second end event."""
+    fake.anthropic.script(CLAUDE.model, AnthropicScript(first_byte_delay=60))
+    trajectory_id = await _start(runbooks, CLAUDE)
+
+    def call_in_flight() -> bool:
+        steps = _trajectory(runbooks, trajectory_id)["steps"]
+        return any(s["kind"] == "completion" and s["status"] == "running" for s in steps)
+
+    assert await _until(call_in_flight, 30)
+    nc = await nats.connect(runbooks.nats_url)
+    try:
+        js = nc.jetstream()
+        state = await RunStates(js).set_status(trajectory_id, "failed")
+        lost = RunbookFailed(
+            task=state.task,
+            ended_at=datetime.now(UTC),
+            error=ErrorRecord(status=500, type="server_error", code="runner_lost", message="x"),
+        )
+        await EventPublisher(nc, js, "test/elsewhere", 256 * 1024).publish(
+            COLLECTION, trajectory_id, lost
+        )
+        view = await _ended(runbooks, trajectory_id)
+        assert view["error"]["code"] == "runner_lost"
+
+        # The agent is stopped: its model call in flight is cancelled when its
+        # connection goes. And the run's runner publishes no end of its own.
+        def call_cancelled() -> bool:
+            steps = _trajectory(runbooks, trajectory_id)["steps"]
+            return any(s["kind"] == "completion" and s["status"] == "cancelled" for s in steps)
+
+        assert await _until(call_cancelled, 30), "the agent was not stopped"
+        await asyncio.sleep(2)
+        ends = []
+        sub = await js.subscribe(subjects.collection_events(COLLECTION), ordered_consumer=True)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1)
+                except nats.errors.TimeoutError:
+                    break
+                doc = orjson.loads(msg.data)
+                if doc["trajectory_id"] == trajectory_id and doc["type"] in (
+                    "runbook.completed",
+                    "runbook.failed",
+                    "runbook.cancelled",
+                ):
+                    ends.append(doc["type"])
+        finally:
+            await sub.unsubscribe()
+        assert ends == ["runbook.failed"]
+    finally:
+        await nc.close()

@@ -85,7 +85,7 @@ class Run:
         self.collection = collection
         self.event = event
         self.sandbox: Sandbox | None = None
-        self.stop_reason: str | None = None  # "cancel" | "budget"
+        self.stop_reason: str | None = None  # "cancel" | "budget" | "superseded"
         self.agent_started_at: datetime | None = None
         self._stopped = asyncio.Event()
 
@@ -295,7 +295,11 @@ class Run:
                 state = await self.deps.runs.get(self.trajectory_id)
             except (NatsError, TimeoutError):
                 state = None
-            if state is not None and (state.cancel_requested or state.budget_exceeded):
+            if state is not None and state.status in TERMINAL_STATUSES:
+                # Ended elsewhere: another runner took this run for lost (this one
+                # missed its heartbeats). Its end stands; stop the agent.
+                self.request_stop("superseded")
+            elif state is not None and (state.cancel_requested or state.budget_exceeded):
                 self.request_stop("cancel" if state.cancel_requested else "budget")
             if self.stop_reason is not None and self.sandbox is not None:
                 await self.sandbox.kill()
@@ -396,12 +400,28 @@ class Run:
     async def _end(
         self, data: RunbookCompleted | RunbookFailed | RunbookCancelled, status: Any
     ) -> None:
-        """The one end event; then the live state (readers of either agree)."""
-        await self.deps.publisher.publish(self.collection, self.trajectory_id, data)
+        """The one end event. The live state decides first, by compare-and-set, who
+        ends the run: if it had already ended (the gateway cancelled it while queued,
+        or another runner failed it as lost), that end stands and nothing more is
+        published."""
+
+        def end(state: RunState) -> RunState:
+            if state.status in TERMINAL_STATUSES:
+                raise _Skip(state)
+            return state.model_copy(update={"status": status})
+
         try:
-            await self.deps.runs.set_status(self.trajectory_id, status)
-        except Exception as exc:
+            await self.deps.runs.update(self.trajectory_id, end)
+        except _Skip as skip:
+            log.warning(
+                "run %s already ended (%s) elsewhere; not ending it again",
+                self.trajectory_id,
+                skip.state.status,
+            )
+            return
+        except Exception as exc:  # the event below is the record either way
             log.warning("run %s: final state not stored: %r", self.trajectory_id, exc)
+        await self.deps.publisher.publish(self.collection, self.trajectory_id, data)
 
 
 def _bounded(value: dict[str, Any] | None, limit: int) -> dict[str, Any] | None:
