@@ -227,3 +227,31 @@ def test_cancelling_an_unknown_run_is_404(queued: TestStack) -> None:
     url = queued.base_url + "/api/v1/trajectories/tr_0000000000000000000009/cancel"
     status, _, doc = call(url, queued.token, {})
     assert status == 404 and doc["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("budget", "tokens", "dollars", "over"),
+    [
+        (Budget(max_tokens=100), 99, "5", False),
+        (Budget(max_tokens=100), 100, "0", True),
+        (Budget(max_cost_usd="0.0100000000"), 10**9, "0.0099999999", False),
+        (Budget(max_cost_usd="0.01"), 0, "0.0100000000", True),
+        (Budget(max_tokens=100, max_cost_usd="1"), 5, "1.5", True),
+        (Budget(), 10**12, "999999", False),
+    ],
+)
+def test_the_budget_is_reached_by_either_limit_exactly(
+    budget: Budget, tokens: int, dollars: str, over: bool
+) -> None:
+    state = RunState(
+        trajectory_id="tr_0000000000000000000000",
+        collection=COLLECTION,
+        task="t",
+        agent="codex",
+        model="m",
+        budget=budget,
+        spent_tokens=tokens,
+        spent_usd=dollars,
+        updated_at=datetime.now(UTC),
+    )
+    assert state.over_budget() is over
