@@ -28,12 +28,8 @@ from jetty_cli.embedded import EmbeddedObjectStore
 from services.runner.agents.base import AgentCommand
 from services.runner.sandbox import k8s_manifests, podentry
 from services.runner.sandbox.base import InputFile, Limits, SandboxError, SandboxSpec
-from services.runner.sandbox.kubernetes import (
-    KubernetesSandbox,
-    KubernetesSandboxBackend,
-    KubernetesSettings,
-    api_client_from_settings,
-)
+from services.runner.sandbox.k8s_api import KubernetesSettings, api_client_from_settings
+from services.runner.sandbox.kubernetes import KubernetesSandbox, KubernetesSandboxBackend
 from shared.ids import new_trajectory_id
 from shared.objectstore import ObjectStore
 from tests.fakes.kube_api import FakeKubeApi, LocalKubelet, Obj

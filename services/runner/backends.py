@@ -14,10 +14,8 @@ def build_backend(settings: RunnerSettings) -> SandboxBackend:
     if settings.runner_backend == "kubernetes":
         # Imported only here: the official client is heavy and the local backend
         # does not need it.
-        from services.runner.sandbox.kubernetes import (
-            KubernetesSandboxBackend,
-            KubernetesSettings,
-        )
+        from services.runner.sandbox.k8s_api import KubernetesSettings
+        from services.runner.sandbox.kubernetes import KubernetesSandboxBackend
 
         return KubernetesSandboxBackend.from_settings(KubernetesSettings(), store)
     from services.runner.sandbox.local import LocalSandboxBackend, LocalSandboxSettings
