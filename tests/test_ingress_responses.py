@@ -22,9 +22,9 @@ import orjson
 import pytest
 
 from jetty_cli.testing import StackFactory, TestStack
-from services.gateway.ingress.responses import (
+from services.gateway.ingress.responses import StreamTranslator
+from services.gateway.ingress.responses_objects import (
     ResponseShell,
-    StreamTranslator,
     error_object,
     response_object,
 )
