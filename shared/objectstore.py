@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, TypeVar, cast
 
@@ -100,10 +100,15 @@ class _ChunkReader:
 
 
 class ObjectStore:
-    def __init__(self, client: Minio, bucket: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, client: Minio, bucket: str, timeout: float = 30.0, signer: Minio | None = None
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.timeout = timeout
+        # Signs URLs for clients outside (its endpoint is the one they reach); signing
+        # is local computation, it never connects.
+        self.signer = signer or client
 
     @classmethod
     def from_settings(cls, settings: CommonSettings) -> ObjectStore:
@@ -121,7 +126,22 @@ class ObjectStore:
             region=settings.s3_region,
             http_client=http,
         )
-        return cls(client, settings.s3_bucket, timeout)
+        signer = None
+        public = settings.s3_public_endpoint
+        if public and public != settings.s3_endpoint:
+            scheme, _, host = public.rpartition("://")
+            signer = Minio(
+                host,
+                access_key=settings.s3_access_key,
+                secret_key=settings.s3_secret_key,
+                secure=scheme == "https" if scheme else settings.s3_secure,
+                region=settings.s3_region,
+            )
+        return cls(client, settings.s3_bucket, timeout, signer)
+
+    def presigned_get(self, key: str, ttl: timedelta) -> str:
+        """A URL anyone holding it can GET ``key`` with, until ``ttl`` has passed."""
+        return self.signer.presigned_get_object(self.bucket, key, expires=ttl)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         try:

@@ -33,3 +33,6 @@ class CommonSettings(BaseSettings):
     s3_secure: bool = False
     s3_region: str = "us-east-1"
     s3_timeout: float = Field(default=30.0, gt=0)
+    # The store as clients outside reach it, for presigned URLs (``host:port``, or a
+    # URL with its scheme); by default the endpoint above.
+    s3_public_endpoint: str | None = None

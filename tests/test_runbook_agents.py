@@ -255,6 +255,17 @@ async def test_an_agent_summarises_an_uploaded_csv(
     status, content = await _download(runbooks, artifacts["results/summary.md"]["url"])
     assert status == 200
     assert content.decode().strip() == expected.strip()
+    # A short-lived presigned URL reaches the same bytes with no token at all...
+    url = artifacts["results/summary.md"]["url"]
+    status, _, presigned = await asyncio.to_thread(call, url + "?presign=1", runbooks.token)
+    assert status == 200, presigned
+    async with aiohttp.ClientSession() as session, session.get(presigned["url"]) as response:
+        assert response.status == 200
+        assert await response.read() == content
+    # ...and a token of another collection does not see the artifact at all.
+    other = await runbooks.create_token("elsewhere")
+    status, _, doc = await asyncio.to_thread(call, url, other)
+    assert status == 404 and doc["error"]["code"] == "not_found"
 
     # Usage and cost: the sum of the agent's model calls, each recorded.
     model_calls = fake.calls(agent)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import asyncpg
@@ -128,6 +128,15 @@ async def download_artifact(request: web.Request) -> web.StreamResponse:
     if artifact is None:
         raise missing
     store = await object_store(gw)
+    if request.query.get("presign") in ("1", "true"):
+        # A short-lived URL straight to the object store, for clients that would
+        # rather not stream through the gateway (or hand the link on).
+        ttl = timedelta(seconds=gw.settings.artifact_url_ttl)
+        url = store.presigned_get(artifact.key, ttl)
+        expires_at = datetime.now(UTC) + ttl
+        return web.json_response(
+            {"path": artifact.path, "url": url, "expires_at": expires_at.isoformat()}
+        )
     response = web.StreamResponse(
         headers={
             "Content-Type": artifact.content_type,

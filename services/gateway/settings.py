@@ -37,5 +37,7 @@ class GatewaySettings(CommonSettings):
     runbook_wait: float = Field(default=600.0, ge=0)
     # An SSE comment goes out after this many quiet seconds of a runbook stream.
     runbook_keepalive: float = Field(default=15.0, gt=0)
+    # Lifetime of an artifact's presigned URL (GET …/artifacts/{path}?presign=1).
+    artifact_url_ttl: int = Field(default=300, ge=1, le=7 * 24 * 3600)
     # Base URL of artifact links in answers; by default the request's own origin.
     public_url: str | None = None
