@@ -37,7 +37,7 @@ from pydantic import BaseModel
 
 from shared import subjects
 from shared.events.envelope import PAYLOAD_VERSION, Envelope
-from shared.events.registry import type_name
+from shared.events.registry import AnyEnvelope, EventData, parse_data_json, type_name
 from shared.ids import new_event_id
 from shared.runs import ensure_runs_bucket
 
@@ -177,6 +177,17 @@ class ClaimStore:
         obs = await self._store()
         with contextlib.suppress(NotFoundError):
             await obs.delete(key)
+
+
+async def event_data(envelope: AnyEnvelope, claims: ClaimStore) -> EventData:
+    """An event's payload, read from the claim-check store when it travelled by
+    reference. Raises :class:`ValueError` for an event with neither, and what the
+    store or validation raise otherwise."""
+    if envelope.data is not None:
+        return envelope.data
+    if not envelope.data_ref:
+        raise ValueError(f"event {envelope.id} has no data")
+    return parse_data_json(envelope.type, await claims.get(envelope.data_ref))
 
 
 def encode_event(envelope: Envelope) -> bytes:

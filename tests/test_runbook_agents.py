@@ -535,3 +535,32 @@ async def test_a_run_ended_elsewhere_is_stopped_and_not_ended_twice(
         assert ends == ["runbook.failed"]
     finally:
         await nc.close()
+
+
+async def test_a_long_runbook_travels_by_claim_check_and_runs(
+    runbooks: TestStack, fake: Fakes
+) -> None:
+    """A runbook too large for one NATS message (its event goes by claim check) is
+    taken by the runner and reaches the agent whole."""
+    fake.script(CLAUDE)
+    data, expected = _csv(CLAUDE)
+    path = await _upload(runbooks, data)
+    filler = "".join(f"Rule {i}: keep the summary short.\n" for i in range(12_000))
+    assert len(filler) > 300_000
+    body = {
+        "model": CLAUDE.model,
+        "messages": [{"role": "system", "content": filler}, MESSAGES[1]],
+        **_jetty(CLAUDE, "long-runbook", [path]),
+    }
+    status, _, doc = await asyncio.to_thread(
+        call, runbooks.base_url + "/v1/chat/completions", runbooks.token, body
+    )
+    assert status == 200, doc
+    meta = doc["jetty_metadata"]
+    assert meta["status"] == "completed", meta["error"]
+    [artifact] = [a for a in meta["artifacts"] if a["path"] == "results/summary.md"]
+    status, content = await _download(runbooks, artifact["url"])
+    assert status == 200 and content.decode().strip() == expected.strip()
+    # The model saw the whole runbook in its system prompt.
+    system = orjson.dumps(fake.anthropic.requests[0].body.get("system")).decode()
+    assert "Rule 11999: keep the summary short." in system

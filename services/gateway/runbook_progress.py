@@ -38,7 +38,8 @@ from pydantic import ValidationError
 from services.gateway.calls import SSE_HEADERS
 from services.gateway.state import Gateway
 from shared import subjects
-from shared.events.registry import AnyEnvelope, decode_envelope, parse_data_json
+from shared.bus import event_data
+from shared.events.registry import AnyEnvelope, decode_envelope
 from shared.events.runbook import (
     TERMINAL_STATUSES,
     ArtifactStored,
@@ -103,9 +104,8 @@ class RunWatch:
             return
         try:
             envelope = decode_envelope(msg.data)
-            if envelope.data is None and envelope.data_ref is not None:
-                raw = await self.gw.claims.get(envelope.data_ref)
-                data = parse_data_json(envelope.type, raw)
+            if envelope.data is None:
+                data = await event_data(envelope, self.gw.claims)
                 envelope = envelope.model_copy(update={"data": data})
         except (ValidationError, NatsError, ValueError) as exc:
             log.warning("unreadable progress event of %s: %r", self.trajectory_id, exc)

@@ -28,11 +28,14 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from services.runner.run import Run, RunDeps
 from shared import subjects
+from shared.bus import ClaimStore, event_data
 from shared.events.registry import RunbookRequestedEnvelope, decode_envelope
+from shared.events.runbook import RunbookRequested
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class RunnerWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancel_sub: Subscription | None = None
         self._stopping = asyncio.Event()
+        self._claims = ClaimStore(js)
 
     async def run(self) -> None:
         """Take runs until :meth:`stop`; returns once in-flight runs have ended."""
@@ -119,12 +123,20 @@ class RunnerWorker:
                 log.error("unreadable runbook request dropped: %s", exc)
                 await msg.term()
                 return
-            if not isinstance(envelope, RunbookRequestedEnvelope) or envelope.data is None:
+            if not isinstance(envelope, RunbookRequestedEnvelope):
                 log.error("not a runbook request: %s", envelope.type)
                 await msg.term()
                 return
+            try:
+                # A long runbook travels by claim check.
+                request = await event_data(envelope, self._claims)
+            except (ValueError, ValidationError, NotFoundError) as exc:
+                log.error("runbook request %s unreadable: %s", envelope.id, exc)
+                await msg.term()
+                return
+            assert isinstance(request, RunbookRequested)
             heartbeat = asyncio.create_task(self._heartbeat(msg))
-            run = Run(self._deps, envelope.trajectory_id, envelope.collection, envelope.data)
+            run = Run(self._deps, envelope.trajectory_id, envelope.collection, request)
             self._runs[envelope.trajectory_id] = run
             try:
                 await run.execute()
