@@ -564,3 +564,35 @@ async def test_a_long_runbook_travels_by_claim_check_and_runs(
     # The model saw the whole runbook in its system prompt.
     system = orjson.dumps(fake.anthropic.requests[0].body.get("system")).decode()
     assert "Rule 11999: keep the summary short." in system
+
+
+async def test_runs_beyond_the_runners_concurrency_wait_their_turn(
+    runbooks: TestStack, fake: Fakes
+) -> None:
+    """Three runs at once on a runner that takes two: all complete, each in its own
+    sandbox, and no more than two ever run at the same time."""
+    fake.script(CLAUDE)
+    data, expected = _csv(CLAUDE)
+    path = await _upload(runbooks, data)
+    body = {"model": CLAUDE.model, "messages": MESSAGES, **_jetty(CLAUDE, "parallel", [path])}
+    url = runbooks.base_url + "/v1/chat/completions"
+    answers = await asyncio.gather(
+        *(asyncio.to_thread(call, url, runbooks.token, body) for _ in range(3))
+    )
+    metas = [doc["jetty_metadata"] for status, _, doc in answers if status == 200]
+    assert len(metas) == 3 and all(m["status"] == "completed" for m in metas), metas
+    assert len({m["trajectory_id"] for m in metas}) == 3
+    for meta in metas:
+        [artifact] = [a for a in meta["artifacts"] if a["path"] == "results/summary.md"]
+        status, content = await _download(runbooks, artifact["url"])
+        assert status == 200 and content.decode().strip() == expected.strip()
+    spans = [
+        (
+            datetime.fromisoformat(m["timing"]["started_at"]),
+            datetime.fromisoformat(m["timing"]["ended_at"]),
+        )
+        for m in metas
+    ]
+    for start, _ in spans:
+        running = sum(1 for s, e in spans if s <= start < e)
+        assert running <= 2, spans
