@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import nats
 import nats.errors
+import nats.js.errors
 import orjson
 import pytest
 from openai import AsyncOpenAI
@@ -292,6 +293,28 @@ async def test_an_agent_summarises_an_uploaded_csv(
     assert artifact["url"] == artifacts["results/summary.md"]["url"]
     assert artifact["sha256"] == artifacts["results/summary.md"]["sha256"]
 
+    # The agent's run-scoped token died with the run.
+    assert await _run_tokens(runbooks, final["trajectory_id"]) == []
+
+
+async def _run_tokens(stack: TestStack, trajectory_id: str) -> list[str]:
+    """Hashes of the live tokens scoped to ``trajectory_id``."""
+    nc = await nats.connect(stack.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(subjects.TOKENS_BUCKET)
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        found = []
+        for key in keys:
+            entry = await kv.get(key)
+            if entry.value and orjson.loads(entry.value).get("trajectory_id") == trajectory_id:
+                found.append(key)
+        return found
+    finally:
+        await nc.close()
+
 
 async def test_stream_false_waits_for_the_result(runbooks: TestStack, fake: Fakes) -> None:
     agent = AGENTS[0]
@@ -384,11 +407,13 @@ async def test_cancel_stops_a_running_agent(runbooks: TestStack, fake: Fakes) ->
     fake.anthropic.script(CLAUDE.model, AnthropicScript(first_byte_delay=60))
     trajectory_id = await _start(runbooks, CLAUDE)
     await _running(runbooks, trajectory_id)
+    assert len(await _run_tokens(runbooks, trajectory_id)) == 1  # the agent's, while it runs
     url = runbooks.base_url + f"/api/v1/trajectories/{trajectory_id}/cancel"
     status, _, answer = await asyncio.to_thread(call, url, runbooks.token, {})
     assert (status, answer["status"]) == (200, "cancelled"), runbooks.log_tails(("runner",))
     view = await _ended(runbooks, trajectory_id)
     assert view["status"] == "cancelled"
+    assert await _run_tokens(runbooks, trajectory_id) == []
 
 
 async def test_a_spent_budget_refuses_the_next_call_and_fails_the_run(
