@@ -36,8 +36,9 @@ from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.anthropic_upstream import Script as AnthropicScript
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.openai_upstream import FakeUpstream
+from tests.fakes.openai_upstream import Script as OpenAIScript
 from tests.fakes.scenario_claude_code import ReadSummarizeWrite as ClaudeScenario
-from tests.fakes.scenario_claude_code import summarize_csv
+from tests.fakes.scenario_claude_code import file_text_from_read, summarize_csv
 from tests.fakes.scenario_codex import codex_scenario
 from tests.fakes.scenario_codex import summarise as codex_summary
 from tests.fakes.scenario_gemini_cli import ReadSummarizeWrite as GeminiScenario
@@ -621,3 +622,57 @@ async def test_runs_beyond_the_runners_concurrency_wait_their_turn(
     for start, _ in spans:
         running = sum(1 for s, e in spans if s <= start < e)
         assert running <= 2, spans
+
+
+def _claude_tools_over_chat(workspace: str) -> Callable[[Any], OpenAIScript]:
+    """The read-summarise-write conversation for claude-code's tools, answered by an
+    OpenAI chat-completions upstream (the gateway translates both ways)."""
+
+    def respond(body: Any) -> OpenAIScript:
+        messages = body.get("messages") or []
+        names = {
+            call["id"]: call["function"]["name"]
+            for m in messages
+            if m.get("role") == "assistant"
+            for call in m.get("tool_calls") or []
+        }
+        results: dict[str, str] = {}
+        for m in messages:
+            if m.get("role") == "tool" and m.get("tool_call_id") in names:
+                content = m.get("content")
+                if isinstance(content, list):
+                    content = "".join(str(p.get("text", "")) for p in content)
+                results[names[m["tool_call_id"]]] = str(content or "")
+        if "Write" in results:
+            return OpenAIScript(text="Done: wrote results/summary.md.")
+        if "Read" in results:
+            summary = summarize_csv(file_text_from_read(results["Read"]))
+            arguments = {"file_path": f"{workspace}/results/summary.md", "content": summary}
+            return OpenAIScript(tool_calls=[("Write", orjson.dumps(arguments).decode())])
+        arguments = {"file_path": f"{workspace}/uploads/data.csv"}
+        return OpenAIScript(tool_calls=[("Read", orjson.dumps(arguments).decode())])
+
+    return respond
+
+
+async def test_an_agent_runs_on_another_providers_model(runbooks: TestStack, fake: Fakes) -> None:
+    """claude-code speaks the Messages API; with an OpenAI model the gateway
+    translates every call both ways, and the run is recorded the same."""
+    fake.openai.respond_with("gpt-4o", _claude_tools_over_chat(WORKSPACE))
+    data, expected = _csv(CLAUDE)
+    path = await _upload(runbooks, data)
+    body = {"model": "gpt-4o", "messages": MESSAGES, **_jetty(CLAUDE, "cross", [path])}
+    status, _, doc = await asyncio.to_thread(
+        call, runbooks.base_url + "/v1/chat/completions", runbooks.token, body
+    )
+    assert status == 200, doc
+    meta = doc["jetty_metadata"]
+    assert meta["status"] == "completed", meta["error"]
+    [artifact] = [a for a in meta["artifacts"] if a["path"] == "results/summary.md"]
+    status, content = await _download(runbooks, artifact["url"])
+    assert status == 200 and content.decode().strip() == expected.strip()
+    view = _trajectory(runbooks, meta["trajectory_id"])
+    completions = [s for s in view["steps"] if s["kind"] == "completion"]
+    assert completions and all(s["provider"] == "openai" for s in completions)
+    assert all(s["ingress"] == "anthropic.messages" for s in completions)
+    assert meta["cost_usd"] is not None and meta["cost_usd"] > 0
