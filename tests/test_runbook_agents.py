@@ -43,6 +43,7 @@ from tests.fakes.scenario_codex import codex_scenario
 from tests.fakes.scenario_codex import summarise as codex_summary
 from tests.fakes.scenario_gemini_cli import ReadSummarizeWrite as GeminiScenario
 from tests.fakes.scenario_gemini_cli import summarize_csv as gemini_summary
+from tests.openapi import validate
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -189,6 +190,7 @@ async def _stream(stack: TestStack, agent: Agent, body_extra: dict[str, Any]) ->
         model=agent.model, messages=MESSAGES, stream=True, extra_body=body_extra, timeout=240
     )
     async for chunk in stream:
+        validate("CreateChatCompletionStreamResponse", chunk.model_dump(exclude_unset=True))
         extra = chunk.model_extra or {}
         if "jetty" in extra:
             progress.events.append(extra["jetty"])
@@ -432,6 +434,7 @@ async def test_a_spent_budget_refuses_the_next_call_and_fails_the_run(
         call, runbooks.base_url + "/v1/chat/completions", runbooks.token, body
     )
     assert status == 200, doc
+    validate("CreateChatCompletionResponse", doc)
     meta = doc["jetty_metadata"]
     assert meta["status"] == "failed"
     assert meta["error"]["code"] == "budget_exceeded"
@@ -498,6 +501,10 @@ async def test_a_quiet_run_streams_keepalives_and_ends_its_stream_with_the_failu
                 lines.append(line.strip())
     assert b": keep-alive" in lines
     assert lines[-1] == b"data: [DONE]"
+    for line in lines:
+        if line.startswith(b"data: {"):
+            # Every chunk is a valid OpenAI chunk (plus our extra fields).
+            validate("CreateChatCompletionStreamResponse", orjson.loads(line[6:]))
     final = orjson.loads(lines[-2][len(b"data: ") :])
     assert final["object"] == "chat.completion.chunk"
     assert final["choices"][0]["finish_reason"] == "stop"

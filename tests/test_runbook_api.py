@@ -17,6 +17,7 @@ from jetty_cli.testing import StackFactory, TestStack, call
 from shared.events.runbook import Budget
 from shared.runs import RunState, RunStates
 from shared.tokens import TokenStore, generate_token
+from tests.openapi import validate
 
 COLLECTION = "default"
 
@@ -186,11 +187,14 @@ async def test_a_queued_run_waits_for_a_runner_and_can_be_cancelled(queued: Test
     queued.kill("runner")
     got, doc = _post(queued, _runbook(task="queued-task"))
     assert got == 202, doc
+    validate("CreateChatCompletionResponse", doc)
     meta = doc["jetty_metadata"]
     trajectory_id = meta["trajectory_id"]
     assert meta["status"] == "pending"
     assert meta["mode"] == "runbook"
-    assert doc["choices"][0]["message"]["content"] is None
+    assert doc["choices"][0]["message"]["content"] == (
+        f"Runbook {trajectory_id} is pending; poll {meta['poll_url']} for its result."
+    )
     url = queued.base_url + f"/api/v1/trajectories/{trajectory_id}"
     status, _, view = call(url, queued.token)
     assert status == 200 and view["status"] == "pending"

@@ -55,6 +55,7 @@ from shared.runs import RunState
 log = logging.getLogger(__name__)
 
 _STATE_POLL = 5.0
+_NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 _TEXT_LIMIT = 2000
 
 
@@ -342,7 +343,7 @@ async def stream_progress(
         metadata = await watch.metadata(base_url)
         extra: dict[str, Any] = {"jetty_metadata": metadata}
         if include_usage:
-            extra["usage"] = metadata["usage"]
+            extra["usage"] = metadata["usage"] or _NO_USAGE
         status = {"status": watch.status, "at": watch.ended_at}
         await response.write(
             chunks.encode({}, jetty={"type": "status", **status}, finish_reason="stop", **extra)
@@ -364,7 +365,12 @@ async def answer_json(gw: Gateway, watch: RunWatch, base_url: str) -> tuple[byte
         if content is None and metadata["error"] is not None:
             content = f"Run {watch.status}: {metadata['error'].get('message', '')}"
     else:
-        content = None
+        # Still going (the answer is a 202): a chat completion all the same, so SDKs
+        # parse it; the status and where to poll are in the text and the metadata.
+        content = (
+            f"Runbook {watch.trajectory_id} is {watch.status}; "
+            f"poll {metadata['poll_url']} for its result."
+        )
     doc = {
         "id": "chatcmpl-" + watch.trajectory_id,
         "object": "chat.completion",
@@ -373,11 +379,13 @@ async def answer_json(gw: Gateway, watch: RunWatch, base_url: str) -> tuple[byte
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop" if watch.done else None,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
             }
         ],
-        "usage": metadata["usage"],
+        # No model call yet: zeros (the completion object's usage is never null).
+        "usage": metadata["usage"] or _NO_USAGE,
         "jetty_metadata": metadata,
     }
     return orjson.dumps(doc, option=orjson.OPT_UTC_Z), watch.done
