@@ -175,29 +175,3 @@ class RunStates:
             )
 
         return await self.update(trajectory_id, add)
-
-    async def set_status(
-        self, trajectory_id: str, status: RunStatus, runner: str | None = None
-    ) -> RunState:
-        def change(s: RunState) -> RunState:
-            update: dict[str, Any] = {"status": status}
-            if runner is not None:
-                update["runner"] = runner
-            return s.model_copy(update=update)
-
-        return await self.update(trajectory_id, change)
-
-    async def request_cancel(self, trajectory_id: str) -> RunState:
-        return await self.update(
-            trajectory_id, lambda s: s.model_copy(update={"cancel_requested": True})
-        )
-
-    async def mark_budget_exceeded(self, trajectory_id: str) -> RunState:
-        return await self.update(
-            trajectory_id, lambda s: s.model_copy(update={"budget_exceeded": True})
-        )
-
-    async def watch(self, trajectory_id: str) -> Any:
-        """A KV watcher on this run's entry (yields entries as they change)."""
-        kv = await self.bucket()
-        return await kv.watch(trajectory_id)

@@ -251,6 +251,8 @@ async def test_an_agent_summarises_an_uploaded_csv(
     tool_calls = [e["step"] for e in progress.events if e["type"] == "step"]
     assert any(s["kind"] == "tool_call" for s in tool_calls)
     assert "Artifact: results/summary.md" in progress.content
+    # The adapter's progress lines reach the client as content.
+    assert "→ " in progress.content and "results/summary.md" in progress.content
 
     # The artifact: downloadable, and computed from the CSV the agent read.
     artifacts = {a["path"]: a for a in final["artifacts"]}
@@ -528,7 +530,9 @@ async def test_a_run_ended_elsewhere_is_stopped_and_not_ended_twice(
     nc = await nats.connect(runbooks.nats_url)
     try:
         js = nc.jetstream()
-        state = await RunStates(js).set_status(trajectory_id, "failed")
+        state = await RunStates(js).update(
+            trajectory_id, lambda s: s.model_copy(update={"status": "failed"})
+        )
         lost = RunbookFailed(
             task=state.task,
             ended_at=datetime.now(UTC),

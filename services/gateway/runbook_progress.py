@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 _STATE_POLL = 5.0
 _NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-_TEXT_LIMIT = 2000
 
 
 def _ms(start: datetime | None, end: datetime | None) -> float | None:
@@ -80,7 +79,6 @@ class RunWatch:
         self.ended: RunbookCompleted | RunbookFailed | RunbookCancelled | None = None
         self.ended_at: datetime | None = None
         self.artifacts: dict[str, ArtifactStored] = {}
-        self.steps = 0
         self._queue: asyncio.Queue[AnyEnvelope] = asyncio.Queue()
         self._subs: list[Subscription] = []
         self._marker = b'"trajectory_id":"' + trajectory_id.encode() + b'"'
@@ -133,8 +131,6 @@ class RunWatch:
             )
         elif isinstance(data, ArtifactStored):
             self.artifacts[data.path] = data
-        elif isinstance(data, RunbookStep):
-            self.steps += 1
 
     async def next(self, timeout: float) -> AnyEnvelope | None:
         """The next event of this run (applied), or None after ``timeout`` quiet
@@ -235,27 +231,8 @@ class RunWatch:
         }
 
 
-def _step_line(step: RunbookStep) -> str | None:
-    if step.kind == "message":
-        text = (step.text or "").strip()
-        return text[:_TEXT_LIMIT] + "\n" if text else None
-    if step.kind == "tool_call":
-        detail = ""
-        if step.tool_input:
-            for key in ("file_path", "path", "absolute_path", "command", "cmd", "pattern"):
-                value = step.tool_input.get(key)
-                if value:
-                    detail = value if isinstance(value, str) else orjson.dumps(value).decode()
-                    break
-        return f"→ {step.tool_name or 'tool'} {detail[:200]}".rstrip() + "\n"
-    if step.is_error:
-        first = (step.text or "").strip().splitlines()[:1]
-        return f"✗ {step.tool_name or 'tool'} failed: {first[0][:200] if first else ''}\n"
-    return None
-
-
 def _step_json(step: RunbookStep) -> dict[str, Any]:
-    doc = step.model_dump(mode="json", exclude={"task"}, exclude_none=True)
+    doc = step.model_dump(mode="json", exclude={"task", "progress"}, exclude_none=True)
     doc["duration_ms"] = _ms(step.started_at, step.ended_at)
     return doc
 
@@ -291,8 +268,8 @@ class _Chunks:
         data = envelope.data
         watch = self.watch
         if isinstance(data, RunbookStep):
-            line = _step_line(data)
-            delta = {"content": line} if line else {}
+            # The runner's progress line, in the agent's own terms.
+            delta = {"content": data.progress + "\n"} if data.progress else {}
             return self.encode(delta, jetty={"type": "step", "step": _step_json(data)})
         if isinstance(data, ArtifactStored):
             line = f"Artifact: {data.path} ({data.size} bytes)\n"

@@ -39,26 +39,18 @@ def _no_run(trajectory_id: str) -> NotFound:
     )
 
 
-async def _state(gw: Gateway, collection: str, trajectory_id: str) -> RunState:
-    if not is_trajectory_id(trajectory_id):
-        raise _no_run(trajectory_id)
-    try:
-        state = await gw.runs.get(trajectory_id)
-    except (NatsError, TimeoutError):
-        raise Unavailable("Run state unavailable; retry.", code="run_state_unavailable") from None
-    if state is None or state.collection != collection:
-        raise _no_run(trajectory_id)
-    return state
-
-
 async def cancel_run(request: web.Request) -> web.Response:
     """Stop a run: a queued one is cancelled at once; a running one's runner kills
     its sandbox (we wait a little for that). 409 if it had already ended."""
     gw = request.app[GATEWAY]
     trajectory_id = request.match_info["trajectory_id"]
-    await _state(gw, auth_of(request).collection, trajectory_id)
+    if not is_trajectory_id(trajectory_id):
+        raise _no_run(trajectory_id)
+    collection = auth_of(request).collection
 
     def cancel(state: RunState) -> RunState:
+        if state.collection != collection:
+            raise RunNotFound(trajectory_id)  # another collection's run: as unknown
         if state.status in TERMINAL_STATUSES:
             raise _Ended(state.status)
         if state.status == "pending":

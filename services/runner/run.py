@@ -45,7 +45,7 @@ from shared.events.runbook import (
     RunbookStarted,
     RunbookStep,
 )
-from shared.runs import RunState, RunStates
+from shared.runs import RunNotFound, RunState, RunStates
 from shared.tokens import TokenStore, generate_token, hash_token
 
 log = logging.getLogger(__name__)
@@ -140,10 +140,10 @@ class Run:
                 raise _Skip(state)
             return state.model_copy(update={"status": "running", "runner": runner})
 
-        state = await self.deps.runs.get(self.trajectory_id)
-        if state is None:
+        try:
+            return await self.deps.runs.update(self.trajectory_id, claim)
+        except RunNotFound:
             return None
-        return await self.deps.runs.update(self.trajectory_id, claim)
 
     async def _skipped(self, state: RunState) -> None:
         if state.status in TERMINAL_STATUSES:
@@ -261,13 +261,11 @@ class Run:
                 log.exception("run %s: agent output not understood", self.trajectory_id)
                 continue
             for step in steps:
-                await self._publish_step(step)
+                await self._publish_step(step, parser.progress_text(step))
 
-    async def _publish_step(self, step: ParsedStep) -> None:
+    async def _publish_step(self, step: ParsedStep, progress: str | None) -> None:
         limit = self.deps.settings.runner_step_text_limit
-        text = step.text
-        if text is not None and len(text) > limit:
-            text = text[:limit] + f"\n… [{len(step.text or '') - limit} more characters]"
+        text, progress = _clip(step.text, limit), _clip(progress, limit)
         index = await self.deps.runs.allocate_steps(self.trajectory_id)
         await self.deps.publisher.publish(
             self.collection,
@@ -283,6 +281,7 @@ class Run:
                 tool_call_id=step.tool_call_id,
                 tool_input=_bounded(step.tool_input, limit),
                 is_error=step.is_error,
+                progress=progress,
             ),
         )
 
@@ -424,14 +423,16 @@ class Run:
         await self.deps.publisher.publish(self.collection, self.trajectory_id, data)
 
 
+def _clip(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + f"\n… [{len(text) - limit} more characters]"
+
+
 def _bounded(value: dict[str, Any] | None, limit: int) -> dict[str, Any] | None:
     """Tool inputs are kept whole unless a string in them is huge (a written file)."""
     if value is None:
         return None
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        if isinstance(item, str) and len(item) > limit:
-            out[key] = item[:limit] + f"\n… [{len(item) - limit} more characters]"
-        else:
-            out[key] = item
-    return out
+    return {
+        key: _clip(item, limit) if isinstance(item, str) else item for key, item in value.items()
+    }

@@ -280,7 +280,6 @@ FROM trajectories t
 LEFT JOIN runbooks r ON r.trajectory_id = t.trajectory_id
 WHERE t.trajectory_id = $1 AND t.collection = $2
 """
-_GET_BY_TASK = _GET + " AND t.task = $3"
 
 
 async def get_trajectory(
@@ -289,15 +288,6 @@ async def get_trajectory(
     """The trajectory with its steps (and, for a runbook, its run, timing and
     artifacts), or ``None`` if unknown *or of another collection*."""
     row = await conn_or_pool.fetchrow(_GET, trajectory_id, collection)
-    return None if row is None else _view(row)
-
-
-async def get_trajectory_by_task(
-    conn_or_pool: Executor, collection: str, task: str, trajectory_id: str
-) -> TrajectoryView | None:
-    """:func:`get_trajectory`, also ``None`` when the trajectory is of another task
-    (the route ``/api/v1/db/trajectory/{collection}/{task}/{id}``)."""
-    row = await conn_or_pool.fetchrow(_GET_BY_TASK, trajectory_id, collection, task)
     return None if row is None else _view(row)
 
 

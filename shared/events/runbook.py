@@ -119,6 +119,9 @@ class RunbookStep(_Frozen):
     tool_call_id: str | None = None
     tool_input: dict[str, Any] | None = None
     is_error: bool = False
+    #: the step as one line of human-readable progress, in the agent's own terms
+    #: (what a runbook's stream shows as content); None: nothing to show
+    progress: str | None = None
 
 
 class ArtifactStored(_Frozen):
