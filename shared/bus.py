@@ -39,6 +39,7 @@ from shared import subjects
 from shared.events.envelope import PAYLOAD_VERSION, Envelope
 from shared.events.registry import AnyEnvelope, EventData, parse_data_json, type_name
 from shared.ids import new_event_id
+from shared.key_usage import ensure_key_rates_bucket, ensure_key_usage_bucket
 from shared.runs import ensure_runs_bucket
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     await ensure_object_store(js, replicas)
     await ensure_tokens_bucket(js, replicas)
     await ensure_runs_bucket(js, replicas)
+    await ensure_key_usage_bucket(js, replicas)
+    await ensure_key_rates_bucket(js, replicas)
 
 
 async def ensure_object_store(js: JetStreamContext, replicas: int = 1) -> Any:

@@ -48,6 +48,11 @@ class ChatCall(BaseModel):
     include_usage: bool = False
     ingress: str = "chat.completions"
     body_ref: str | None = None
+    # The key that made the call: the proxy adds the call's cost and tokens to its
+    # usage (shared/key_usage.py) and records it on the end event.
+    key_id: str | None = None
+    # The key has a budget or a token limit: its usage is added before the last frame.
+    key_metered: bool = False
 
 
 class Frame(bytes, Enum):

@@ -9,14 +9,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.gateway import chat, files, ingress, runbook_routes, trajectories
+from services.gateway import admin, chat, files, ingress, policy, runbook_routes, trajectories
 from services.gateway.middleware import auth_middleware, errors_middleware
+from services.gateway.ratelimit import RateLimiter
 from services.gateway.relay import ProxyRelay
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GATEWAY, Gateway
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
+from shared.key_usage import KeyUsageStore
+from shared.keys import legacy_key_id
 from shared.runs import RunStates
-from shared.tokens import TokenStore
+from shared.tokens import TokenStore, hash_token
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,18 @@ async def _connect_forever(settings: GatewaySettings) -> Gateway:
     await ensure_streams(js, settings.stream_replicas)
     tokens = TokenStore(js)
     if settings.bootstrap_token:
-        await tokens.register(settings.bootstrap_token, settings.bootstrap_collection, "bootstrap")
+        await tokens.register(
+            settings.bootstrap_token,
+            settings.bootstrap_collection,
+            "bootstrap",
+            id=legacy_key_id(hash_token(settings.bootstrap_token)),
+            scopes=("api", "admin"),
+        )
     await tokens.watch()
+    key_usage = KeyUsageStore(js)
+    await key_usage.watch()
+    limiter = RateLimiter(js, source_name("gateway").partition("/")[2])
+    await limiter.start()
     relay = ProxyRelay(nc, settings.proxy_idle_timeout)
     await relay.start()
     return Gateway(
@@ -50,6 +63,8 @@ async def _connect_forever(settings: GatewaySettings) -> Gateway:
         claims=ClaimStore(js),
         runs=RunStates(js),
         publisher=EventPublisher(nc, js, source_name("gateway"), settings.claim_threshold_bytes),
+        key_usage=key_usage,
+        limiter=limiter,
     )
 
 
@@ -60,6 +75,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await gw.relay.stop()
     await gw.publisher.flush(timeout=5)
     await gw.tokens.close()
+    await gw.key_usage.close()
+    await gw.limiter.close()
     if gw.background:
         await asyncio.wait(gw.background, timeout=2)
     if gw.pool is not None:
@@ -99,6 +116,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
         app.router.add_routes(module.routes())
     app.router.add_routes(files.routes())
     app.router.add_routes(runbook_routes.routes())
+    app.router.add_routes(admin.routes())
+    app.on_response_prepare.append(policy.add_rate_headers)
     app.router.add_get("/api/v1/trajectories", trajectories.list_trajectories)
     app.router.add_get("/api/v1/trajectories/{trajectory_id}", trajectories.get_trajectory)
     return app

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from nats.errors import Error as NatsError
 
+from services.gateway.policy import check_model
 from services.gateway.state import Gateway
 from shared.chatwire import ChatCall, Frame
 from shared.errors import ApiError, PayloadTooLarge, Unavailable
@@ -109,6 +110,7 @@ async def open_call(
         trajectory_id, collection, task, step_index = await _run_step(gw, auth.trajectory_id)
         mode: Mode = "runbook"
     else:
+        check_model(auth, req.model)
         trajectory_id, collection, task, step_index = (
             new_trajectory_id(),
             auth.collection,
@@ -131,6 +133,8 @@ async def open_call(
         include_usage=req.include_usage,
         ingress=ingress,
         body_ref=body_ref,
+        key_id=auth.id or None,
+        key_metered=auth.budget is not None or auth.limits.tokens_per_minute is not None,
     )
     return OpenCall(gw, call, body)
 

@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 from nats.errors import Error as NatsError
 
+from services.gateway import policy
 from services.gateway.files import object_store, store_unavailable
 from services.gateway.middleware import TRAJECTORY_HEADER
 from services.gateway.runbook_progress import RunWatch, answer_json, stream_progress
@@ -150,6 +151,7 @@ async def plan_runbook(gw: Gateway, auth: TokenRecord, req: ChatCompletionReques
         max_tokens=max_tokens,
         max_cost_usd=format(Decimal(str(max_cost)).quantize(Decimal("0.0000000001")), "f"),
     )
+    policy.check_model(auth, req.model)
     await check_model(gw, req.model)
     file_paths = list(dict.fromkeys(jetty.file_paths or []))
     await _check_files(gw, collection, file_paths)

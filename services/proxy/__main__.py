@@ -15,6 +15,7 @@ from services.proxy.routes import RoutesError, load_routes
 from services.proxy.settings import ProxySettings
 from services.proxy.worker import Worker
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
+from shared.key_usage import KeyUsageStore
 from shared.logs import setup_logging, use_uvloop
 from shared.runs import RunStates
 
@@ -45,6 +46,7 @@ async def main(settings: ProxySettings) -> None:
         ClaimStore(js),
         router,
         runs=RunStates(js),
+        key_usage=KeyUsageStore(js),
         max_in_flight=settings.proxy_max_in_flight,
         total_timeout=settings.upstream_total_timeout,
         requested_delay=settings.proxy_requested_delay,

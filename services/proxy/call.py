@@ -54,6 +54,7 @@ from shared.events.completion import (
     ErrorRecord,
     Usage,
 )
+from shared.key_usage import KeyUsageStore
 from shared.openai_chat import ChatCompletionRequest, parse_chat_request
 from shared.redact import recorded_request
 from shared.runs import RunStateError, RunStates
@@ -65,6 +66,10 @@ PROXY_SHUTDOWN: Final = "proxy_shutdown"
 # The client gets usage once, in the final usage-only chunk, and only if it asked.
 _WITHOUT_USAGE: Final = {"usage"}
 _METADATA_KEY: Final = b',"jetty_metadata":'
+
+
+# Background additions to key usage, kept referenced until done.
+_KEY_USAGE_TASKS: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,10 @@ class CallDeps:
     # Live state of runbook runs: a runbook agent's call adds its spend there before
     # its last frame, so the gateway sees it when it checks the next call's budget.
     runs: RunStates | None = None
+    # What each API key has used: every call adds its cost and tokens to its key's
+    # entry (before the last frame when the key has a budget or token limit, so
+    # the gateway's next check sees it; in the background otherwise).
+    key_usage: KeyUsageStore | None = None
 
 
 def with_metadata(document: bytes, metadata: bytes) -> bytes:
@@ -443,6 +452,7 @@ class CallRun:
             "ttft_ms": max(0.0, (first - received) * 1000) if first is not None else None,
             "received_at": datetime.fromtimestamp(received, UTC),
             "ended_at": datetime.fromtimestamp(ended, UTC),
+            "key_id": self.call.key_id,
         }
 
     def _cost(self, usage: Usage) -> str | None:
@@ -469,6 +479,29 @@ class CallRun:
         )
         if self.call.mode == "runbook" and data.usage is not None:
             await self._add_run_spend(data.usage, data.cost_usd)
+        if self.call.key_id is not None and self.deps.key_usage is not None:
+            if self.call.key_metered:
+                await self._add_key_usage(data)
+            else:
+                task = asyncio.create_task(self._add_key_usage(data))
+                _KEY_USAGE_TASKS.add(task)
+                task.add_done_callback(_KEY_USAGE_TASKS.discard)
+
+    async def _add_key_usage(
+        self, data: CompletionFinished | CompletionFailed | CompletionCancelled
+    ) -> None:
+        assert self.deps.key_usage is not None and self.call.key_id is not None
+        tokens = data.usage.total_tokens if data.usage is not None else 0
+        cost = data.cost_usd if data.usage is not None else "0"
+        try:
+            await asyncio.wait_for(
+                self.deps.key_usage.add(
+                    self.call.key_id, tokens=tokens, cost_usd=cost, at=data.ended_at
+                ),
+                timeout=2.0,
+            )
+        except Exception as exc:  # the event is the record; this only feeds limits
+            log.warning("usage of %s not added to its key: %r", self.call.trajectory_id, exc)
 
     async def _add_run_spend(self, usage: Usage, cost_usd: str | None) -> None:
         """Count a runbook agent's call against its run's budget (bounded: the event

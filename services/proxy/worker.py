@@ -38,6 +38,7 @@ from shared import subjects
 from shared.bus import ClaimStore, EventPublisher
 from shared.chatwire import KEEPALIVE_INTERVAL, BadFrame, Frame, decode_call, frame
 from shared.errors import ApiError, InvalidRequest, Unavailable
+from shared.key_usage import KeyUsageStore
 from shared.runs import RunStates
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Worker:
         requested_delay: float = 0.25,
         retry: RetryPolicy | None = None,
         runs: RunStates | None = None,
+        key_usage: KeyUsageStore | None = None,
     ) -> None:
         self._nc = nc
         self._router = router
@@ -72,6 +74,7 @@ class Worker:
             requested_delay=requested_delay,
             retry=retry if retry is not None else RetryPolicy.none(),
             runs=runs,
+            key_usage=key_usage,
         )
         self._max_in_flight = max_in_flight
         self._keepalive_interval = keepalive_interval

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from services.recorder.key_projection import apply_key_events, is_key_event
 from services.recorder.runbook_projection import (
     MODE_RUNBOOK,
     apply_runbook_events,
@@ -115,7 +116,12 @@ async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
         if not fresh:
             return 0
         calls = [e for e in fresh if isinstance(e.data, _COMPLETION_EVENTS)]
-        others = [e for e in fresh if not isinstance(e.data, _COMPLETION_EVENTS)]
+        keys = [e for e in fresh if is_key_event(e)]
+        if keys:
+            await apply_key_events(keys, conn)
+        others = [
+            e for e in fresh if not isinstance(e.data, _COMPLETION_EVENTS) and not is_key_event(e)
+        ]
         if calls:
             rows = [_step_row(facts) for _, facts in sorted(_fold(calls).items())]
             # Key order (sorted above and in the statement), so that two recorders
@@ -130,7 +136,7 @@ async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
         }
         if passthrough:
             await conn.execute(_RECOMPUTE_TRAJECTORIES, sorted(passthrough))
-        runbooks = {e.trajectory_id for e in fresh} - passthrough
+        runbooks = {e.trajectory_id for e in fresh if not is_key_event(e)} - passthrough
         if runbooks:
             await recompute_runbook_trajectories(runbooks, conn)
     return len(fresh)

@@ -22,6 +22,7 @@ from shared.events.runbook import (
     RunbookStarted,
     RunbookStep,
 )
+from shared.keys import KeyCreated, KeyRevoked, KeyRotated, KeyUpdated
 
 COMPLETION_REQUESTED: Final = "completion.requested"
 COMPLETION_FINISHED: Final = "completion.finished"
@@ -34,6 +35,11 @@ RUNBOOK_FAILED: Final = "runbook.failed"
 RUNBOOK_CANCELLED: Final = "runbook.cancelled"
 RUNBOOK_STEP: Final = "runbook.step"
 ARTIFACT_STORED: Final = "artifact.stored"
+# Key events: ``trajectory_id`` holds the key's id (shared/keys.py).
+KEY_CREATED: Final = "key.created"
+KEY_UPDATED: Final = "key.updated"
+KEY_ROTATED: Final = "key.rotated"
+KEY_REVOKED: Final = "key.revoked"
 
 CompletionData = CompletionRequested | CompletionFinished | CompletionFailed | CompletionCancelled
 RunbookData = (
@@ -45,7 +51,8 @@ RunbookData = (
     | RunbookStep
     | ArtifactStored
 )
-EventData = CompletionData | RunbookData
+KeyData = KeyCreated | KeyUpdated | KeyRotated | KeyRevoked
+EventData = CompletionData | RunbookData | KeyData
 
 PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     COMPLETION_REQUESTED: CompletionRequested,
@@ -59,6 +66,10 @@ PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     RUNBOOK_CANCELLED: RunbookCancelled,
     RUNBOOK_STEP: RunbookStep,
     ARTIFACT_STORED: ArtifactStored,
+    KEY_CREATED: KeyCreated,
+    KEY_UPDATED: KeyUpdated,
+    KEY_ROTATED: KeyRotated,
+    KEY_REVOKED: KeyRevoked,
 }
 
 TYPE_OF: Final[dict[type[BaseModel], str]] = {model: name for name, model in PAYLOADS.items()}
@@ -111,6 +122,22 @@ class ArtifactStoredEnvelope(TypedEnvelope[ArtifactStored]):
     type: Literal["artifact.stored"]
 
 
+class KeyCreatedEnvelope(TypedEnvelope[KeyCreated]):
+    type: Literal["key.created"]
+
+
+class KeyUpdatedEnvelope(TypedEnvelope[KeyUpdated]):
+    type: Literal["key.updated"]
+
+
+class KeyRotatedEnvelope(TypedEnvelope[KeyRotated]):
+    type: Literal["key.rotated"]
+
+
+class KeyRevokedEnvelope(TypedEnvelope[KeyRevoked]):
+    type: Literal["key.revoked"]
+
+
 AnyEnvelope = (
     RequestedEnvelope
     | FinishedEnvelope
@@ -123,6 +150,10 @@ AnyEnvelope = (
     | RunbookCancelledEnvelope
     | RunbookStepEnvelope
     | ArtifactStoredEnvelope
+    | KeyCreatedEnvelope
+    | KeyUpdatedEnvelope
+    | KeyRotatedEnvelope
+    | KeyRevokedEnvelope
 )
 
 _ENVELOPES: Final[TypeAdapter[AnyEnvelope]] = TypeAdapter(
