@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +36,7 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from pydantic import BaseModel
 
-from shared import subjects
+from shared import metrics, subjects
 from shared.events.envelope import PAYLOAD_VERSION, Envelope
 from shared.events.registry import AnyEnvelope, EventData, parse_data_json, type_name
 from shared.ids import new_event_id
@@ -219,6 +220,7 @@ class EventPublisher:
         self._threshold = claim_threshold
         self._ack_timeout = ack_timeout
         self._pending: set[asyncio.Task[None]] = set()
+        metrics.PENDING_ACKS.set_function(lambda: len(self._pending))
 
     async def build(
         self,
@@ -273,7 +275,9 @@ class EventPublisher:
     async def _attempt(self, subject: str, payload: bytes, eid: str, timeout: float) -> None:
         if not self._nc.is_connected:
             raise BusUnavailable("not connected")
+        start = time.perf_counter()
         await self._js.publish(subject, payload, headers={"Nats-Msg-Id": eid}, timeout=timeout)
+        metrics.PUBLISH_SECONDS.observe(time.perf_counter() - start)
 
     async def _deliver_now(self, subject: str, payload: bytes, eid: str) -> None:
         """Deliver from the caller's task for up to ``ack_timeout``, then hand over to

@@ -9,7 +9,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.gateway import admin, chat, files, ingress, policy, runbook_routes, trajectories
+from services.gateway import (
+    admin,
+    chat,
+    files,
+    ingress,
+    observe,
+    policy,
+    runbook_routes,
+    trajectories,
+)
 from services.gateway.middleware import auth_middleware, errors_middleware
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.relay import ProxyRelay
@@ -18,6 +27,7 @@ from services.gateway.state import GATEWAY, Gateway
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
 from shared.key_usage import KeyUsageStore
 from shared.keys import legacy_key_id
+from shared.metrics import metrics_route
 from shared.runs import RunStates
 from shared.tokens import TokenStore, hash_token
 
@@ -102,13 +112,15 @@ def create_app(settings: GatewaySettings) -> web.Application:
     # The body limit is enforced by chat.read_body with an OpenAI-shaped 413;
     # aiohttp's own limit only backs it up.
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[observe.observe_middleware, errors_middleware, auth_middleware],
         client_max_size=settings.max_body_bytes + 1024,
     )
     app[SETTINGS] = settings
+    app[observe.ENABLED] = settings.metrics_enabled
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_routes([metrics_route()])
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/chat/completions", chat.chat_completions)
     app.router.add_get("/v1/models", chat.list_models)

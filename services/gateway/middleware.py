@@ -14,11 +14,13 @@ from aiohttp.typedefs import Handler
 
 from services.gateway import policy, scopes
 from services.gateway.state import AUTH, GATEWAY
+from shared import metrics
 from shared.errors import ApiError, Unauthorized
+from shared.logs import bind
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/metrics"})
 TRAJECTORY_HEADER = "X-Jetty-Trajectory-Id"
 
 
@@ -141,7 +143,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     record = await gw.tokens.resolve(token)
     if record is None:
         raise Unauthorized("Invalid API token.", code="invalid_api_key")
+    bind(collection=record.collection, key_id=record.id)
     if record.expires_at is not None and record.expired(policy.time_now()):
+        metrics.KEY_REFUSALS.labels("expired").inc()
         raise Unauthorized(
             f"This API key expired at {record.expires_at.isoformat()}.", code="invalid_api_key"
         )
@@ -158,6 +162,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     request[AUTH] = record
     needed = scopes.default_scopes(request)
     if needed is not None and not any(s in record.scopes for s in needed):
+        metrics.KEY_REFUSALS.labels("scope").inc()
         raise scopes.scope_error(needed)
     if scopes.is_model_call(request):
         policy.check_call(gw, request, record)

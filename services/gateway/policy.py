@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from services.gateway.state import Gateway
+from shared import metrics
 from shared.errors import ApiError, RateLimited
 from shared.keys import model_allowed
 from shared.tokens import TokenRecord
@@ -43,6 +44,7 @@ def check_call(gw: Gateway, request: web.Request, record: TokenRecord) -> None:
     if budget is not None and usage is not None:
         spent = usage.spent_in(budget.period, now)
         if spent >= budget.usd:
+            metrics.KEY_REFUSALS.labels("budget").inc()
             per = "this month" if budget.period == "month" else "in total"
             raise ApiError(
                 f"You exceeded your current quota: this key's budget is ${budget.usd} {per} "
@@ -60,6 +62,7 @@ def check_call(gw: Gateway, request: web.Request, record: TokenRecord) -> None:
         headers["x-ratelimit-remaining-tokens"] = str(remaining)
         headers["x-ratelimit-reset-tokens"] = _duration(reset)
         if remaining == 0:
+            metrics.KEY_REFUSALS.labels("rate_limit_tokens").inc()
             raise _limited(
                 f"Rate limit reached for tokens per minute: limit {limits.tokens_per_minute}, "
                 f"used {used}.",
@@ -72,6 +75,7 @@ def check_call(gw: Gateway, request: web.Request, record: TokenRecord) -> None:
         headers["x-ratelimit-remaining-requests"] = str(decision.remaining)
         headers["x-ratelimit-reset-requests"] = _duration(decision.reset)
         if not decision.allowed:
+            metrics.KEY_REFUSALS.labels("rate_limit_requests").inc()
             raise _limited(
                 f"Rate limit reached for requests per minute: limit {limits.requests_per_minute}.",
                 decision.reset,
@@ -89,6 +93,7 @@ def _limited(message: str, reset: float, headers: dict[str, str]) -> ApiError:
 def check_model(record: TokenRecord, model: str) -> None:
     """403 naming the model when the key's allow-list does not match it."""
     if not model_allowed(record.allowed_models, model):
+        metrics.KEY_REFUSALS.labels("model").inc()
         raise ApiError(
             f"This API key may not use the model '{model}' "
             f"(allowed: {', '.join(record.allowed_models or ())}).",

@@ -41,3 +41,5 @@ class GatewaySettings(CommonSettings):
     artifact_url_ttl: int = Field(default=300, ge=1, le=7 * 24 * 3600)
     # Base URL of artifact links in answers; by default the request's own origin.
     public_url: str | None = None
+    # Prometheus counters on every request (GET /metrics); off only to measure them.
+    metrics_enabled: bool = True

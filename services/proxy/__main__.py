@@ -18,6 +18,7 @@ from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, sour
 from shared.health import start_health_server
 from shared.key_usage import KeyUsageStore
 from shared.logs import setup_logging, use_uvloop
+from shared.metrics import metrics_route
 from shared.runs import RunStates
 
 log = logging.getLogger("services.proxy")
@@ -66,7 +67,10 @@ async def main(settings: ProxySettings) -> None:
     health = None
     if settings.health_port is not None:
         health = await start_health_server(
-            settings.health_host, settings.health_port, {"nats": lambda: nc.is_connected}
+            settings.health_host,
+            settings.health_port,
+            {"nats": lambda: nc.is_connected},
+            routes=[metrics_route()],
         )
     log.info(
         "proxy ready; models: %s",

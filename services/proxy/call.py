@@ -33,6 +33,7 @@ from nats.errors import MaxPayloadError
 
 from services.proxy import pricing
 from services.proxy.accumulate import Accumulator, usage_record
+from services.proxy.metrics import observe_end
 from services.proxy.providers.base import (
     ChatChunk,
     CompletionUsage,
@@ -477,6 +478,7 @@ class CallRun:
         await self.deps.publisher.publish(
             self.call.collection, self.call.trajectory_id, data, wait=True
         )
+        observe_end(data, self.call.ingress, self._provider != "none")
         if self.call.mode == "runbook" and data.usage is not None:
             await self._add_run_spend(data.usage, data.cost_usd)
         if self.call.key_id is not None and self.deps.key_usage is not None:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -24,9 +23,12 @@ from nats.aio.client import Client as NATS
 from services.recorder import projection
 from services.recorder.consumer import Recorder
 from services.recorder.settings import RecorderSettings
+from shared import metrics, subjects
 from shared.bus import connect, ensure_streams, source_name
 from shared.db.pool import apply_migrations, create_pool, is_transient
 from shared.health import HealthServer, start_health_server
+from shared.logs import setup_logging
+from shared.metrics import metrics_route
 
 log = logging.getLogger("services.recorder")
 
@@ -91,6 +93,7 @@ async def serve(settings: RecorderSettings) -> None:
             settings.health_host,
             settings.health_port,
             {"postgresql": db_answers, "nats": nats_connected},
+            routes=[metrics_route()],
         )
     try:
         await _serve(settings, stop, migrate, connected)
@@ -135,7 +138,15 @@ async def _serve(
             if await _until_ready("JetStream", streams, stop, settings) is None:
                 return
             log.info("recorder consuming %s", settings.nats_url.split("@")[-1])
-            await Recorder(js, pool, settings, stop_event=stop).run()
+            lag = asyncio.create_task(
+                metrics.track_consumer_backlog(
+                    js, subjects.EVENTS_STREAM, subjects.RECORDER_DURABLE, metrics.RECORDER_LAG
+                )
+            )
+            try:
+                await Recorder(js, pool, settings, stop_event=stop).run()
+            finally:
+                lag.cancel()
         finally:
             # Pending acks go out before the connection closes.
             await nc.drain()
@@ -147,11 +158,7 @@ async def _serve(
 
 def main() -> None:
     settings = RecorderSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging("recorder", settings.log_level)
     try:
         import uvloop
     except ImportError:  # not on every platform; the default loop works too

@@ -13,9 +13,11 @@ from services.runner.registry import build_adapters
 from services.runner.run import RunDeps
 from services.runner.settings import RunnerSettings
 from services.runner.worker import RunnerWorker
+from shared import metrics, subjects
 from shared.bus import EventPublisher, connect, ensure_streams, source_name
 from shared.health import start_health_server
 from shared.logs import setup_logging, use_uvloop
+from shared.metrics import metrics_route
 from shared.runs import RunStates
 from shared.tokens import TokenStore
 
@@ -48,10 +50,18 @@ async def main(settings: RunnerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     work = asyncio.create_task(worker.run(), name="runner-worker")
+    queue = asyncio.create_task(
+        metrics.track_consumer_backlog(
+            js, subjects.EVENTS_STREAM, subjects.RUNNER_DURABLE, metrics.RUNBOOK_QUEUE
+        )
+    )
     health = None
     if settings.health_port is not None:
         health = await start_health_server(
-            settings.health_host, settings.health_port, {"nats": lambda: nc.is_connected}
+            settings.health_host,
+            settings.health_port,
+            {"nats": lambda: nc.is_connected},
+            routes=[metrics_route()],
         )
     log.info("runner ready (backend %s)", backend.name)
     stop_wait = asyncio.create_task(stopping.wait())
@@ -65,6 +75,7 @@ async def main(settings: RunnerSettings) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(work, SHUTDOWN_GRACE)
     stop_wait.cancel()
+    queue.cancel()
     if health is not None:
         await health.stop()
     await backend.close()

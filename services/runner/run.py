@@ -32,6 +32,7 @@ from services.runner.sandbox.base import (
     SandboxSpec,
 )
 from services.runner.settings import RunnerSettings
+from shared import metrics
 from shared.bus import EventPublisher
 from shared.events.completion import ErrorRecord
 from shared.events.runbook import (
@@ -220,7 +221,8 @@ class Run:
             labels={"trajectory-id": self.trajectory_id, "agent": self.event.agent},
         )
         try:
-            self.sandbox = await deps.backend.start(spec)
+            with metrics.Timer(metrics.SANDBOX_START.labels(deps.backend.name).observe):
+                self.sandbox = await deps.backend.start(spec)
         except SandboxError as exc:
             await self._end_failed(
                 _error(503, "server_error", "sandbox_failed", f"The sandbox did not start: {exc}"),
@@ -421,6 +423,7 @@ class Run:
         except Exception as exc:  # the event below is the record either way
             log.warning("run %s: final state not stored: %r", self.trajectory_id, exc)
         await self.deps.publisher.publish(self.collection, self.trajectory_id, data)
+        metrics.RUNBOOK_OUTCOMES.labels(self.event.agent, str(status)).inc()
 
 
 def _clip(text: str | None, limit: int) -> str | None:

@@ -1,0 +1,93 @@
+"""The gateway's outermost middleware: request metrics, one access-log line per
+request, and the log context (collection, key id, trajectory id, trace id) of
+every line written while the request is handled.
+
+The access log names the route template, never the query string, a header or a
+body (so no token or key, whatever the wire format puts where). Prometheus labels
+are the route template, the method, the status and the ingress format.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from shared import metrics
+from shared.logs import LOG_CONTEXT
+
+access_log = logging.getLogger("jetty.access")
+
+TRAJECTORY_HEADER = "X-Jetty-Trajectory-Id"
+ENABLED = web.AppKey("jetty.metrics_enabled", bool)
+
+# Route prefix -> ingress format (the metric label).
+_INGRESS = (
+    ("/v1/chat/completions", "chat.completions"),
+    ("/chat/completions", "chat.completions"),
+    ("/v1/messages", "anthropic.messages"),
+    ("/v1/responses", "responses"),
+    ("/responses", "responses"),
+    ("/v1beta/", "gemini"),
+    ("/{version", "gemini"),
+)
+
+
+def _ingress(route: str) -> str:
+    for prefix, name in _INGRESS:
+        if route.startswith(prefix):
+            return name
+    return "api"
+
+
+def _route(request: web.Request) -> str:
+    info = request.match_info
+    resource = info.route.resource if info.route is not None else None
+    if resource is None or info.http_exception is not None:
+        return "unmatched"
+    return resource.canonical
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == "/metrics":
+        return await handler(request)
+    start = time.perf_counter()
+    LOG_CONTEXT.set({})
+    status = 500
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - start
+        route = _route(request)
+        ingress = _ingress(route)
+        if request.app.get(ENABLED, True):
+            metrics.GATEWAY_REQUESTS.labels(route, request.method, str(status), ingress).inc()
+            metrics.GATEWAY_DURATION.labels(route, ingress).observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            trajectory = response.headers.get(TRAJECTORY_HEADER) if response is not None else None
+            context = LOG_CONTEXT.get() or {}
+            if trajectory and "trajectory_id" not in context:
+                LOG_CONTEXT.set({**context, "trajectory_id": trajectory})
+            access_log.info(
+                "%s %s %d %.1fms",
+                request.method,
+                route,
+                status,
+                elapsed * 1000,
+                extra={
+                    "method": request.method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "ingress": ingress,
+                },
+            )
