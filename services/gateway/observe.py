@@ -15,8 +15,8 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from shared import metrics
-from shared.logs import LOG_CONTEXT
+from shared import metrics, tracing
+from shared.logs import LOG_CONTEXT, bind
 
 access_log = logging.getLogger("jetty.access")
 
@@ -54,8 +54,36 @@ def _route(request: web.Request) -> str:
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == "/metrics":
         return await handler(request)
+    LOG_CONTEXT.set({})  # a kept-alive connection's task serves many requests
+    if tracing.enabled():
+        return await _traced(request, handler)
+    return await _observed(request, handler)
+
+
+async def _traced(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request as a SERVER span continuing the client's ``traceparent``."""
+    route = _route(request)
+    with tracing.span(
+        f"{request.method} {route}",
+        kind="SERVER",
+        parent=tracing.extract(request.headers),
+        http__request__method=request.method,
+        http__route=route,
+        url__path=request.path,
+    ) as current:
+        bind(trace_id=format(current.get_span_context().trace_id, "032x"))
+        response = await _observed(request, handler)
+        current.set_attribute("http.response.status_code", response.status)
+        trajectory = response.headers.get(TRAJECTORY_HEADER)
+        if trajectory:
+            current.set_attribute("jetty.trajectory_id", trajectory)
+        if response.status >= 500:
+            tracing.set_error(current, str(response.status), "server error")
+        return response
+
+
+async def _observed(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
-    LOG_CONTEXT.set({})
     status = 500
     response: web.StreamResponse | None = None
     try:

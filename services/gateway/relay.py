@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared import subjects
+from shared import subjects, tracing
 from shared.chatwire import TERMINAL, BadFrame, ChatCall, Frame, encode_call, parse_frame
 from shared.errors import ApiError, Unavailable, UpstreamError, UpstreamTimeout
 
@@ -69,7 +69,10 @@ class ProxyRelay:
         self._waiting[key] = queue
         try:
             await self._nc.publish(
-                subjects.CHAT_REQUEST, encode_call(call, body), reply=f"{self._prefix}.{key}"
+                subjects.CHAT_REQUEST,
+                encode_call(call, body),
+                reply=f"{self._prefix}.{key}",
+                headers=tracing.inject() or None,
             )
             while True:
                 try:

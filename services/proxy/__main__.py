@@ -20,6 +20,7 @@ from shared.key_usage import KeyUsageStore
 from shared.logs import setup_logging, use_uvloop
 from shared.metrics import metrics_route
 from shared.runs import RunStates
+from shared.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger("services.proxy")
 
@@ -91,12 +92,15 @@ async def main(settings: ProxySettings) -> None:
 def run() -> None:
     settings = ProxySettings()
     setup_logging("proxy", settings.log_level)
+    setup_tracing("proxy")
     use_uvloop()
     try:
         asyncio.run(main(settings))
     except RoutesError as exc:
         log.error("cannot start: %s", exc)
         raise SystemExit(2) from None
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

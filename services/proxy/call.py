@@ -33,7 +33,7 @@ from nats.errors import MaxPayloadError
 
 from services.proxy import pricing
 from services.proxy.accumulate import Accumulator, usage_record
-from services.proxy.metrics import observe_end
+from services.proxy.metrics import observe_end, trace_end
 from services.proxy.providers.base import (
     ChatChunk,
     CompletionUsage,
@@ -43,6 +43,7 @@ from services.proxy.providers.base import (
 )
 from services.proxy.retry import RetryPolicy
 from services.proxy.router import Route, Router
+from shared import tracing
 from shared.bus import ClaimStore, EventPublisher
 from shared.chatwire import ChatCall, Frame
 from shared.errors import ApiError, NotFound, Unavailable, UpstreamError, UpstreamTimeout
@@ -113,6 +114,9 @@ class CallRun:
         self.closed = False
         self.cancel_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
+        # The gateway's trace context (from the call's NATS headers), when tracing.
+        self.trace_parent: Any = None
+        self._span: Any = None
         self._acc = Accumulator()
         self._request: ChatCompletionRequest | None = None
         self._model = "unknown"
@@ -155,6 +159,11 @@ class CallRun:
     # --- the lifecycle ------------------------------------------------------------------
 
     async def run(self) -> None:
+        with tracing.span("chat", kind="CLIENT", parent=self.trace_parent) as current:
+            self._span = current
+            await self._run_recorded()
+
+    async def _run_recorded(self) -> None:
         try:
             await self._run()
         except asyncio.CancelledError:
@@ -181,6 +190,8 @@ class CallRun:
         request = parse_chat_request(body)
         self._request = request
         self._model = request.model
+        if self._span is not None:
+            self._span.update_name(f"chat {request.model}")
         self._recorded = recorded_request(orjson.loads(body))
         try:
             plan = self.deps.router.plan(request.model)
@@ -479,6 +490,8 @@ class CallRun:
             self.call.collection, self.call.trajectory_id, data, wait=True
         )
         observe_end(data, self.call.ingress, self._provider != "none")
+        if self._span is not None:
+            trace_end(self._span, self.call, data)
         if self.call.mode == "runbook" and data.usage is not None:
             await self._add_run_spend(data.usage, data.cost_usd)
         if self.call.key_id is not None and self.deps.key_usage is not None:

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from services.proxy.call import CLIENT_DISCONNECTED, PROXY_SHUTDOWN, CallDeps, CallRun
 from services.proxy.retry import RetryPolicy
 from services.proxy.router import Router
-from shared import subjects
+from shared import subjects, tracing
 from shared.bus import ClaimStore, EventPublisher
 from shared.chatwire import KEEPALIVE_INTERVAL, BadFrame, Frame, decode_call, frame
 from shared.errors import ApiError, InvalidRequest, Unavailable
@@ -192,6 +192,8 @@ class Worker:
             await self._reject(msg.reply, InvalidRequest(f"Malformed call from the gateway: {exc}"))
             return
         run = CallRun(self._deps, call, body, msg.reply)
+        if msg.headers:
+            run.trace_parent = tracing.extract(msg.headers)
         task = asyncio.create_task(run.run(), name=f"call-{call.trajectory_id}")
         run.task = task
         self._in_flight += 1

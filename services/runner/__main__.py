@@ -20,6 +20,7 @@ from shared.logs import setup_logging, use_uvloop
 from shared.metrics import metrics_route
 from shared.runs import RunStates
 from shared.tokens import TokenStore
+from shared.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger("services.runner")
 
@@ -87,8 +88,12 @@ async def main(settings: RunnerSettings) -> None:
 def run() -> None:
     settings = RunnerSettings()
     setup_logging("runner", settings.log_level)
+    setup_tracing("runner")
     use_uvloop()
-    asyncio.run(main(settings))
+    try:
+        asyncio.run(main(settings))
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":
