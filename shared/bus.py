@@ -87,8 +87,15 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
     return await nats.connect(**options)
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
-    """Declare the events stream and the buckets (idempotent; safe from every service)."""
+async def ensure_streams(
+    js: JetStreamContext, replicas: int = 1, retention_days: float | None = None
+) -> None:
+    """Declare the events stream and the buckets (idempotent; safe from every service).
+
+    ``retention_days`` (``JETTY_RETENTION_DAYS``) becomes the stream's ``max_age``;
+    ``None`` leaves whatever age limit the stream has (a tool that does not know
+    the setting must not lift it)."""
+    max_age = retention_days * 86400.0 if retention_days else None
     config = StreamConfig(
         name=subjects.EVENTS_STREAM,
         subjects=[subjects.EVENTS_ALL],
@@ -100,9 +107,11 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
         description="Jetty trajectory events: the source of truth",
     )
     try:
-        await js.stream_info(subjects.EVENTS_STREAM)
+        info = await js.stream_info(subjects.EVENTS_STREAM)
+        config.max_age = max_age if max_age is not None else info.config.max_age
         await js.update_stream(config)
     except NotFoundError:
+        config.max_age = max_age
         await js.add_stream(config)
     await ensure_object_store(js, replicas)
     await ensure_tokens_bucket(js, replicas)

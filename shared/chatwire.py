@@ -24,7 +24,7 @@ every proxy listens and the one running it stops the upstream call.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Final
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -53,6 +53,8 @@ class ChatCall(BaseModel):
     key_id: str | None = None
     # The key has a budget or a token limit: its usage is added before the last frame.
     key_metered: bool = False
+    # What the trajectory keeps of the bodies (shared/storage_policy.py).
+    store: Literal["full", "redacted", "none"] = "full"
 
 
 class Frame(bytes, Enum):

@@ -6,6 +6,8 @@ Each service extends :class:`CommonSettings` with its own fields in its own
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -40,3 +42,8 @@ class CommonSettings(BaseSettings):
     # The store as clients outside reach it, for presigned URLs (``host:port``, or a
     # URL with its scheme); by default the endpoint above.
     s3_public_endpoint: str | None = None
+    # What trajectories keep of the bodies by default: full | redacted | none
+    # (a request's jetty.store: false asks for none). shared/storage_policy.py.
+    store_bodies: Literal["full", "redacted", "none"] = "full"
+    # Days of events, projection rows and artifacts kept; None keeps them for ever.
+    retention_days: float | None = Field(default=None, gt=0)

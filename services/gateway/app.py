@@ -12,6 +12,8 @@ from aiohttp import web
 from services.gateway import (
     admin,
     chat,
+    deletion,
+    export,
     files,
     ingress,
     observe,
@@ -47,7 +49,7 @@ async def _connect_forever(settings: GatewaySettings) -> Gateway:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
     js = nc.jetstream()
-    await ensure_streams(js, settings.stream_replicas)
+    await ensure_streams(js, settings.stream_replicas, settings.retention_days)
     tokens = TokenStore(js)
     if settings.bootstrap_token:
         await tokens.register(
@@ -132,4 +134,6 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.on_response_prepare.append(policy.add_rate_headers)
     app.router.add_get("/api/v1/trajectories", trajectories.list_trajectories)
     app.router.add_get("/api/v1/trajectories/{trajectory_id}", trajectories.get_trajectory)
+    app.router.add_delete("/api/v1/trajectories/{trajectory_id}", deletion.delete_trajectory)
+    app.router.add_get("/api/v1/export/trajectories", export.export_trajectories)
     return app

@@ -135,6 +135,9 @@ async def open_call(
         body_ref=body_ref,
         key_id=auth.id or None,
         key_metered=auth.budget is not None or auth.limits.tokens_per_minute is not None,
+        store="none"
+        if req.jetty is not None and req.jetty.store is False
+        else gw.settings.store_bodies,
     )
     return OpenCall(gw, call, body)
 

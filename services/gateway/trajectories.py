@@ -90,9 +90,16 @@ async def _load(gw: Gateway, collection: str, trajectory_id: str) -> TrajectoryV
 
 async def get_trajectory(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "otlp"):
+        raise InvalidRequest("Invalid value for 'format': json or otlp.", param="format")
     view = await read_trajectory(
         gw, auth_of(request).collection, request.match_info["trajectory_id"]
     )
+    if fmt == "otlp":
+        from services.gateway.export import otlp_response  # export imports this module
+
+        return otlp_response(view)
     return view_response(request, view)
 
 
@@ -150,7 +157,7 @@ def not_found(trajectory_id: str) -> NotFound:
     )
 
 
-def _parse_since(raw: str) -> datetime:
+def parse_since(raw: str) -> datetime:
     try:
         if raw.replace(".", "", 1).isdigit():
             return datetime.fromtimestamp(float(raw), UTC)
@@ -179,7 +186,7 @@ async def list_trajectories(request: web.Request) -> web.Response:
         raise InvalidRequest(
             f"Invalid value for 'limit': an integer from 1 to {MAX_LIMIT}.", param="limit"
         )
-    since = _parse_since(q["since"]) if "since" in q else None
+    since = parse_since(q["since"]) if "since" in q else None
     pool = await open_pool(gw)
     try:
         page = await queries.list_trajectories(

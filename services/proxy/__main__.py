@@ -41,7 +41,7 @@ async def main(settings: ProxySettings) -> None:
     router = build_router(settings)
     nc = await connect(settings.nats_url, name=source_name("proxy"))
     js = nc.jetstream()
-    await ensure_streams(js, settings.stream_replicas)
+    await ensure_streams(js, settings.stream_replicas, settings.retention_days)
     publisher = EventPublisher(nc, js, source_name("proxy"), settings.claim_threshold_bytes)
     worker = Worker(
         nc,

@@ -43,7 +43,7 @@ from services.proxy.providers.base import (
 )
 from services.proxy.retry import RetryPolicy
 from services.proxy.router import Route, Router
-from shared import tracing
+from shared import storage_policy, tracing
 from shared.bus import ClaimStore, EventPublisher
 from shared.chatwire import ChatCall, Frame
 from shared.errors import ApiError, NotFound, Unavailable, UpstreamError, UpstreamTimeout
@@ -192,7 +192,9 @@ class CallRun:
         self._model = request.model
         if self._span is not None:
             self._span.update_name(f"chat {request.model}")
-        self._recorded = recorded_request(orjson.loads(body))
+        self._recorded = storage_policy.apply_to_request(
+            recorded_request(orjson.loads(body)), self.call.store
+        )
         try:
             plan = self.deps.router.plan(request.model)
         except NotFound:
@@ -456,7 +458,9 @@ class CallRun:
             "step_index": self.call.step_index,
             "model": self._model,
             "provider": self._provider,
-            "response": self._acc.response_record(),
+            "response": storage_policy.apply_to_response(
+                self._acc.response_record(), self.call.store
+            ),
             "usage": usage,
             "attempts": self._attempts,
             "cost_usd": None if usage is None else self._cost(usage),

@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 
 from services.recorder import projection
 from services.recorder.consumer import Recorder
+from services.recorder.retention import run_sweeper
 from services.recorder.settings import RecorderSettings
 from shared import metrics, subjects
 from shared.bus import connect, ensure_streams, source_name
@@ -29,6 +30,7 @@ from shared.db.pool import apply_migrations, create_pool, is_transient
 from shared.health import HealthServer, start_health_server
 from shared.logs import setup_logging
 from shared.metrics import metrics_route
+from shared.objectstore import ObjectStore
 
 log = logging.getLogger("services.recorder")
 
@@ -132,7 +134,7 @@ async def _serve(
             js = nc.jetstream(timeout=settings.recorder_nats_timeout)
 
             async def streams() -> bool:
-                await ensure_streams(js, settings.stream_replicas)
+                await ensure_streams(js, settings.stream_replicas, settings.retention_days)
                 return True
 
             if await _until_ready("JetStream", streams, stop, settings) is None:
@@ -143,10 +145,24 @@ async def _serve(
                     js, subjects.EVENTS_STREAM, subjects.RECORDER_DURABLE, metrics.RECORDER_LAG
                 )
             )
+            sweeper = None
+            if settings.retention_days:
+                sweeper = asyncio.create_task(
+                    run_sweeper(
+                        pool,
+                        settings.retention_days,
+                        interval=settings.retention_interval,
+                        batch=settings.retention_batch,
+                        objects=ObjectStore.from_settings(settings),
+                        stop=stop,
+                    )
+                )
             try:
                 await Recorder(js, pool, settings, stop_event=stop).run()
             finally:
                 lag.cancel()
+                if sweeper is not None:
+                    sweeper.cancel()
         finally:
             # Pending acks go out before the connection closes.
             await nc.drain()

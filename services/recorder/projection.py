@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from services.recorder.deletion_projection import apply_deletions, is_deletion, tombstoned
 from services.recorder.key_projection import apply_key_events, is_key_event
 from services.recorder.runbook_projection import (
     MODE_RUNBOOK,
@@ -115,6 +116,14 @@ async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
         fresh = await _claim_new(list(unique.values()), conn)
         if not fresh:
             return 0
+        claimed = len(fresh)
+        deletions = [e for e in fresh if is_deletion(e)]
+        gone = await apply_deletions(deletions, conn) if deletions else set()
+        gone |= await tombstoned(sorted({e.trajectory_id for e in fresh} - gone), conn)
+        if gone:
+            fresh = [e for e in fresh if e.trajectory_id not in gone]
+            if not fresh:
+                return claimed
         calls = [e for e in fresh if isinstance(e.data, _COMPLETION_EVENTS)]
         keys = [e for e in fresh if is_key_event(e)]
         if keys:
@@ -139,7 +148,7 @@ async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
         runbooks = {e.trajectory_id for e in fresh if not is_key_event(e)} - passthrough
         if runbooks:
             await recompute_runbook_trajectories(runbooks, conn)
-    return len(fresh)
+    return claimed
 
 
 async def _claim_new(events: list[Event], conn: Connection) -> list[Event]:

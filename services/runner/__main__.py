@@ -33,7 +33,7 @@ async def main(settings: RunnerSettings) -> None:
     name = source_name("runner")
     nc = await connect(settings.nats_url, name)
     js = nc.jetstream()
-    await ensure_streams(js, settings.stream_replicas)
+    await ensure_streams(js, settings.stream_replicas, settings.retention_days)
     publisher = EventPublisher(nc, js, name, settings.claim_threshold_bytes)
     backend = build_backend(settings)
     deps = RunDeps(

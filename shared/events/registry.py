@@ -12,6 +12,7 @@ from shared.events.completion import (
     CompletionFinished,
     CompletionRequested,
 )
+from shared.events.deletion import TrajectoryDeleted
 from shared.events.envelope import TypedEnvelope
 from shared.events.runbook import (
     ArtifactStored,
@@ -40,6 +41,7 @@ KEY_CREATED: Final = "key.created"
 KEY_UPDATED: Final = "key.updated"
 KEY_ROTATED: Final = "key.rotated"
 KEY_REVOKED: Final = "key.revoked"
+TRAJECTORY_DELETED: Final = "trajectory.deleted"
 
 CompletionData = CompletionRequested | CompletionFinished | CompletionFailed | CompletionCancelled
 RunbookData = (
@@ -52,7 +54,7 @@ RunbookData = (
     | ArtifactStored
 )
 KeyData = KeyCreated | KeyUpdated | KeyRotated | KeyRevoked
-EventData = CompletionData | RunbookData | KeyData
+EventData = CompletionData | RunbookData | KeyData | TrajectoryDeleted
 
 PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     COMPLETION_REQUESTED: CompletionRequested,
@@ -70,6 +72,7 @@ PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     KEY_UPDATED: KeyUpdated,
     KEY_ROTATED: KeyRotated,
     KEY_REVOKED: KeyRevoked,
+    TRAJECTORY_DELETED: TrajectoryDeleted,
 }
 
 TYPE_OF: Final[dict[type[BaseModel], str]] = {model: name for name, model in PAYLOADS.items()}
@@ -138,6 +141,10 @@ class KeyRevokedEnvelope(TypedEnvelope[KeyRevoked]):
     type: Literal["key.revoked"]
 
 
+class TrajectoryDeletedEnvelope(TypedEnvelope[TrajectoryDeleted]):
+    type: Literal["trajectory.deleted"]
+
+
 AnyEnvelope = (
     RequestedEnvelope
     | FinishedEnvelope
@@ -154,6 +161,7 @@ AnyEnvelope = (
     | KeyUpdatedEnvelope
     | KeyRotatedEnvelope
     | KeyRevokedEnvelope
+    | TrajectoryDeletedEnvelope
 )
 
 _ENVELOPES: Final[TypeAdapter[AnyEnvelope]] = TypeAdapter(
