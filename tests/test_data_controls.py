@@ -25,6 +25,8 @@ from services.recorder.replay import replay
 from services.recorder.retention import sweep
 from shared import subjects
 from shared.bus import connect
+from shared.events import Envelope
+from shared.events.deletion import TrajectoryDeleted
 from tests.test_projection import T0, finished, requested
 
 SECRET = "private-words-" + secrets.token_hex(6)
@@ -151,20 +153,21 @@ async def test_delete_removes_it_everywhere_and_a_replay_does_not_bring_it_back(
         await conn.close()
 
 
+def deletion_event(trajectory_id: str) -> Envelope:
+    return Envelope(
+        id=f"del-{trajectory_id}", type="trajectory.deleted", source="test", time=T0,
+        trajectory_id=trajectory_id, collection="acme",
+        data=TrajectoryDeleted(deleted_at=T0).model_dump(mode="json"),
+    )  # fmt: skip
+
+
 async def test_a_tombstone_wins_in_any_order(migrated_database_url: str) -> None:
     """The deletion arrives before the call's events (a replay in another order)."""
-    from services.recorder.projection import apply as project
-    from shared.events import Envelope
-    from shared.events.deletion import TrajectoryDeleted
-
-    deleted = Envelope(
-        id="del-1", type="trajectory.deleted", source="test", time=T0, trajectory_id="tr_gone",
-        collection="acme", data=TrajectoryDeleted(deleted_at=T0).model_dump(mode="json"),
-    )  # fmt: skip
+    deleted = deletion_event("tr_gone")
     conn = await asyncpg.connect(migrated_database_url)
     try:
-        assert await project([deleted], conn) == 1
-        assert await project([requested("tr_gone"), finished("tr_gone")], conn) == 2
+        assert await apply([deleted], conn) == 1
+        assert await apply([requested("tr_gone"), finished("tr_gone")], conn) == 2
         assert await conn.fetchval("SELECT count(*) FROM trajectories") == 0
         assert await conn.fetchval("SELECT count(*) FROM steps") == 0
     finally:
