@@ -116,3 +116,33 @@ def set_error(current: Any, error_type: str, message: str) -> None:
 
     current.set_attribute("error.type", error_type)
     current.set_status(Status(StatusCode.ERROR, message))
+
+
+def traceparent_of(current: Any) -> str | None:
+    """The ``traceparent`` naming ``current`` as the parent."""
+    if current is None or not enabled():
+        return None
+    from opentelemetry import trace
+
+    carrier: dict[str, str] = {}
+    _STATE["propagator"].inject(carrier, context=trace.set_span_in_context(current))
+    return carrier.get("traceparent")
+
+
+def record_span(
+    name: str, parent: Any, start: float, end: float, attributes: Mapping[str, Any]
+) -> None:
+    """A finished child span of ``parent`` from epoch-second times (a step the
+    agent reported after the fact: a tool call)."""
+    t = _STATE["tracer"]
+    if t is None or parent is None:
+        return
+    from opentelemetry import trace
+
+    child = t.start_span(
+        name,
+        context=trace.set_span_in_context(parent),
+        start_time=int(start * 1e9),
+        attributes={k: v for k, v in attributes.items() if v is not None},
+    )
+    child.end(end_time=int(max(end, start) * 1e9))

@@ -101,3 +101,49 @@ async def test_a_call_is_one_trace_from_client_to_provider(
         if r.body.get("messages", [{}])[0].get("content") == SECRET_PROMPT
     ]
     assert sent[-1].headers["traceparent"] == f"00-{trace_id}-{chat.span_id}-01"
+
+
+async def test_a_runbook_is_an_invoke_agent_span_with_its_model_calls_as_children(
+    traced_stack: TestStack, receiver: OtlpReceiver
+) -> None:
+    trace_id = secrets.token_hex(16)
+    headers = {
+        "Authorization": f"Bearer {traced_stack.token}",
+        "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+    }
+    body = {
+        "model": "mock/echo",
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "jetty": {"runbook": True, "agent": "claude-code", "task": "traced-run"},
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            traced_stack.base_url + "/v1/chat/completions", json=body, headers=headers
+        ) as response,
+    ):
+        answer = await response.json()
+        assert response.status == 200, answer
+    assert answer["jetty_metadata"]["status"] == "completed", answer
+
+    def agent_and_calls(spans: list[ReceivedSpan]) -> bool:
+        mine = [s for s in spans if s.trace_id == trace_id]
+        return any(s.name == "invoke_agent claude-code" for s in mine) and any(
+            s.service == "jetty-proxy" for s in mine
+        )
+
+    spans = [s for s in await receiver.wait_for(agent_and_calls) if s.trace_id == trace_id]
+    agent = next(s for s in spans if s.name == "invoke_agent claude-code")
+    assert agent.service == "jetty-runner"
+    assert agent.attributes["gen_ai.operation.name"] == "invoke_agent"
+    assert agent.attributes["gen_ai.agent.name"] == "claude-code"
+    assert agent.attributes["jetty.status"] == "completed"
+    calls = [s for s in spans if s.service == "jetty-proxy"]
+    assert calls and all(s.parent_span_id == agent.span_id for s in calls)
+    assert all(s.name == "chat mock/echo" for s in calls)
+    assert all(
+        s.attributes["jetty.trajectory_id"] == answer["jetty_metadata"]["trajectory_id"]
+        for s in calls
+    )
+    gateway = next(s for s in spans if s.service == "jetty-gateway" and s.kind == SERVER)
+    assert agent.parent_span_id == gateway.span_id

@@ -60,7 +60,9 @@ class ProxyRelay:
                 "The event bus is unavailable; please retry shortly.", code="bus_unavailable"
             )
 
-    async def call(self, call: ChatCall, body: bytes) -> AsyncIterator[tuple[Frame, bytes]]:
+    async def call(
+        self, call: ChatCall, body: bytes, trace: dict[str, str] | None = None
+    ) -> AsyncIterator[tuple[Frame, bytes]]:
         """Yield the call's frames (keep-alives are absorbed) until a terminal one."""
         self._check_connected()
         self._counter += 1
@@ -72,7 +74,7 @@ class ProxyRelay:
                 subjects.CHAT_REQUEST,
                 encode_call(call, body),
                 reply=f"{self._prefix}.{key}",
-                headers=tracing.inject() or None,
+                headers=trace or tracing.inject() or None,
             )
             while True:
                 try:

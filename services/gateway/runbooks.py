@@ -26,7 +26,7 @@ from services.gateway.files import object_store, store_unavailable
 from services.gateway.middleware import TRAJECTORY_HEADER
 from services.gateway.runbook_progress import RunWatch, answer_json, stream_progress
 from services.gateway.state import Gateway
-from shared import subjects
+from shared import subjects, tracing
 from shared.chatwire import Frame, parse_frame
 from shared.errors import ApiError, InvalidRequest, Unavailable
 from shared.events.runbook import Budget, RunbookRequested
@@ -189,6 +189,7 @@ async def run_runbook(
                     model=event.model,
                     budget=event.budget,
                     updated_at=event.requested_at,
+                    traceparent=tracing.inject().get("traceparent"),
                 )
             )
             await gw.publisher.publish(plan.collection, plan.trajectory_id, event)
