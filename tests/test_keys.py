@@ -153,6 +153,8 @@ async def test_a_model_outside_the_allow_list_is_refused_by_name(keys_stack: Tes
     url = keys_stack.base_url + "/v1/chat/completions"
     status, _, _ = await http("POST", url, key, chat_body("mock/echo"))
     assert status == 200
+    status, _, listing = await http("GET", keys_stack.base_url + "/v1/models", key)
+    assert status == 200 and [m["id"] for m in listing["data"]] == ["mock/echo"]
     status, _, body = await http("POST", url, key, chat_body("gpt-4o-mini"))
     assert status == 403
     assert (
