@@ -31,6 +31,9 @@ _MAX_CAS_RETRIES = 50
 USAGE_TTL = 400 * 24 * 3600.0
 # Per-replica request counts only matter for the current minute.
 RATES_TTL = 180.0
+# How long the proxy gathers the usage of keys without a budget or token limit
+# before adding it (one compare-and-set per key per interval).
+FLUSH_INTERVAL = 1.0
 
 
 async def _ensure(js: JetStreamContext, bucket: str, ttl: float, about: str, replicas: int) -> Any:
@@ -74,6 +77,8 @@ class KeyUsageStore:
         self._cache: dict[str, KeyUsage] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._queued: dict[str, list[tuple[int, str | None, datetime]]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     async def bucket(self) -> Any:
         if self._kv is None:
@@ -95,7 +100,35 @@ class KeyUsageStore:
     async def add(
         self, key_id: str, *, tokens: int, cost_usd: str | None, at: datetime
     ) -> KeyUsage:
-        minute = int(at.timestamp()) // 60
+        return await self._apply(key_id, [(tokens, cost_usd, at)])
+
+    def add_later(self, key_id: str, *, tokens: int, cost_usd: str | None, at: datetime) -> None:
+        """Queue an addition; a flusher applies each key's queue in one
+        compare-and-set every ``FLUSH_INTERVAL`` (for keys whose limits do not
+        need it at once: no NATS round trip per call)."""
+        self._queued.setdefault(key_id, []).append((tokens, cost_usd, at))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        await self.flush()
+
+    async def flush(self) -> None:
+        queued, self._queued = self._queued, {}
+        for key_id, items in queued.items():
+            try:
+                await asyncio.wait_for(self._apply(key_id, items), timeout=5.0)
+            except Exception as exc:  # the events are the record; this only feeds limits
+                log.warning("usage of key %s not added (%d calls): %r", key_id, len(items), exc)
+
+    async def _apply(self, key_id: str, items: list[tuple[int, str | None, datetime]]) -> KeyUsage:
+        def fold(usage: KeyUsage) -> KeyUsage:
+            for tokens, cost_usd, at in items:
+                minute = int(at.timestamp()) // 60
+                usage = usage.add(tokens=tokens, cost_usd=cost_usd, at=at, minute=minute)
+            return usage
+
         kv = await self.bucket()
         for _ in range(_MAX_CAS_RETRIES):
             try:
@@ -103,14 +136,13 @@ class KeyUsageStore:
             except KeyNotFoundError:
                 entry = None
             if entry is None or not entry.value:
-                new = KeyUsage().add(tokens=tokens, cost_usd=cost_usd, at=at, minute=minute)
+                new = fold(KeyUsage())
                 try:
                     await kv.create(key_id, new.model_dump_json().encode())
                 except KeyWrongLastSequenceError:
                     continue
                 return new
-            current = KeyUsage.model_validate_json(entry.value)
-            new = current.add(tokens=tokens, cost_usd=cost_usd, at=at, minute=minute)
+            new = fold(KeyUsage.model_validate_json(entry.value))
             try:
                 await kv.update(key_id, new.model_dump_json().encode(), last=entry.revision)
             except KeyWrongLastSequenceError:
@@ -143,6 +175,7 @@ class KeyUsageStore:
                 await asyncio.sleep(1.0)
 
     async def close(self) -> None:
+        await self.flush()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

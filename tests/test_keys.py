@@ -118,6 +118,14 @@ async def test_admin_creates_a_key_whose_secret_is_shown_once(keys_stack: TestSt
     assert status == 200, answer
     status, _, got = await http("GET", f"{base}/api/v1/keys/{created['id']}", keys_stack.token)
     assert status == 200 and "key" not in got and got["name"] == "ci"
+    # A key without a budget has its usage gathered by the proxy and added within
+    # about a second.
+    deadline = time.monotonic() + 10
+    while got["usage"]["calls"] == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        _, _, got = await http("GET", f"{base}/api/v1/keys/{created['id']}", keys_stack.token)
+    assert got["usage"]["calls"] == 1 and got["usage"]["total_tokens"] > 0
+    assert got["last_used_at"] is not None
     status, _, listed = await http("GET", base + "/api/v1/keys", keys_stack.token)
     assert created["id"] in [k["id"] for k in listed["data"]]
     assert all("key" not in k for k in listed["data"])

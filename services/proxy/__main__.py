@@ -43,13 +43,14 @@ async def main(settings: ProxySettings) -> None:
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas, settings.retention_days)
     publisher = EventPublisher(nc, js, source_name("proxy"), settings.claim_threshold_bytes)
+    key_usage = KeyUsageStore(js)
     worker = Worker(
         nc,
         publisher,
         ClaimStore(js),
         router,
         runs=RunStates(js),
-        key_usage=KeyUsageStore(js),
+        key_usage=key_usage,
         max_in_flight=settings.proxy_max_in_flight,
         total_timeout=settings.upstream_total_timeout,
         requested_delay=settings.proxy_requested_delay,
@@ -85,6 +86,7 @@ async def main(settings: ProxySettings) -> None:
             await health.stop()
         await worker.stop(settings.proxy_shutdown_grace)
         await publisher.flush()
+        await key_usage.close()
         await nc.drain()
         log.info("proxy stopped")
 

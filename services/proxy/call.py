@@ -70,10 +70,6 @@ _WITHOUT_USAGE: Final = {"usage"}
 _METADATA_KEY: Final = b',"jetty_metadata":'
 
 
-# Background additions to key usage, kept referenced until done.
-_KEY_USAGE_TASKS: set[asyncio.Task[None]] = set()
-
-
 @dataclass(frozen=True, slots=True)
 class CallDeps:
     """What every call shares: the bus, the router and the limits."""
@@ -92,7 +88,7 @@ class CallDeps:
     runs: RunStates | None = None
     # What each API key has used: every call adds its cost and tokens to its key's
     # entry (before the last frame when the key has a budget or token limit, so
-    # the gateway's next check sees it; in the background otherwise).
+    # the gateway's next check sees it; gathered and added once a second otherwise).
     key_usage: KeyUsageStore | None = None
 
 
@@ -502,9 +498,13 @@ class CallRun:
             if self.call.key_metered:
                 await self._add_key_usage(data)
             else:
-                task = asyncio.create_task(self._add_key_usage(data))
-                _KEY_USAGE_TASKS.add(task)
-                task.add_done_callback(_KEY_USAGE_TASKS.discard)
+                tokens = data.usage.total_tokens if data.usage is not None else 0
+                self.deps.key_usage.add_later(
+                    self.call.key_id,
+                    tokens=tokens,
+                    cost_usd=data.cost_usd if data.usage is not None else "0",
+                    at=data.ended_at,
+                )
 
     async def _add_key_usage(
         self, data: CompletionFinished | CompletionFailed | CompletionCancelled
