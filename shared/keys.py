@@ -48,23 +48,33 @@ class KeyBudget(_Frozen):
     period: BudgetPeriod = "total"
 
 
-class KeyInfo(_Frozen):
-    """The public view of a key (never its secret or hash): the admin API's key
-    object and the payload of every ``key.*`` event."""
+class KeyPolicy(BaseModel):
+    """What a key may do; shared by the stored record and the public view."""
 
-    id: str
-    collection: str
-    name: str = ""
     scopes: tuple[Scope, ...] = DEFAULT_SCOPES
     expires_at: datetime | None = None
     allowed_models: tuple[str, ...] | None = None
     limits: KeyLimits = KeyLimits()
     budget: KeyBudget | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-    created_at: datetime
-    revoked_at: datetime | None = None
     #: bumped by every change; the projection keeps the highest
     version: int = 1
+
+    def policy(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in KeyPolicy.model_fields}
+
+
+class KeyInfo(KeyPolicy):
+    """The public view of a key (never its secret or hash): the admin API's key
+    object and the payload of every ``key.*`` event."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    collection: str
+    name: str = ""
+    created_at: datetime
+    revoked_at: datetime | None = None
 
 
 class KeyCreated(_Frozen):

@@ -18,18 +18,10 @@ import nats.errors
 import orjson
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict
 
 from shared.bus import ensure_tokens_bucket
-from shared.keys import (
-    DEFAULT_SCOPES,
-    KeyBudget,
-    KeyInfo,
-    KeyLimits,
-    Scope,
-    legacy_key_id,
-    new_key_id,
-)
+from shared.keys import KeyInfo, KeyPolicy, legacy_key_id, new_key_id
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +31,7 @@ MAX_REMEMBERED_MISSES = 10_000
 COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-class TokenRecord(BaseModel):
+class TokenRecord(KeyPolicy):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     collection: str
@@ -49,17 +41,10 @@ class TokenRecord(BaseModel):
     #: set for a run-scoped token (handed to a runbook's agent): it reaches only
     #: the model endpoints, and every call it makes is a step of this trajectory
     trajectory_id: str | None = None
-    # The key's identity and policy (shared/keys.py). A record written before keys
-    # existed has none of them: it is an "api" key without limits, whose id is
-    # derived from its hash when it is loaded.
+    # The key's identity and policy (KeyPolicy, shared/keys.py). A record written
+    # before keys existed has none of them: it is an "api" key without limits,
+    # whose id is derived from its hash when it is loaded.
     id: str = ""
-    scopes: tuple[Scope, ...] = DEFAULT_SCOPES
-    expires_at: datetime | None = None
-    allowed_models: tuple[str, ...] | None = None
-    limits: KeyLimits = KeyLimits()
-    budget: KeyBudget | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    version: int = 1
     #: set on the old secret of a rotated key: it works until ``expires_at``
     #: (the grace period) and is not listed
     superseded: bool = False
@@ -69,14 +54,8 @@ class TokenRecord(BaseModel):
             id=self.id,
             collection=self.collection,
             name=self.name,
-            scopes=self.scopes,
-            expires_at=self.expires_at,
-            allowed_models=self.allowed_models,
-            limits=self.limits,
-            budget=self.budget,
-            metadata=self.metadata,
             created_at=self.created_at,
-            version=self.version,
+            **self.policy(),
         )
 
     def expired(self, now: datetime) -> bool:

@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from services.gateway.state import GATEWAY, auth_of
-from services.gateway.trajectories import STATUSES, db_unavailable, open_pool, parse_since
+from services.gateway.trajectories import db_unavailable, list_filters, open_pool
 from shared.db import trajectories as queries
 from shared.db.trajectories import StepView, TrajectoryView
 from shared.errors import InvalidRequest
@@ -209,18 +209,8 @@ async def export_trajectories(request: web.Request) -> web.StreamResponse:
     fmt = q.get("format", "jsonl")
     if fmt not in ("jsonl", "otlp"):
         raise InvalidRequest("Invalid value for 'format': jsonl or otlp.", param="format")
-    status = q.get("status")
-    if status is not None and status not in STATUSES:
-        raise InvalidRequest("Invalid value for 'status'.", param="status")
-    try:
-        limit = int(q.get("limit", str(MAX_EXPORT)))
-    except ValueError:
-        limit = -1
-    if not 1 <= limit <= MAX_EXPORT:
-        raise InvalidRequest(
-            f"Invalid value for 'limit': an integer from 1 to {MAX_EXPORT}.", param="limit"
-        )
-    since = parse_since(q["since"]) if "since" in q else None
+    filters = list_filters(q, default_limit=MAX_EXPORT, max_limit=MAX_EXPORT)
+    limit = filters.pop("limit")
     pool = await open_pool(gw)
     views: list[TrajectoryView] = []
     response: web.StreamResponse | None = None
@@ -229,14 +219,7 @@ async def export_trajectories(request: web.Request) -> web.StreamResponse:
     try:
         while sent < limit:
             page = await queries.list_trajectories(
-                pool,
-                collection,
-                task=q.get("task"),
-                status=status,
-                model=q.get("model"),
-                since=since,
-                limit=min(_PAGE, limit - sent),
-                cursor=cursor,
+                pool, collection, **filters, limit=min(_PAGE, limit - sent), cursor=cursor
             )
             for summary in page.data:
                 view = await queries.get_trajectory(pool, collection, summary.trajectory_id)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -169,35 +171,40 @@ def parse_since(raw: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-async def list_trajectories(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    collection = auth_of(request).collection
-    q = request.query
+def list_filters(q: Mapping[str, str], *, default_limit: int, max_limit: int) -> dict[str, Any]:
+    """The list filters of a query string (``task``, ``status``, ``model``,
+    ``since``, ``limit``), validated; 400 naming the bad one."""
     status = q.get("status")
     if status is not None and status not in STATUSES:
         raise InvalidRequest(
             f"Invalid value for 'status': one of {', '.join(sorted(STATUSES))}.", param="status"
         )
     try:
-        limit = int(q.get("limit", "50"))
+        limit = int(q.get("limit", str(default_limit)))
     except ValueError:
         limit = -1
-    if not 1 <= limit <= MAX_LIMIT:
+    if not 1 <= limit <= max_limit:
         raise InvalidRequest(
-            f"Invalid value for 'limit': an integer from 1 to {MAX_LIMIT}.", param="limit"
+            f"Invalid value for 'limit': an integer from 1 to {max_limit}.", param="limit"
         )
     since = parse_since(q["since"]) if "since" in q else None
+    return {
+        "task": q.get("task"),
+        "status": status,
+        "model": q.get("model"),
+        "since": since,
+        "limit": limit,
+    }
+
+
+async def list_trajectories(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    collection = auth_of(request).collection
+    filters = list_filters(request.query, default_limit=50, max_limit=MAX_LIMIT)
     pool = await open_pool(gw)
     try:
         page = await queries.list_trajectories(
-            pool,
-            collection,
-            task=q.get("task"),
-            status=status,
-            model=q.get("model"),
-            since=since,
-            limit=limit,
-            cursor=q.get("cursor"),
+            pool, collection, **filters, cursor=request.query.get("cursor")
         )
     except queries.InvalidCursor:
         raise InvalidRequest("Invalid value for 'cursor'.", param="cursor") from None
