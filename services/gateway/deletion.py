@@ -51,7 +51,7 @@ async def delete_trajectory(request: web.Request) -> web.Response:
     pool = await open_pool(gw)
     try:
         rows = await pool.fetch(
-            "SELECT event_id, stream_seq FROM processed_events WHERE trajectory_id = $1",
+            "SELECT event_id, stream_seq FROM event_positions WHERE trajectory_id = $1",
             trajectory_id,
         )
         keys = [
@@ -67,7 +67,7 @@ async def delete_trajectory(request: web.Request) -> web.Response:
         trajectory_id,
         TrajectoryDeleted(deleted_at=datetime.now(UTC), key_id=auth.id or None),
     )
-    await _purge_stream(gw, [r["stream_seq"] for r in rows if r["stream_seq"] is not None])
+    await _purge_stream(gw, [r["stream_seq"] for r in rows])
     await _purge_claims(gw, [r["event_id"] for r in rows])
     if keys:
         store = await object_store(gw)

@@ -223,11 +223,12 @@ async def record_positions(decoded: Sequence[Decoded], conn: Connection) -> None
         return
     await conn.execute(
         """
-        UPDATE processed_events p SET stream_seq = u.seq
-        FROM unnest($1::text[], $2::bigint[]) AS u(id, seq)
-        WHERE p.event_id = u.id AND p.stream_seq IS NULL
+        INSERT INTO event_positions (event_id, trajectory_id, stream_seq)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+        ON CONFLICT (event_id) DO NOTHING
         """,
         [d.event.id for d in decoded],
+        [d.event.trajectory_id for d in decoded],
         [d.delivery.stream_seq for d in decoded],
     )
 

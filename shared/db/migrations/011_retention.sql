@@ -11,9 +11,15 @@ CREATE TABLE deleted_trajectories (
 );
 
 -- Where each event is on the stream, so a deletion can remove the trajectory's
--- messages (and with them its bodies) from JetStream itself.
-ALTER TABLE processed_events ADD COLUMN stream_seq bigint;
-CREATE INDEX processed_events_trajectory ON processed_events (trajectory_id);
+-- messages (and with them its bodies) from JetStream itself. Written by the
+-- recorder beside processed_events (not part of the projection: a direct
+-- projection of the same events has no stream to point into).
+CREATE TABLE event_positions (
+    event_id            text PRIMARY KEY,
+    trajectory_id       text NOT NULL,
+    stream_seq          bigint NOT NULL
+);
+CREATE INDEX event_positions_trajectory ON event_positions (trajectory_id);
 
 -- The retention sweeper walks trajectories oldest first.
 CREATE INDEX trajectories_created ON trajectories (created_at);
