@@ -99,6 +99,14 @@ class JettyBlock(BaseModel):
     # Runbook only: limits of this run (the server's defaults apply when absent).
     budget: RunBudgetIn | None = None
     timeout_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    # Runbook only, from the hosted product's surface (docs/jetty-parity.md).
+    files: Annotated[list[str], Field(max_length=100)] | None = None
+    unzip: StrictBool = False
+    template_variables: (
+        Annotated[dict[str, str | int | float | bool], Field(max_length=200)] | None
+    ) = None
+    runbook_path: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    primary_outputs: Annotated[list[str], Field(max_length=100)] | None = None
 
 
 class ChatCompletionRequest(_Open):

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.gateway import chat, files, ingress, runbook_routes, trajectories
+from services.gateway.files_api import routes as files_api
 from services.gateway.middleware import auth_middleware, errors_middleware
 from services.gateway.relay import ProxyRelay
 from services.gateway.settings import GatewaySettings
@@ -98,6 +99,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     for module in ingress.MODULES:
         app.router.add_routes(module.routes())
     app.router.add_routes(files.routes())
+    app.router.add_routes(files_api.routes())
     app.router.add_routes(runbook_routes.routes())
     app.router.add_get("/api/v1/trajectories", trajectories.list_trajectories)
     app.router.add_get("/api/v1/trajectories/{trajectory_id}", trajectories.get_trajectory)

@@ -220,7 +220,13 @@ class RunWatch:
             "agent": self.requested.agent,
             "model": self.requested.model,
             "status": self.status,
+            "agent_source": self.requested.agent_source,
             "artifacts": [self.artifact_json(base_url, a) for a in self.artifacts.values()],
+            "primary_outputs": [
+                self.artifact_json(base_url, self.artifacts[p])
+                for p in self.requested.primary_outputs
+                if p in self.artifacts
+            ],
             "usage": usage,
             "cost_usd": cost,
             "model_calls": state.model_calls if state else 0,

@@ -16,19 +16,27 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import cast
 
 import orjson
 from aiohttp import web
 from nats.errors import Error as NatsError
 
 from services.gateway.files import object_store, store_unavailable
+from services.gateway.files_api.inputs import file_inputs, read_runbook_file
 from services.gateway.middleware import TRAJECTORY_HEADER
+from services.gateway.runbook_defaults import (
+    DEFAULT_MODEL,
+    infer_agent,
+    parse_front_matter,
+    render,
+)
 from services.gateway.runbook_progress import RunWatch, answer_json, stream_progress
 from services.gateway.state import Gateway
 from shared import subjects
 from shared.chatwire import Frame, parse_frame
 from shared.errors import ApiError, InvalidRequest, Unavailable
-from shared.events.runbook import Budget, RunbookRequested
+from shared.events.runbook import AGENTS, AgentName, Budget, RunbookRequested
 from shared.ids import new_trajectory_id
 from shared.objectstore import ObjectStoreError
 from shared.openai_chat import ChatCompletionRequest, Message
@@ -121,14 +129,33 @@ async def plan_runbook(gw: Gateway, auth: TokenRecord, req: ChatCompletionReques
             "jetty.collection",
             "collection_forbidden",
         )
-    if jetty.agent is None:
+    runbook = "\n\n".join(_text(m) for m in req.messages if m.role in ("system", "developer"))
+    runbook_param = "messages"
+    if jetty.runbook_path is not None:
+        runbook = await read_runbook_file(gw, collection, jetty.runbook_path)
+        runbook_param = "jetty.runbook_path"
+    parsed = parse_front_matter(runbook, runbook_param)
+    front = parsed.front
+    variables = {
+        k: v if isinstance(v, str) else orjson.dumps(v).decode()
+        for k, v in (jetty.template_variables or {}).items()
+    }
+    runbook = render(parsed.body, variables, "jetty.template_variables")
+    prompt = "\n\n".join(_text(m) for m in req.messages if m.role == "user")
+    model = front.model if req.model == DEFAULT_MODEL and front.model else req.model
+    agent: str | None = jetty.agent
+    agent_source = "request"
+    if agent is None and front.agent is not None:
+        agent, agent_source = front.agent, "front_matter"
+    if agent is None:
+        agent, agent_source = infer_agent(model), "model"
+    if agent is None or agent not in AGENTS:
         raise InvalidRequest(
-            "Runbook mode needs 'jetty.agent': one of claude-code, codex, gemini-cli.",
+            f"Runbook mode needs 'jetty.agent' (one of claude-code, codex, gemini-cli): "
+            f"it cannot be inferred from the model '{model}'.",
             param="jetty.agent",
             code="missing_required_parameter",
         )
-    runbook = "\n\n".join(_text(m) for m in req.messages if m.role in ("system", "developer"))
-    prompt = "\n\n".join(_text(m) for m in req.messages if m.role == "user")
     if not runbook.strip() and not prompt.strip():
         raise InvalidRequest(
             "A runbook needs a system message (the runbook) or a user message (the task).",
@@ -136,7 +163,9 @@ async def plan_runbook(gw: Gateway, auth: TokenRecord, req: ChatCompletionReques
             code="invalid_value",
         )
     settings = gw.settings
-    timeout = jetty.timeout_s if jetty.timeout_s is not None else settings.runbook_timeout
+    timeout = jetty.timeout_s if jetty.timeout_s is not None else front.timeout_s
+    if timeout is None:
+        timeout = settings.runbook_timeout
     if timeout > settings.runbook_max_timeout:
         raise InvalidRequest(
             f"'jetty.timeout_s' may be at most {settings.runbook_max_timeout:g} seconds here.",
@@ -150,17 +179,32 @@ async def plan_runbook(gw: Gateway, auth: TokenRecord, req: ChatCompletionReques
         max_tokens=max_tokens,
         max_cost_usd=format(Decimal(str(max_cost)).quantize(Decimal("0.0000000001")), "f"),
     )
-    await check_model(gw, req.model)
+    await check_model(gw, model)
     file_paths = list(dict.fromkeys(jetty.file_paths or []))
     await _check_files(gw, collection, file_paths)
+    inputs = await file_inputs(
+        gw, collection, jetty.files or [], unzip=jetty.unzip, taken=set(file_paths)
+    )
+    primary = jetty.primary_outputs if jetty.primary_outputs is not None else front.primary_outputs
+    for index, path in enumerate(primary):
+        if path.startswith("/") or any(p in ("", ".", "..") for p in path.split("/")):
+            raise InvalidRequest(
+                f"Invalid output path {path!r}: a path relative to the workspace.",
+                param=f"jetty.primary_outputs[{index}]",
+                code="invalid_file_path",
+            )
     trajectory_id = new_trajectory_id()
     event = RunbookRequested(
         task=req.task,
-        agent=jetty.agent,
-        model=req.model,
+        agent=cast(AgentName, agent),
+        model=model,
         runbook=runbook,
         prompt=prompt.strip() or DEFAULT_PROMPT,
         file_paths=file_paths,
+        inputs=inputs,
+        primary_outputs=list(dict.fromkeys(primary)),
+        agent_source=agent_source,
+        runbook_path=jetty.runbook_path,
         budget=budget,
         timeout_s=timeout,
         requested_at=datetime.now(UTC),

@@ -149,7 +149,7 @@ _RUN_KEY = ("trajectory_id",)
 _RUN_IDENTITY = ("collection", "task", "identity_event_id")
 _RUN_REQUEST = (
     "agent", "model", "runbook", "prompt", "file_paths", "budget", "timeout_s", "request",
-    "requested_at", "requested_event_id",
+    "requested_at", "requested_event_id", "extra",
 )  # fmt: skip
 _RUN_START = ("started_at", "runner", "backend", "sandbox_id", "started_event_id")
 _RUN_END = (
@@ -168,7 +168,7 @@ _TYPES = {
     "agent_started_at": "timestamptz",
     "stored_at": "timestamptz",
 }
-_JSONB = {"file_paths", "budget", "request", "outcome", "error", "detail"}
+_JSONB = {"file_paths", "budget", "request", "outcome", "error", "detail", "extra"}
 
 _REQUEST_WINS = (
     "(EXCLUDED.requested_event_id IS NOT NULL AND (r.requested_event_id IS NULL"
@@ -245,6 +245,12 @@ def _run_row(facts: _RunFacts) -> tuple[Any, ...]:
             "request": json(asked.request),
             "requested_at": utc(asked.requested_at),
             "requested_event_id": facts.request.id,
+            "extra": json(
+                asked.model_dump(
+                    mode="json",
+                    include={"primary_outputs", "agent_source", "runbook_path", "inputs"},
+                )
+            ),
         }
     if facts.start is not None:
         started = facts.start.data

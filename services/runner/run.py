@@ -208,7 +208,8 @@ class Run:
             collection=self.collection,
             task=self.event.task,
             command=command,
-            inputs=[InputFile(p, f"{self.collection}/{p}") for p in self.event.file_paths],
+            inputs=[InputFile(p, f"{self.collection}/{p}") for p in self.event.file_paths]
+            + [InputFile(item.path, item.key) for item in self.event.inputs],
             limits=Limits(
                 timeout_s=self.event.timeout_s,
                 memory_mb=settings.runner_memory_mb,

@@ -171,6 +171,14 @@ class RunbookView(_View):
     #: why a cancelled run stopped
     cancel_reason: str | None
     error: ErrorView | None
+    #: workspace paths the result shows first (front matter or jetty.primary_outputs)
+    primary_outputs: list[str] = Field(default_factory=list)
+    #: where the agent came from: request, front_matter or model (inferred)
+    agent_source: str | None = None
+    #: the stored file the runbook was read from (jetty.runbook_path)
+    runbook_path: str | None = Field(default=None, exclude_if=_is_none)
+    #: files-API inputs: ``{path, key, file_id}`` each
+    inputs: list[dict[str, Any]] = Field(default_factory=list, exclude_if=_is_empty)
 
 
 class TimingView(_View):
@@ -206,6 +214,9 @@ class TrajectorySummary(_View):
 class TrajectoryView(TrajectorySummary):
     steps: list[StepView]
     artifacts: list[ArtifactView] = Field(default_factory=list)
+    #: the artifacts named by the run's primary_outputs, in that order (also in
+    #: ``artifacts``); runbooks only
+    primary_outputs: list[ArtifactView] = Field(default_factory=list, exclude_if=_is_empty)
     # Runbooks only; left out of a passthrough trajectory's JSON.
     agent: str | None = Field(default=None, exclude_if=_is_none)
     runbook: RunbookView | None = Field(default=None, exclude_if=_is_none)
@@ -275,7 +286,8 @@ SELECT {_SUMMARY_COLUMNS},
     r.outcome::text AS run_outcome, r.file_paths::text AS run_file_paths,
     r.budget::text AS run_budget, r.timeout_s AS run_timeout_s, r.runner AS run_runner,
     r.backend AS run_backend, r.sandbox_id AS run_sandbox_id,
-    r.cancel_reason AS run_cancel_reason, r.error::text AS run_error
+    r.cancel_reason AS run_cancel_reason, r.error::text AS run_error,
+    r.extra::text AS run_extra
 FROM trajectories t
 LEFT JOIN runbooks r ON r.trajectory_id = t.trajectory_id
 WHERE t.trajectory_id = $1 AND t.collection = $2
@@ -322,7 +334,8 @@ def with_artifact_urls(view: TrajectoryView, base: str | Callable[[str], str]) -
         return f"{base.rstrip('/')}/{quote(path, safe='/')}"
 
     artifacts = [a.model_copy(update={"url": url(a.path)}) for a in view.artifacts]
-    return view.model_copy(update={"artifacts": artifacts})
+    primary = [a.model_copy(update={"url": url(a.path)}) for a in view.primary_outputs]
+    return view.model_copy(update={"artifacts": artifacts, "primary_outputs": primary})
 
 
 def _view(row: Any) -> TrajectoryView:
@@ -335,10 +348,12 @@ def _view(row: Any) -> TrajectoryView:
     if not row["is_runbook"]:
         return TrajectoryView(**fields, steps=steps, artifacts=artifacts)
     run = _runbook(row)
+    by_path = {a.path: a for a in artifacts}
     return TrajectoryView(
         **fields,
         steps=steps,
         artifacts=artifacts,
+        primary_outputs=[by_path[p] for p in run.primary_outputs if p in by_path],
         agent=run.agent,
         runbook=run,
         timing=TimingView(
@@ -353,6 +368,7 @@ def _view(row: Any) -> TrajectoryView:
 def _runbook(row: Any) -> RunbookView:
     outcome = orjson.loads(row["run_outcome"]) if row["run_outcome"] else {}
     error = row["run_error"]
+    extra = orjson.loads(row["run_extra"]) if row["run_extra"] else {}
     return RunbookView(
         agent=row["run_agent"],
         status=row["run_status"],
@@ -372,6 +388,10 @@ def _runbook(row: Any) -> RunbookView:
         sandbox_id=row["run_sandbox_id"],
         cancel_reason=row["run_cancel_reason"],
         error=None if error is None else ErrorView.model_validate_json(error),
+        primary_outputs=extra.get("primary_outputs") or [],
+        agent_source=extra.get("agent_source"),
+        runbook_path=extra.get("runbook_path"),
+        inputs=extra.get("inputs") or [],
     )
 
 

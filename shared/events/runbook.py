@@ -43,6 +43,18 @@ class Budget(_Frozen):
     max_cost_usd: str | None = Field(default=None, pattern=COST_PATTERN)
 
 
+class InputObject(_Frozen):
+    """A workspace input that is not at its own path in the collection: a file of
+    the files API (``jetty.files``) or an entry of an unpacked zip."""
+
+    #: where it goes, relative to the workspace (``uploads/data.csv``)
+    path: str
+    #: its object key in the bucket
+    key: str
+    #: the ``file-…`` id it came from
+    file_id: str | None = None
+
+
 class RunbookRequested(_Frozen):
     """The gateway accepted a runbook; the runner's work queue holds it (pending)."""
 
@@ -56,6 +68,14 @@ class RunbookRequested(_Frozen):
     #: object paths inside the collection (``uploads/data.csv``), each checked to
     #: exist before this event was published; placed in the workspace at that path
     file_paths: list[str] = Field(default_factory=list)
+    #: inputs from the files API (``jetty.files``, unpacked with ``jetty.unzip``)
+    inputs: list[InputObject] = Field(default_factory=list)
+    #: workspace paths the result shows first (front matter or ``jetty.primary_outputs``)
+    primary_outputs: list[str] = Field(default_factory=list)
+    #: where the agent came from: the request, the runbook's front matter, or the model
+    agent_source: Literal["request", "front_matter", "model"] = "request"
+    #: the stored Markdown file the runbook was read from (``jetty.runbook_path``)
+    runbook_path: str | None = None
     budget: Budget = Budget()
     #: wall-clock limit of the agent's run, seconds
     timeout_s: float = Field(gt=0)
