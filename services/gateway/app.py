@@ -15,6 +15,7 @@ from services.gateway.middleware import auth_middleware, errors_middleware
 from services.gateway.relay import ProxyRelay
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GATEWAY, Gateway
+from services.gateway.trajectory_ops import download
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
 from shared.runs import RunStates
 from shared.tokens import TokenStore
@@ -100,6 +101,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         app.router.add_routes(module.routes())
     app.router.add_routes(files.routes())
     app.router.add_routes(files_api.routes())
+    app.router.add_routes(download.routes())
     app.router.add_routes(runbook_routes.routes())
     app.router.add_get("/api/v1/trajectories", trajectories.list_trajectories)
     app.router.add_get("/api/v1/trajectories/{trajectory_id}", trajectories.get_trajectory)

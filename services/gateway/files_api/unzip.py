@@ -9,8 +9,9 @@ special entries are refused; at most ``JETTY_UNZIP_MAX_FILES`` files and
 archive declares are not trusted: the bytes actually written are counted too.
 Each entry then goes to the object store under
 ``<collection>/unzipped/<file-id>/<entry>`` and lands in the workspace at
-``uploads/<entry>``, beside the other inputs (the archive itself does not). The list is kept on the file's
-record, so a file is unpacked once however many runs use it.
+``uploads/<entry>``, beside the other inputs (the archive itself does not). The
+list is kept on the file's record, so a file is unpacked once however many runs
+use it.
 """
 
 from __future__ import annotations
