@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -84,6 +84,10 @@ class ErrorView(_View):
 
 def _is_empty(value: list[Any]) -> bool:
     return not value
+
+
+def _is_false(value: object) -> bool:
+    return value is False
 
 
 def _is_none(value: object) -> bool:
@@ -194,6 +198,13 @@ class TimingView(_View):
     total_ms: float | None
 
 
+class LabelView(_View):
+    key: str
+    value: str
+    author: str | None
+    at: datetime
+
+
 class TrajectorySummary(_View):
     trajectory_id: str
     collection: str
@@ -209,6 +220,10 @@ class TrajectorySummary(_View):
     error: ErrorView | None
     # US dollars as a JSON number (docs/events.md): null when unknown, never 0.
     cost_usd: float | None = None
+    # Left out of the JSON when empty / false, like the other optional parts.
+    labels: list[LabelView] = Field(default_factory=list, exclude_if=_is_empty)
+    #: hidden from lists unless asked for (``?archived=true``); kept whole
+    archived: bool = Field(default=False, exclude_if=_is_false)
 
 
 class TrajectoryView(TrajectorySummary):
@@ -248,7 +263,12 @@ class TrajectoryPage(_View):
 _SUMMARY_COLUMNS = """
     t.trajectory_id, t.collection, t.task, t.mode, t.status, t.model, t.created_at,
     t.completed_at, t.latency_ms, t.ttft_ms, t.prompt_tokens, t.completion_tokens,
-    t.total_tokens, t.error::text AS error, t.cost_usd
+    t.total_tokens, t.error::text AS error, t.cost_usd,
+    (SELECT jsonb_agg(jsonb_build_object('key', l.key, 'value', l.value, 'author', l.author,
+                                         'at', l.at) ORDER BY l.key)
+     FROM labels l WHERE l.trajectory_id = t.trajectory_id AND NOT l.removed)::text AS labels,
+    coalesce((SELECT a.archived FROM archives a WHERE a.trajectory_id = t.trajectory_id),
+             false) AS archived
 """
 
 # Extra keys of a runbook's steps: status and times, and the agent step's detail.
@@ -411,13 +431,16 @@ async def list_trajectories(
     since: datetime | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    labels: Sequence[tuple[str, str]] = (),
+    archived: bool | None = False,
 ) -> TrajectoryPage:
     """One page of ``collection``'s trajectories, newest first (created_at, then
     trajectory_id, descending). Each filter is served by an index; ``cursor`` is the
     ``next_cursor`` of the previous page and keeps its filters' meaning."""
     query, args = build_list_query(
-        collection, task=task, status=status, model=model, since=since, limit=limit, cursor=cursor
-    )
+        collection, task=task, status=status, model=model, since=since, limit=limit,
+        cursor=cursor, labels=labels, archived=archived,
+    )  # fmt: skip
     rows = await pool.fetch(query, *args)
     has_more = len(rows) > limit
     page = [TrajectorySummary(**_summary_fields(r)) for r in rows[:limit]]
@@ -434,6 +457,8 @@ def build_list_query(
     since: datetime | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    labels: Sequence[tuple[str, str]] = (),
+    archived: bool | None = False,
 ) -> tuple[str, list[Any]]:
     """The SQL and arguments :func:`list_trajectories` runs (public so its plan can
     be checked); fetches ``limit + 1`` rows to know whether there is a next page."""
@@ -456,6 +481,18 @@ def build_list_query(
         clauses.append(f"t.model = {bind(model)}")
     if since is not None:
         clauses.append(f"t.created_at >= {bind(_aware(since))}")
+    for key, value in labels:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM labels l WHERE l.trajectory_id = t.trajectory_id"
+            f" AND l.key = {bind(key)} AND l.value = {bind(value)} AND NOT l.removed)"
+        )
+    if archived is not None:
+        # Archived trajectories are hidden unless asked for (None: both).
+        clauses.append(
+            ("" if archived else "NOT ")
+            + "EXISTS (SELECT 1 FROM archives a WHERE a.trajectory_id = t.trajectory_id"
+            " AND a.archived)"
+        )
     if cursor is not None:
         after_time, after_id = decode_cursor(cursor)
         # Row comparison: matches the (created_at DESC, trajectory_id DESC) indexes.
@@ -515,6 +552,10 @@ def _summary_fields(row: Any) -> dict[str, Any]:
         "usage": usage,
         "error": None if error is None else ErrorView.model_validate_json(error),
         "cost_usd": _dollars(row["cost_usd"]),
+        "labels": [LabelView(**raw) for raw in orjson.loads(row["labels"])]
+        if row["labels"]
+        else [],
+        "archived": row["archived"],
     }
 
 

@@ -6,6 +6,12 @@ from typing import Annotated, Any, Final, Literal, cast
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from shared.events.annotations import (
+    LabelRemoved,
+    LabelSet,
+    TrajectoryArchived,
+    TrajectoryUnarchived,
+)
 from shared.events.completion import (
     CompletionCancelled,
     CompletionFailed,
@@ -34,6 +40,10 @@ RUNBOOK_FAILED: Final = "runbook.failed"
 RUNBOOK_CANCELLED: Final = "runbook.cancelled"
 RUNBOOK_STEP: Final = "runbook.step"
 ARTIFACT_STORED: Final = "artifact.stored"
+LABEL_SET: Final = "label.set"
+LABEL_REMOVED: Final = "label.removed"
+TRAJECTORY_ARCHIVED: Final = "trajectory.archived"
+TRAJECTORY_UNARCHIVED: Final = "trajectory.unarchived"
 
 CompletionData = CompletionRequested | CompletionFinished | CompletionFailed | CompletionCancelled
 RunbookData = (
@@ -45,7 +55,8 @@ RunbookData = (
     | RunbookStep
     | ArtifactStored
 )
-EventData = CompletionData | RunbookData
+AnnotationData = LabelSet | LabelRemoved | TrajectoryArchived | TrajectoryUnarchived
+EventData = CompletionData | RunbookData | AnnotationData
 
 PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     COMPLETION_REQUESTED: CompletionRequested,
@@ -59,6 +70,10 @@ PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     RUNBOOK_CANCELLED: RunbookCancelled,
     RUNBOOK_STEP: RunbookStep,
     ARTIFACT_STORED: ArtifactStored,
+    LABEL_SET: LabelSet,
+    LABEL_REMOVED: LabelRemoved,
+    TRAJECTORY_ARCHIVED: TrajectoryArchived,
+    TRAJECTORY_UNARCHIVED: TrajectoryUnarchived,
 }
 
 TYPE_OF: Final[dict[type[BaseModel], str]] = {model: name for name, model in PAYLOADS.items()}
@@ -111,6 +126,22 @@ class ArtifactStoredEnvelope(TypedEnvelope[ArtifactStored]):
     type: Literal["artifact.stored"]
 
 
+class LabelSetEnvelope(TypedEnvelope[LabelSet]):
+    type: Literal["label.set"]
+
+
+class LabelRemovedEnvelope(TypedEnvelope[LabelRemoved]):
+    type: Literal["label.removed"]
+
+
+class TrajectoryArchivedEnvelope(TypedEnvelope[TrajectoryArchived]):
+    type: Literal["trajectory.archived"]
+
+
+class TrajectoryUnarchivedEnvelope(TypedEnvelope[TrajectoryUnarchived]):
+    type: Literal["trajectory.unarchived"]
+
+
 AnyEnvelope = (
     RequestedEnvelope
     | FinishedEnvelope
@@ -123,6 +154,10 @@ AnyEnvelope = (
     | RunbookCancelledEnvelope
     | RunbookStepEnvelope
     | ArtifactStoredEnvelope
+    | LabelSetEnvelope
+    | LabelRemovedEnvelope
+    | TrajectoryArchivedEnvelope
+    | TrajectoryUnarchivedEnvelope
 )
 
 _ENVELOPES: Final[TypeAdapter[AnyEnvelope]] = TypeAdapter(
