@@ -15,7 +15,7 @@ from services.gateway.middleware import auth_middleware, errors_middleware
 from services.gateway.relay import ProxyRelay
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GATEWAY, Gateway
-from services.gateway.trajectory_ops import download
+from services.gateway.trajectory_ops import db_routes, download, labels
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
 from shared.runs import RunStates
 from shared.tokens import TokenStore
@@ -102,6 +102,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_routes(files.routes())
     app.router.add_routes(files_api.routes())
     app.router.add_routes(download.routes())
+    app.router.add_routes(labels.routes())
+    app.router.add_routes(db_routes.routes())
     app.router.add_routes(runbook_routes.routes())
     app.router.add_get("/api/v1/trajectories", trajectories.list_trajectories)
     app.router.add_get("/api/v1/trajectories/{trajectory_id}", trajectories.get_trajectory)

@@ -582,3 +582,8 @@ def _step(raw: dict[str, Any]) -> StepView:
         }
     attempts = response.get("attempts") if isinstance(response, dict) else None
     return StepView.model_validate({**raw, "response": response, "attempts": attempts or []})
+
+
+# For other query modules (shared/db/parity.py) that list trajectory summaries.
+SUMMARY_COLUMNS = _SUMMARY_COLUMNS
+summary_fields = _summary_fields
