@@ -107,6 +107,8 @@ class JettyBlock(BaseModel):
     ) = None
     runbook_path: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
     primary_outputs: Annotated[list[str], Field(max_length=100)] | None = None
+    # Environment variables for this run only; never recorded (docs/jetty-parity.md).
+    secret_params: Annotated[dict[str, str], Field(max_length=100)] | None = None
 
 
 class ChatCompletionRequest(_Open):

@@ -13,6 +13,7 @@ from services.gateway import chat, files, ingress, runbook_routes, trajectories
 from services.gateway.files_api import routes as files_api
 from services.gateway.middleware import auth_middleware, errors_middleware
 from services.gateway.relay import ProxyRelay
+from services.gateway.secrets_api import routes as secrets_api
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GATEWAY, Gateway
 from services.gateway.trajectory_ops import db_routes, download, labels
@@ -104,6 +105,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_routes(download.routes())
     app.router.add_routes(labels.routes())
     app.router.add_routes(db_routes.routes())
+    app.router.add_routes(secrets_api.routes())
     app.router.add_routes(runbook_routes.routes())
     app.router.add_get("/api/v1/trajectories", trajectories.list_trajectories)
     app.router.add_get("/api/v1/trajectories/{trajectory_id}", trajectories.get_trajectory)

@@ -32,6 +32,9 @@ from services.gateway.runbook_defaults import (
     render,
 )
 from services.gateway.runbook_progress import RunWatch, answer_json, stream_progress
+from services.gateway.secrets_api.runs import gather as gather_secrets
+from services.gateway.secrets_api.runs import scrub_request
+from services.gateway.secrets_api.runs import store_for_run as store_secrets
 from services.gateway.state import Gateway
 from shared import subjects
 from shared.chatwire import Frame, parse_frame
@@ -42,6 +45,7 @@ from shared.objectstore import ObjectStoreError
 from shared.openai_chat import ChatCompletionRequest, Message
 from shared.redact import recorded_request
 from shared.runs import RunState
+from shared.secrets import Masker
 from shared.tokens import TokenRecord
 
 DEFAULT_PROMPT = "Carry out the runbook."
@@ -54,6 +58,8 @@ class RunbookPlan:
     collection: str
     task: str
     event: RunbookRequested
+    #: name -> value for the sandbox's environment (never in the event)
+    secrets: dict[str, str]
 
 
 def _text(message: Message) -> str:
@@ -193,6 +199,7 @@ async def plan_runbook(gw: Gateway, auth: TokenRecord, req: ChatCompletionReques
                 param=f"jetty.primary_outputs[{index}]",
                 code="invalid_file_path",
             )
+    secrets = await gather_secrets(gw, collection, jetty.secret_params)
     trajectory_id = new_trajectory_id()
     event = RunbookRequested(
         task=req.task,
@@ -205,12 +212,13 @@ async def plan_runbook(gw: Gateway, auth: TokenRecord, req: ChatCompletionReques
         primary_outputs=list(dict.fromkeys(primary)),
         agent_source=agent_source,
         runbook_path=jetty.runbook_path,
+        secret_names=sorted(secrets),
         budget=budget,
         timeout_s=timeout,
         requested_at=datetime.now(UTC),
-        request=recorded_request(req.model_dump(mode="json", exclude_none=True)),
+        request=recorded_request(scrub_request(req.model_dump(mode="json", exclude_none=True))),
     )
-    return RunbookPlan(trajectory_id, collection, req.task, event)
+    return RunbookPlan(trajectory_id, collection, req.task, event, secrets)
 
 
 async def run_runbook(
@@ -220,8 +228,13 @@ async def run_runbook(
     event = plan.event
     # Listen before queueing, so not even the first status change can be missed.
     watch = await RunWatch.open(gw, plan.collection, plan.trajectory_id, event)
+    masked = bool(plan.secrets)
+    if masked:
+        gw.publisher.masks.acquire(plan.trajectory_id, Masker(plan.secrets))
     try:
         try:
+            if plan.secrets:
+                await store_secrets(gw, plan.trajectory_id, plan.secrets)
             await gw.runs.create(
                 RunState(
                     trajectory_id=plan.trajectory_id,
@@ -252,4 +265,6 @@ async def run_runbook(
             body=body, status=200 if done else 202, content_type="application/json", headers=headers
         )
     finally:
+        if masked:
+            gw.publisher.masks.release(plan.trajectory_id)
         await watch.close()

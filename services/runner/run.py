@@ -31,6 +31,7 @@ from services.runner.sandbox.base import (
     SandboxExit,
     SandboxSpec,
 )
+from services.runner.secrets import RunSecretScope, SecretsUnavailable
 from services.runner.settings import RunnerSettings
 from shared.bus import EventPublisher
 from shared.events.completion import ErrorRecord
@@ -46,6 +47,7 @@ from shared.events.runbook import (
     RunbookStep,
 )
 from shared.runs import RunNotFound, RunState, RunStates
+from shared.secrets import RunSecrets
 from shared.tokens import TokenStore, generate_token, hash_token
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class RunDeps:
     tokens: TokenStore
     backend: SandboxBackend
     adapters: dict[str, AgentAdapter]
+    #: sealed run secrets (None: no JETTY_SECRETS_KEY; runs with secrets then fail)
+    secrets: RunSecrets | None = None
 
 
 class _Skip(Exception):
@@ -88,6 +92,7 @@ class Run:
         self.stop_reason: str | None = None  # "cancel" | "budget" | "superseded"
         self.agent_started_at: datetime | None = None
         self._stopped = asyncio.Event()
+        self.secret_scope = RunSecretScope(deps.secrets, deps.publisher, trajectory_id)
 
     # --- control ------------------------------------------------------------------
 
@@ -121,6 +126,7 @@ class Run:
                 AgentOutcome(),
             )
         finally:
+            await self.secret_scope.close()
             with contextlib.suppress(Exception):
                 await self.deps.tokens.revoke(hash_token(token))
             if self.sandbox is not None:
@@ -189,6 +195,14 @@ class Run:
         await deps.runs.update(
             self.trajectory_id, lambda s: s.model_copy(update={"token_hash": hash_token(token)})
         )
+        try:
+            await self.secret_scope.load(self.event.secret_names)
+        except SecretsUnavailable as exc:
+            await self._end_failed(
+                _error(503, "server_error", "secrets_unavailable", f"Secrets not available: {exc}"),
+                AgentOutcome(),
+            )
+            return
         layout = deps.backend.layout
         command = adapter.command(
             AgentSpec(
@@ -202,6 +216,7 @@ class Run:
                 agents_dir=layout.agents_dir,
             )
         )
+        command = self.secret_scope.apply(command)
         settings = deps.settings
         spec = SandboxSpec(
             trajectory_id=self.trajectory_id,

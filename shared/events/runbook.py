@@ -76,6 +76,9 @@ class RunbookRequested(_Frozen):
     agent_source: Literal["request", "front_matter", "model"] = "request"
     #: the stored Markdown file the runbook was read from (``jetty.runbook_path``)
     runbook_path: str | None = None
+    #: names of the secrets the sandbox gets as environment variables (values are
+    #: sealed in the run's secrets entry, never in an event)
+    secret_names: list[str] = Field(default_factory=list)
     budget: Budget = Budget()
     #: wall-clock limit of the agent's run, seconds
     timeout_s: float = Field(gt=0)
