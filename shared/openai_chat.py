@@ -94,7 +94,7 @@ class JettyBlock(BaseModel):
     task: Annotated[str, Field(pattern=TASK_PATTERN)] | None = None
     runbook: StrictBool = False
     collection: str | None = None
-    agent: Literal["claude-code", "codex", "gemini-cli"] | None = None
+    agent: Literal["claude-code", "codex", "gemini-cli", "opencode"] | None = None
     file_paths: Annotated[list[str], Field(max_length=100)] | None = None
     # Runbook only: limits of this run (the server's defaults apply when absent).
     budget: RunBudgetIn | None = None

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import InvalidRequest
 
-AGENT_NAMES = ("claude-code", "codex", "gemini-cli")
+AGENT_NAMES = ("claude-code", "codex", "gemini-cli", "opencode")
 DEFAULT_MODEL = "default"
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*(?:\r?\n|\Z)", re.S | re.M)
 _VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")

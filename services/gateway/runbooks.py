@@ -157,7 +157,7 @@ async def plan_runbook(gw: Gateway, auth: TokenRecord, req: ChatCompletionReques
         agent, agent_source = infer_agent(model), "model"
     if agent is None or agent not in AGENTS:
         raise InvalidRequest(
-            f"Runbook mode needs 'jetty.agent' (one of claude-code, codex, gemini-cli): "
+            f"Runbook mode needs 'jetty.agent' (claude-code, codex, gemini-cli, opencode): "
             f"it cannot be inferred from the model '{model}'.",
             param="jetty.agent",
             code="missing_required_parameter",

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events.completion import COST_PATTERN, ErrorRecord
 
-AgentName = Literal["claude-code", "codex", "gemini-cli"]
-AGENTS: tuple[str, ...] = ("claude-code", "codex", "gemini-cli")
+AgentName = Literal["claude-code", "codex", "gemini-cli", "opencode"]
+AGENTS: tuple[str, ...] = ("claude-code", "codex", "gemini-cli", "opencode")
 
 RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
