@@ -21,6 +21,7 @@ from typing import cast
 import orjson
 from aiohttp import web
 from nats.errors import Error as NatsError
+from nats.js.errors import KeyWrongLastSequenceError
 
 from services.gateway.files import object_store, store_unavailable
 from services.gateway.files_api.inputs import file_inputs, read_runbook_file
@@ -39,7 +40,7 @@ from services.gateway.state import Gateway
 from shared import subjects
 from shared.chatwire import Frame, parse_frame
 from shared.errors import ApiError, InvalidRequest, Unavailable
-from shared.events.runbook import AGENTS, AgentName, Budget, RunbookRequested
+from shared.events.runbook import AGENTS, AgentName, Budget, RoutineLink, RunbookRequested
 from shared.ids import new_trajectory_id
 from shared.objectstore import ObjectStoreError
 from shared.openai_chat import ChatCompletionRequest, Message
@@ -120,8 +121,16 @@ async def _check_files(gw: Gateway, collection: str, paths: list[str]) -> None:
             )
 
 
-async def plan_runbook(gw: Gateway, auth: TokenRecord, req: ChatCompletionRequest) -> RunbookPlan:
-    """Validate a runbook request; raise the client's error or return what to queue."""
+async def plan_runbook(
+    gw: Gateway,
+    auth: TokenRecord,
+    req: ChatCompletionRequest,
+    *,
+    trajectory_id: str | None = None,
+    routine: RoutineLink | None = None,
+) -> RunbookPlan:
+    """Validate a runbook request; raise the client's error or return what to queue.
+    A routine's firing passes its own (deterministic) trajectory id and its link."""
     jetty = req.jetty
     assert jetty is not None and jetty.runbook
     if auth.trajectory_id is not None:
@@ -200,7 +209,7 @@ async def plan_runbook(gw: Gateway, auth: TokenRecord, req: ChatCompletionReques
                 code="invalid_file_path",
             )
     secrets = await gather_secrets(gw, collection, jetty.secret_params)
-    trajectory_id = new_trajectory_id()
+    trajectory_id = trajectory_id or new_trajectory_id()
     event = RunbookRequested(
         task=req.task,
         agent=cast(AgentName, agent),
@@ -213,12 +222,48 @@ async def plan_runbook(gw: Gateway, auth: TokenRecord, req: ChatCompletionReques
         agent_source=agent_source,
         runbook_path=jetty.runbook_path,
         secret_names=sorted(secrets),
+        routine=routine,
         budget=budget,
         timeout_s=timeout,
         requested_at=datetime.now(UTC),
         request=recorded_request(scrub_request(req.model_dump(mode="json", exclude_none=True))),
     )
     return RunbookPlan(trajectory_id, collection, req.task, event, secrets)
+
+
+async def queue_run(gw: Gateway, plan: RunbookPlan, *, event_id: str | None = None) -> bool:
+    """Store the run's secrets and live state, then publish ``runbook.requested``.
+    False when the run's state already existed (a routine's firing taken over from
+    a replica that stopped half-way): its event is published again with the same
+    ``event_id``, which JetStream de-duplicates."""
+    event = plan.event
+    created = True
+    try:
+        if plan.secrets:
+            await store_secrets(gw, plan.trajectory_id, plan.secrets)
+        try:
+            await gw.runs.create(
+                RunState(
+                    trajectory_id=plan.trajectory_id,
+                    collection=plan.collection,
+                    task=plan.task,
+                    agent=event.agent,
+                    model=event.model,
+                    budget=event.budget,
+                    updated_at=event.requested_at,
+                )
+            )
+        except KeyWrongLastSequenceError:
+            if event_id is None:
+                raise
+            created = False
+        await gw.publisher.publish(plan.collection, plan.trajectory_id, event, event_id=event_id)
+    except (NatsError, TimeoutError) as exc:
+        raise Unavailable(
+            f"The run could not be queued ({exc.__class__.__name__}); please retry.",
+            code="queue_unavailable",
+        ) from None
+    return created
 
 
 async def run_runbook(
@@ -232,26 +277,7 @@ async def run_runbook(
     if masked:
         gw.publisher.masks.acquire(plan.trajectory_id, Masker(plan.secrets))
     try:
-        try:
-            if plan.secrets:
-                await store_secrets(gw, plan.trajectory_id, plan.secrets)
-            await gw.runs.create(
-                RunState(
-                    trajectory_id=plan.trajectory_id,
-                    collection=plan.collection,
-                    task=plan.task,
-                    agent=event.agent,
-                    model=event.model,
-                    budget=event.budget,
-                    updated_at=event.requested_at,
-                )
-            )
-            await gw.publisher.publish(plan.collection, plan.trajectory_id, event)
-        except (NatsError, TimeoutError) as exc:
-            raise Unavailable(
-                f"The run could not be queued ({exc.__class__.__name__}); please retry.",
-                code="queue_unavailable",
-            ) from None
+        await queue_run(gw, plan)
         headers = {TRAJECTORY_HEADER: plan.trajectory_id}
         base_url = gw.settings.public_url or str(request.url.origin())
         if req.stream:

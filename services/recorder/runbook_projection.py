@@ -248,7 +248,13 @@ def _run_row(facts: _RunFacts) -> tuple[Any, ...]:
             "extra": json(
                 asked.model_dump(
                     mode="json",
-                    include={"primary_outputs", "agent_source", "runbook_path", "inputs"},
+                    include={
+                        "primary_outputs",
+                        "agent_source",
+                        "runbook_path",
+                        "inputs",
+                        "routine",
+                    },
                 )
             ),
         }

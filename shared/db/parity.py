@@ -130,3 +130,23 @@ async def task_stats(
         "first_at": row["first_at"],
         "last_at": row["last_at"],
     }
+
+
+async def routine_runs(
+    db: Executor, collection: str, routine_id: str, limit: int
+) -> list[dict[str, Any]]:
+    """The runs a routine started, newest first."""
+    rows = await db.fetch(
+        """
+        SELECT r.trajectory_id, r.status, r.requested_at, r.ended_at,
+               (r.extra->'routine'->>'slot')::float8 AS slot
+        FROM runbooks r
+        WHERE r.collection = $1 AND r.extra->'routine'->>'routine_id' = $2
+        ORDER BY r.requested_at DESC NULLS LAST, r.trajectory_id DESC
+        LIMIT $3
+        """,
+        collection,
+        routine_id,
+        limit,
+    )
+    return [dict(row.items()) for row in rows]

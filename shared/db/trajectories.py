@@ -183,6 +183,8 @@ class RunbookView(_View):
     runbook_path: str | None = Field(default=None, exclude_if=_is_none)
     #: files-API inputs: ``{path, key, file_id}`` each
     inputs: list[dict[str, Any]] = Field(default_factory=list, exclude_if=_is_empty)
+    #: ``{routine_id, slot}`` when a routine started the run
+    routine: dict[str, Any] | None = Field(default=None, exclude_if=_is_none)
 
 
 class TimingView(_View):
@@ -412,6 +414,7 @@ def _runbook(row: Any) -> RunbookView:
         agent_source=extra.get("agent_source"),
         runbook_path=extra.get("runbook_path"),
         inputs=extra.get("inputs") or [],
+        routine=extra.get("routine"),
     )
 
 

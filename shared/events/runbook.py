@@ -55,6 +55,14 @@ class InputObject(_Frozen):
     file_id: str | None = None
 
 
+class RoutineLink(_Frozen):
+    """The routine whose firing started a run."""
+
+    routine_id: str
+    #: the scheduled time this run fills (epoch seconds); None: run now, by hand
+    slot: float | None = None
+
+
 class RunbookRequested(_Frozen):
     """The gateway accepted a runbook; the runner's work queue holds it (pending)."""
 
@@ -79,6 +87,8 @@ class RunbookRequested(_Frozen):
     #: names of the secrets the sandbox gets as environment variables (values are
     #: sealed in the run's secrets entry, never in an event)
     secret_names: list[str] = Field(default_factory=list)
+    #: set when a routine started the run
+    routine: RoutineLink | None = None
     budget: Budget = Budget()
     #: wall-clock limit of the agent's run, seconds
     timeout_s: float = Field(gt=0)
