@@ -109,6 +109,8 @@ class JettyBlock(BaseModel):
     primary_outputs: Annotated[list[str], Field(max_length=100)] | None = None
     # Environment variables for this run only; never recorded (docs/jetty-parity.md).
     secret_params: Annotated[dict[str, str], Field(max_length=100)] | None = None
+    # Checks after the agent and retry rounds (shared/events/runbook.py EvaluationSpec).
+    evaluation: dict[str, Any] | None = None
 
 
 class ChatCompletionRequest(_Open):

@@ -23,6 +23,7 @@ from shared.events.annotations import (
     TrajectoryUnarchived,
 )
 from shared.events.envelope import Envelope
+from shared.events.runbook import CheckResult, RunbookEvaluated
 from tests.test_projection import finished, requested
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -45,13 +46,27 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
+def evaluated(tid: str, round_no: int, passed: bool, event_id: str | None = None) -> Envelope:
+    data = RunbookEvaluated(
+        task="t", round=round_no, passed=passed, will_retry=not passed, evaluated_at=at(round_no),
+        checks=[CheckResult(name="c", kind="command", passed=passed, exit_code=0 if passed else 1,
+                            duration_ms=1.0)],
+    )  # fmt: skip
+    return Envelope(
+        id=event_id or f"{tid}-evaluated-{round_no}", type=type_name(data), source="test",
+        time=data.evaluated_at, trajectory_id=tid, collection="acme",
+        data=data.model_dump(mode="json"),
+    )  # fmt: skip
+
+
 def annotations(tid: str) -> list[Envelope]:
-    """One event of every annotation type."""
+    """One event of every type added for Jetty parity."""
     return [
         note(LabelSet(key="k", value="v", at=at(1)), tid),
         note(LabelRemoved(key="k", at=at(2)), tid),
         note(TrajectoryArchived(at=at(3)), tid),
         note(TrajectoryUnarchived(at=at(4)), tid),
+        evaluated(tid, 1, False),
     ]
 
 
@@ -126,3 +141,19 @@ async def test_the_list_filters_by_label_and_hides_archived(
     assert await ids(labels=[("team", "data")]) == {"tr_1", "tr_2"}
     assert await ids(labels=[("team", "data"), ("env", "prod")]) == {"tr_2"}
     assert await ids(labels=[("team", "ml")]) == set()
+
+
+async def test_evaluation_rounds_are_kept_once_each(
+    conn: asyncpg.Connection[asyncpg.Record],
+) -> None:
+    events = [evaluated("tr_e", 1, False), evaluated("tr_e", 2, True),
+              evaluated("tr_e", 2, False, event_id="tr_e-zz-duplicate")]  # fmt: skip
+    seen = None
+    for order in itertools.permutations(events):
+        await conn.execute("TRUNCATE evaluations, processed_events")
+        for event in order:
+            await apply([event], conn)
+        rows = await conn.fetch("SELECT round, passed FROM evaluations ORDER BY round")
+        got = [(r["round"], r["passed"]) for r in rows]
+        seen = seen or got
+        assert got == seen == [(1, False), (2, True)]  # the smaller event id wins round 2

@@ -16,12 +16,13 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import cast
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
 from nats.errors import Error as NatsError
 from nats.js.errors import KeyWrongLastSequenceError
+from pydantic import ValidationError
 
 from services.gateway.files import object_store, store_unavailable
 from services.gateway.files_api.inputs import file_inputs, read_runbook_file
@@ -40,7 +41,14 @@ from services.gateway.state import Gateway
 from shared import subjects
 from shared.chatwire import Frame, parse_frame
 from shared.errors import ApiError, InvalidRequest, Unavailable
-from shared.events.runbook import AGENTS, AgentName, Budget, RoutineLink, RunbookRequested
+from shared.events.runbook import (
+    AGENTS,
+    AgentName,
+    Budget,
+    EvaluationSpec,
+    RoutineLink,
+    RunbookRequested,
+)
 from shared.ids import new_trajectory_id
 from shared.objectstore import ObjectStoreError
 from shared.openai_chat import ChatCompletionRequest, Message
@@ -119,6 +127,24 @@ async def _check_files(gw: Gateway, collection: str, paths: list[str]) -> None:
                 param=f"jetty.file_paths[{index}]",
                 code="file_not_found",
             )
+
+
+def _evaluation(
+    asked: dict[str, Any] | None, front: dict[str, Any] | None, front_param: str
+) -> EvaluationSpec | None:
+    raw, param = (asked, "jetty.evaluation") if asked is not None else (front, front_param)
+    if raw is None:
+        return None
+    try:
+        return EvaluationSpec.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "evaluation"
+        raise InvalidRequest(
+            f"Invalid evaluation: '{where}': {first['msg']}.",
+            param=param,
+            code="invalid_evaluation",
+        ) from None
 
 
 async def plan_runbook(
@@ -208,6 +234,7 @@ async def plan_runbook(
                 param=f"jetty.primary_outputs[{index}]",
                 code="invalid_file_path",
             )
+    evaluation = _evaluation(jetty.evaluation, front.evaluation, runbook_param)
     secrets = await gather_secrets(gw, collection, jetty.secret_params)
     trajectory_id = trajectory_id or new_trajectory_id()
     event = RunbookRequested(
@@ -223,6 +250,7 @@ async def plan_runbook(
         runbook_path=jetty.runbook_path,
         secret_names=sorted(secrets),
         routine=routine,
+        evaluation=evaluation,
         budget=budget,
         timeout_s=timeout,
         requested_at=datetime.now(UTC),

@@ -22,6 +22,7 @@ from typing import Any
 from nats.errors import Error as NatsError
 
 from services.runner.agents.base import AgentAdapter, AgentSpec, ParsedStep, StreamParser
+from services.runner.evaluation import Evaluation
 from services.runner.sandbox.base import (
     InputFile,
     Limits,
@@ -93,6 +94,10 @@ class Run:
         self.agent_started_at: datetime | None = None
         self._stopped = asyncio.Event()
         self.secret_scope = RunSecretScope(deps.secrets, deps.publisher, trajectory_id)
+        #: the agent's sandbox spec, and the artifacts so far (path -> key): what an
+        #: evaluation's checks and retry rounds start from (services/runner/evaluation.py)
+        self.spec: SandboxSpec | None = None
+        self.outputs: dict[str, str] = {}
 
     # --- control ------------------------------------------------------------------
 
@@ -235,6 +240,7 @@ class Run:
             artifact_prefix=f"{self.collection}/{self.event.task}/{self.trajectory_id}/",
             labels={"trajectory-id": self.trajectory_id, "agent": self.event.agent},
         )
+        self.spec = spec
         try:
             self.sandbox = await deps.backend.start(spec)
         except SandboxError as exc:
@@ -266,6 +272,9 @@ class Run:
                 await watcher
         outcome = parser.outcome(result.exit_code)
         await self._store_artifacts(self.sandbox)
+        if self.event.evaluation is not None:
+            evaluation = Evaluation(self, self.event.evaluation, token)
+            result, outcome = await evaluation.rounds(result, outcome)
         await self._finish(result, outcome)
 
     async def _pump(self, sandbox: Sandbox, parser: StreamParser) -> None:
@@ -329,6 +338,7 @@ class Run:
             log.warning("run %s: outputs not collected: %r", self.trajectory_id, exc)
             return
         for out in outputs:
+            self.outputs[out.path] = out.key
             await self.deps.publisher.publish(
                 self.collection,
                 self.trajectory_id,
@@ -342,6 +352,11 @@ class Run:
                     stored_at=_now(),
                 ),
             )
+
+    # What an evaluation's retry rounds reuse (services/runner/evaluation.py).
+    pump = _pump
+    watch_state = _watch_state
+    store_artifacts = _store_artifacts
 
     async def _finish(self, result: SandboxExit, outcome: AgentOutcome) -> None:
         agent = self.event.agent

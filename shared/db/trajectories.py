@@ -185,6 +185,8 @@ class RunbookView(_View):
     inputs: list[dict[str, Any]] = Field(default_factory=list, exclude_if=_is_empty)
     #: ``{routine_id, slot}`` when a routine started the run
     routine: dict[str, Any] | None = Field(default=None, exclude_if=_is_none)
+    #: ``{verdict, rounds, checks, history}`` when the runbook has an evaluation
+    evaluation: dict[str, Any] | None = Field(default=None, exclude_if=_is_none)
 
 
 class TimingView(_View):
@@ -309,7 +311,11 @@ SELECT {_SUMMARY_COLUMNS},
     r.budget::text AS run_budget, r.timeout_s AS run_timeout_s, r.runner AS run_runner,
     r.backend AS run_backend, r.sandbox_id AS run_sandbox_id,
     r.cancel_reason AS run_cancel_reason, r.error::text AS run_error,
-    r.extra::text AS run_extra
+    r.extra::text AS run_extra,
+    (SELECT jsonb_agg(jsonb_build_object('round', e.round, 'passed', e.passed,
+                                         'will_retry', e.will_retry, 'checks', e.checks,
+                                         'evaluated_at', e.evaluated_at) ORDER BY e.round)
+     FROM evaluations e WHERE e.trajectory_id = t.trajectory_id)::text AS run_evaluations
 FROM trajectories t
 LEFT JOIN runbooks r ON r.trajectory_id = t.trajectory_id
 WHERE t.trajectory_id = $1 AND t.collection = $2
@@ -415,6 +421,7 @@ def _runbook(row: Any) -> RunbookView:
         runbook_path=extra.get("runbook_path"),
         inputs=extra.get("inputs") or [],
         routine=extra.get("routine"),
+        evaluation=evaluation_summary(orjson.loads(row["run_evaluations"] or "null")),
     )
 
 
@@ -590,3 +597,16 @@ def _step(raw: dict[str, Any]) -> StepView:
 # For other query modules (shared/db/parity.py) that list trajectory summaries.
 SUMMARY_COLUMNS = _SUMMARY_COLUMNS
 summary_fields = _summary_fields
+
+
+def evaluation_summary(history: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """A run's evaluation as the API shows it: the last round decides the verdict."""
+    if not history:
+        return None
+    last = history[-1]
+    return {
+        "verdict": "passed" if last["passed"] else "failed",
+        "rounds": len(history),
+        "checks": last["checks"],
+        "history": history,
+    }

@@ -23,6 +23,7 @@ from shared.events.runbook import (
     ArtifactStored,
     RunbookCancelled,
     RunbookCompleted,
+    RunbookEvaluated,
     RunbookFailed,
     RunbookRequested,
     RunbookStarted,
@@ -39,6 +40,7 @@ RUNBOOK_COMPLETED: Final = "runbook.completed"
 RUNBOOK_FAILED: Final = "runbook.failed"
 RUNBOOK_CANCELLED: Final = "runbook.cancelled"
 RUNBOOK_STEP: Final = "runbook.step"
+RUNBOOK_EVALUATED: Final = "runbook.evaluated"
 ARTIFACT_STORED: Final = "artifact.stored"
 LABEL_SET: Final = "label.set"
 LABEL_REMOVED: Final = "label.removed"
@@ -53,6 +55,7 @@ RunbookData = (
     | RunbookFailed
     | RunbookCancelled
     | RunbookStep
+    | RunbookEvaluated
     | ArtifactStored
 )
 AnnotationData = LabelSet | LabelRemoved | TrajectoryArchived | TrajectoryUnarchived
@@ -69,6 +72,7 @@ PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     RUNBOOK_FAILED: RunbookFailed,
     RUNBOOK_CANCELLED: RunbookCancelled,
     RUNBOOK_STEP: RunbookStep,
+    RUNBOOK_EVALUATED: RunbookEvaluated,
     ARTIFACT_STORED: ArtifactStored,
     LABEL_SET: LabelSet,
     LABEL_REMOVED: LabelRemoved,
@@ -122,6 +126,10 @@ class RunbookStepEnvelope(TypedEnvelope[RunbookStep]):
     type: Literal["runbook.step"]
 
 
+class RunbookEvaluatedEnvelope(TypedEnvelope[RunbookEvaluated]):
+    type: Literal["runbook.evaluated"]
+
+
 class ArtifactStoredEnvelope(TypedEnvelope[ArtifactStored]):
     type: Literal["artifact.stored"]
 
@@ -153,6 +161,7 @@ AnyEnvelope = (
     | RunbookFailedEnvelope
     | RunbookCancelledEnvelope
     | RunbookStepEnvelope
+    | RunbookEvaluatedEnvelope
     | ArtifactStoredEnvelope
     | LabelSetEnvelope
     | LabelRemovedEnvelope

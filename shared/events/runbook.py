@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.events.completion import COST_PATTERN, ErrorRecord
 
@@ -63,6 +63,32 @@ class RoutineLink(_Frozen):
     slot: float | None = None
 
 
+class EvaluationCheck(_Frozen):
+    """One check run after the agent: a ``command`` (passes on exit code 0) or a
+    ``rubric`` scored by a judge model (passes at ``threshold`` or above)."""
+
+    name: str = Field(min_length=1, max_length=100)
+    command: str | None = Field(default=None, min_length=1, max_length=8192)
+    rubric: str | None = Field(default=None, min_length=1, max_length=16384)
+    #: the judge model (default: the run's model)
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    threshold: float = Field(default=0.7, ge=0, le=1)
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> EvaluationCheck:
+        if (self.command is None) == (self.rubric is None):
+            raise ValueError("a check has either 'command' or 'rubric'")
+        return self
+
+
+class EvaluationSpec(_Frozen):
+    checks: list[EvaluationCheck] = Field(min_length=1, max_length=20)
+    #: agent rounds in all, the first included: a failed evaluation retries the
+    #: agent with the feedback while rounds are left
+    max_rounds: int = Field(default=3, ge=1, le=10)
+
+
 class RunbookRequested(_Frozen):
     """The gateway accepted a runbook; the runner's work queue holds it (pending)."""
 
@@ -89,6 +115,8 @@ class RunbookRequested(_Frozen):
     secret_names: list[str] = Field(default_factory=list)
     #: set when a routine started the run
     routine: RoutineLink | None = None
+    #: checks after the agent, and its retry rounds (front matter or jetty.evaluation)
+    evaluation: EvaluationSpec | None = None
     budget: Budget = Budget()
     #: wall-clock limit of the agent's run, seconds
     timeout_s: float = Field(gt=0)
@@ -169,3 +197,31 @@ class ArtifactStored(_Frozen):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     content_type: str
     stored_at: datetime
+
+
+class CheckResult(_Frozen):
+    name: str
+    kind: Literal["command", "rubric"]
+    passed: bool
+    #: the judge's score (rubric), 0 to 1
+    score: float | None = None
+    #: the command's exit code (command); None when it was killed
+    exit_code: int | None = None
+    #: the command's output, or the judge's answer (clipped)
+    output: str | None = None
+    #: what the agent is told when it retries
+    feedback: str | None = None
+    duration_ms: float = Field(ge=0)
+
+
+class RunbookEvaluated(_Frozen):
+    """One round of a run's evaluation, after the agent of that round ended."""
+
+    task: str
+    #: 1 for the agent's first attempt
+    round: int = Field(ge=1)
+    passed: bool
+    checks: list[CheckResult]
+    #: whether the agent runs again with the feedback
+    will_retry: bool
+    evaluated_at: datetime

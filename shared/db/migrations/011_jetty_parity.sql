@@ -28,3 +28,17 @@ CREATE TABLE archives (
     at              timestamptz NOT NULL,
     event_id        text NOT NULL
 );
+
+-- Evaluation rounds (runbook.evaluated): one row per (trajectory, round); the
+-- smaller event id wins if two claim one round.
+CREATE TABLE evaluations (
+    trajectory_id   text NOT NULL,
+    round           integer NOT NULL,
+    collection      text NOT NULL,
+    passed          boolean NOT NULL,
+    will_retry      boolean NOT NULL,
+    checks          jsonb NOT NULL,
+    evaluated_at    timestamptz NOT NULL,
+    event_id        text NOT NULL,
+    PRIMARY KEY (trajectory_id, round)
+);
