@@ -30,10 +30,10 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
-from nats.js.errors import NotFoundError as JsNotFoundError
+from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel, ConfigDict
+
+from shared.kv import open_bucket, values_under
 
 SECRETS_BUCKET = "jetty_secrets"
 RUN_SECRETS_BUCKET = "jetty_run_secrets"
@@ -100,17 +100,6 @@ class _Stored(SecretMeta):
     sealed: str
 
 
-async def _bucket(js: JetStreamContext, name: str, ttl: float | None, about: str) -> Any:
-    try:
-        return await js.key_value(name)
-    except (BucketNotFoundError, JsNotFoundError):
-        return await js.create_key_value(
-            config=KeyValueConfig(
-                bucket=name, history=1, ttl=ttl, storage=StorageType.FILE, description=about
-            )
-        )
-
-
 class CollectionSecrets:
     def __init__(self, js: JetStreamContext, box: SecretBox) -> None:
         self._js = js
@@ -119,8 +108,8 @@ class CollectionSecrets:
 
     async def _get_kv(self) -> Any:
         if self._kv is None:
-            self._kv = await _bucket(
-                self._js, SECRETS_BUCKET, None, "per-collection secrets (AES-GCM sealed)"
+            self._kv = await open_bucket(
+                self._js, SECRETS_BUCKET, "per-collection secrets (AES-GCM sealed)"
             )
         return self._kv
 
@@ -145,17 +134,8 @@ class CollectionSecrets:
 
     async def _entries(self, collection: str) -> list[_Stored]:
         kv = await self._get_kv()
-        watcher = await kv.watch(f"{collection}.>", ignore_deletes=True)
-        out: list[_Stored] = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value:
-                    out.append(_Stored.model_validate_json(entry.value))
-        finally:
-            await watcher.stop()
-        return sorted(out, key=lambda s: s.name)
+        found = [_Stored.model_validate_json(v) for v in await values_under(kv, f"{collection}.>")]
+        return sorted(found, key=lambda s: s.name)
 
     async def names(self, collection: str) -> list[SecretMeta]:
         return [
@@ -189,8 +169,8 @@ class RunSecrets:
 
     async def _get_kv(self) -> Any:
         if self._kv is None:
-            self._kv = await _bucket(
-                self._js, RUN_SECRETS_BUCKET, RUN_SECRETS_TTL, "secrets of live runs (sealed)"
+            self._kv = await open_bucket(
+                self._js, RUN_SECRETS_BUCKET, "secrets of live runs (sealed)", ttl=RUN_SECRETS_TTL
             )
         return self._kv
 

@@ -15,10 +15,10 @@ import string
 from typing import Any, Literal
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
-from nats.js.errors import NotFoundError as JsNotFoundError
+from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel, ConfigDict
+
+from shared.kv import open_bucket, values_under
 
 FILES_BUCKET = "jetty_files"
 _ALPHABET = string.ascii_letters + string.digits
@@ -77,17 +77,9 @@ class FileRecords:
 
     async def _bucket(self) -> Any:
         if self._kv is None:
-            try:
-                self._kv = await self._js.key_value(FILES_BUCKET)
-            except (BucketNotFoundError, JsNotFoundError):
-                self._kv = await self._js.create_key_value(
-                    config=KeyValueConfig(
-                        bucket=FILES_BUCKET,
-                        history=1,
-                        storage=StorageType.FILE,
-                        description="OpenAI-style file objects (bytes in the object store)",
-                    )
-                )
+            self._kv = await open_bucket(
+                self._js, FILES_BUCKET, "OpenAI-style file objects (bytes in the object store)"
+            )
         return self._kv
 
     async def put(self, record: StoredFile) -> None:
@@ -113,15 +105,6 @@ class FileRecords:
     async def list(self, collection: str) -> list[StoredFile]:
         """Every file of ``collection``, oldest first."""
         kv = await self._bucket()
-        watcher = await kv.watch(f"{collection}.>", ignore_deletes=True)
-        out: list[StoredFile] = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of the initial values
-                    break
-                if entry.value:
-                    out.append(StoredFile.model_validate_json(entry.value))
-        finally:
-            await watcher.stop()
+        out = [StoredFile.model_validate_json(v) for v in await values_under(kv, f"{collection}.>")]
         out.sort(key=lambda f: (f.file.created_at, f.file.id))
         return out

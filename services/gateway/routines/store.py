@@ -10,10 +10,10 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.errors import NotFoundError as JsNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel, ConfigDict
+
+from shared.kv import open_bucket, values_under
 
 ROUTINES_BUCKET = "jetty_routines"
 FIRES_BUCKET = "jetty_routine_fires"
@@ -60,17 +60,6 @@ class Conflict(Exception):
     pass
 
 
-async def _bucket(js: JetStreamContext, name: str, ttl: float | None, about: str) -> Any:
-    try:
-        return await js.key_value(name)
-    except (BucketNotFoundError, JsNotFoundError):
-        return await js.create_key_value(
-            config=KeyValueConfig(
-                bucket=name, history=1, ttl=ttl, storage=StorageType.FILE, description=about
-            )
-        )
-
-
 class RoutineStore:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
@@ -79,13 +68,13 @@ class RoutineStore:
 
     async def routines_kv(self) -> Any:
         if self._routines is None:
-            self._routines = await _bucket(self._js, ROUTINES_BUCKET, None, "routines")
+            self._routines = await open_bucket(self._js, ROUTINES_BUCKET, "routines")
         return self._routines
 
     async def fires_kv(self) -> Any:
         if self._fires is None:
-            self._fires = await _bucket(
-                self._js, FIRES_BUCKET, FIRES_TTL, "claims of routine firings"
+            self._fires = await open_bucket(
+                self._js, FIRES_BUCKET, "claims of routine firings", ttl=FIRES_TTL
             )
         return self._fires
 
@@ -130,16 +119,8 @@ class RoutineStore:
 
     async def all(self, collection: str | None = None) -> list[Routine]:
         kv = await self.routines_kv()
-        watcher = await kv.watch(f"{collection}.>" if collection else ">", ignore_deletes=True)
-        found: list[Routine] = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value:
-                    found.append(Routine.model_validate_json(entry.value))
-        finally:
-            await watcher.stop()
+        raw = await values_under(kv, f"{collection}.>" if collection else ">")
+        found = [Routine.model_validate_json(v) for v in raw]
         return sorted(found, key=lambda r: (r.created_at, r.id))
 
     # --- firing claims -----------------------------------------------------------
