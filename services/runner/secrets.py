@@ -11,7 +11,7 @@ import logging
 
 from services.runner.agents.base import AgentCommand
 from shared.bus import EventPublisher
-from shared.secrets import Masker, RunSecrets, SecretsError
+from shared.secrets import Masker, RunSecrets
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class RunSecretScope:
             raise SecretsUnavailable("this runner has no JETTY_SECRETS_KEY")
         try:
             self.values = await self.store.get(self.trajectory_id)
-        except (SecretsError, Exception) as exc:
+        except Exception as exc:  # the bus, or a value sealed under another key
             raise SecretsUnavailable(f"the run's secrets could not be read: {exc!r}") from None
         missing = set(names) - set(self.values)
         if missing:
