@@ -173,6 +173,10 @@ class Up:
                 s3=s3,
                 cwd=checkout_root(),
                 health_ports={name: procs.free_port() for name in ("proxy", "recorder", "runner")},
+                # Secrets work out of the box; an operator's own key wins.
+                extra_env={}
+                if os.environ.get("JETTY_SECRETS_KEY")
+                else {"JETTY_SECRETS_KEY": self.home.secrets_key()},
             )
         )
         for service in self.stack:

@@ -42,6 +42,7 @@ from shared.events.registry import AnyEnvelope, EventData, parse_data_json, type
 from shared.ids import new_event_id
 from shared.key_usage import ensure_key_rates_bucket, ensure_key_usage_bucket
 from shared.runs import ensure_runs_bucket
+from shared.secrets import MaskRegistry
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,9 @@ class EventPublisher:
         self._ack_timeout = ack_timeout
         self._pending: set[asyncio.Task[None]] = set()
         metrics.PENDING_ACKS.set_function(lambda: len(self._pending))
+        #: secret masks of the runs this process serves (shared/secrets.py); every
+        #: event of such a trajectory is masked before it leaves
+        self.masks = MaskRegistry()
 
     async def build(
         self,
@@ -244,6 +248,8 @@ class EventPublisher:
         event_type = type_name(data)
         eid = event_id or new_event_id()
         payload = data.__pydantic_serializer__.to_json(data)
+        if self.masks and (masker := self.masks.get(trajectory_id)) is not None:
+            payload = masker.mask_bytes(payload)
         head = orjson.dumps(
             {
                 "id": eid,

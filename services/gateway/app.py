@@ -21,11 +21,16 @@ from services.gateway import (
     runbook_routes,
     trajectories,
 )
+from services.gateway.files_api import routes as files_api
 from services.gateway.middleware import auth_middleware, errors_middleware
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.relay import ProxyRelay
+from services.gateway.routines import routes as routines_api
+from services.gateway.routines import scheduler as routines_scheduler
+from services.gateway.secrets_api import routes as secrets_api
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GATEWAY, Gateway
+from services.gateway.trajectory_ops import db_routes, download, labels
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
 from shared.key_usage import KeyUsageStore
 from shared.keys import legacy_key_id
@@ -120,6 +125,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[SETTINGS] = settings
     app[observe.ENABLED] = settings.metrics_enabled
     app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(routines_scheduler.lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_routes([metrics_route()])
@@ -129,6 +135,12 @@ def create_app(settings: GatewaySettings) -> web.Application:
     for module in ingress.MODULES:
         app.router.add_routes(module.routes())
     app.router.add_routes(files.routes())
+    app.router.add_routes(files_api.routes())
+    app.router.add_routes(download.routes())
+    app.router.add_routes(labels.routes())
+    app.router.add_routes(db_routes.routes())
+    app.router.add_routes(secrets_api.routes())
+    app.router.add_routes(routines_api.routes())
     app.router.add_routes(runbook_routes.routes())
     app.router.add_routes(admin.routes())
     app.on_response_prepare.append(policy.add_rate_headers)

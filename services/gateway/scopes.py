@@ -35,6 +35,7 @@ MODEL_PATHS = (
 # (path prefix, scopes for reads, scopes for writes); the first match wins.
 _ROUTE_SCOPES: tuple[tuple[str, tuple[Scope, ...], tuple[Scope, ...]], ...] = (
     ("/api/v1/keys", ADMIN, ADMIN),
+    ("/api/v1/secrets", ADMIN, ADMIN),
     ("/api/v1/trajectories", READS, ("api", "admin")),
     ("/api/v1/", READS, WRITES),
 )

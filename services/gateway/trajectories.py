@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from aiohttp import web
+from multidict import MultiMapping
 from nats.js.errors import NotFoundError
 
 from services.gateway.state import GATEWAY, Gateway, auth_of
@@ -171,9 +171,36 @@ def parse_since(raw: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def list_filters(q: Mapping[str, str], *, default_limit: int, max_limit: int) -> dict[str, Any]:
+def parse_labels(raw: list[str]) -> list[tuple[str, str]]:
+    """``?label=key:value`` (repeatable: all must match)."""
+    out = []
+    for item in raw:
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise InvalidRequest(
+                "Invalid value for 'label': use key:value.", param="label", code="invalid_value"
+            )
+        out.append((key, value))
+    return out
+
+
+def parse_archived(raw: str | None) -> bool | None:
+    """``?archived=``: absent/false hides archived trajectories, true shows only
+    them, all shows both."""
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    if raw == "all":
+        return None
+    raise InvalidRequest(
+        "Invalid value for 'archived': true, false or all.", param="archived", code="invalid_value"
+    )
+
+
+def list_filters(q: MultiMapping[str], *, default_limit: int, max_limit: int) -> dict[str, Any]:
     """The list filters of a query string (``task``, ``status``, ``model``,
-    ``since``, ``limit``), validated; 400 naming the bad one."""
+    ``since``, ``limit``, ``label``, ``archived``), validated; 400 naming the bad one."""
     status = q.get("status")
     if status is not None and status not in STATUSES:
         raise InvalidRequest(
@@ -194,6 +221,8 @@ def list_filters(q: Mapping[str, str], *, default_limit: int, max_limit: int) ->
         "model": q.get("model"),
         "since": since,
         "limit": limit,
+        "labels": parse_labels(q.getall("label", [])),
+        "archived": parse_archived(q.get("archived")),
     }
 
 

@@ -12,6 +12,7 @@ from services.proxy.providers import build_providers
 from services.proxy.retry import RetryPolicy
 from services.proxy.router import Router
 from services.proxy.routes import RoutesError, load_routes
+from services.proxy.run_masks import RunMasks
 from services.proxy.settings import ProxySettings
 from services.proxy.worker import Worker
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
@@ -20,6 +21,7 @@ from shared.key_usage import KeyUsageStore
 from shared.logs import setup_logging, use_uvloop
 from shared.metrics import metrics_route
 from shared.runs import RunStates
+from shared.secrets import RunSecrets, SecretBox
 from shared.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger("services.proxy")
@@ -51,6 +53,9 @@ async def main(settings: ProxySettings) -> None:
         router,
         runs=RunStates(js),
         key_usage=key_usage,
+        run_masks=RunMasks(RunSecrets(js, SecretBox.from_setting(settings.secrets_key)), publisher)
+        if settings.secrets_key
+        else None,
         max_in_flight=settings.proxy_max_in_flight,
         total_timeout=settings.upstream_total_timeout,
         requested_delay=settings.proxy_requested_delay,

@@ -43,6 +43,7 @@ from services.proxy.providers.base import (
 )
 from services.proxy.retry import RetryPolicy
 from services.proxy.router import Route, Router
+from services.proxy.run_masks import RunMasks
 from shared import storage_policy, tracing
 from shared.bus import ClaimStore, EventPublisher
 from shared.chatwire import ChatCall, Frame
@@ -90,6 +91,8 @@ class CallDeps:
     # entry (before the last frame when the key has a budget or token limit, so
     # the gateway's next check sees it; gathered and added once a second otherwise).
     key_usage: KeyUsageStore | None = None
+    # Secret masks of runbook runs (None: secrets are not configured).
+    run_masks: RunMasks | None = None
 
 
 def with_metadata(document: bytes, metadata: bytes) -> bytes:
@@ -157,6 +160,13 @@ class CallRun:
     async def run(self) -> None:
         with tracing.span("chat", kind="CLIENT", parent=self.trace_parent) as current:
             self._span = current
+            masks = self.deps.run_masks if self.call.mode == "runbook" else None
+            if masks is not None and await masks.acquire(self.call.trajectory_id):
+                try:
+                    await self._run_recorded()
+                finally:
+                    masks.release(self.call.trajectory_id)
+                return
             await self._run_recorded()
 
     async def _run_recorded(self) -> None:

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from services.proxy.call import CLIENT_DISCONNECTED, PROXY_SHUTDOWN, CallDeps, CallRun
 from services.proxy.retry import RetryPolicy
 from services.proxy.router import Router
+from services.proxy.run_masks import RunMasks
 from shared import subjects, tracing
 from shared.bus import ClaimStore, EventPublisher
 from shared.chatwire import KEEPALIVE_INTERVAL, BadFrame, Frame, decode_call, frame
@@ -62,6 +63,7 @@ class Worker:
         retry: RetryPolicy | None = None,
         runs: RunStates | None = None,
         key_usage: KeyUsageStore | None = None,
+        run_masks: RunMasks | None = None,
     ) -> None:
         self._nc = nc
         self._router = router
@@ -75,6 +77,7 @@ class Worker:
             retry=retry if retry is not None else RetryPolicy.none(),
             runs=runs,
             key_usage=key_usage,
+            run_masks=run_masks,
         )
         self._max_in_flight = max_in_flight
         self._keepalive_interval = keepalive_interval

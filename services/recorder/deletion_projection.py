@@ -15,7 +15,16 @@ if TYPE_CHECKING:
     from shared.db.pool import Connection
 
 # Children first; the trajectory row last.
-_TABLES = ("steps", "artifacts", "runbooks", "trajectories", "event_positions")
+_TABLES = (
+    "steps",
+    "artifacts",
+    "labels",
+    "archives",
+    "evaluations",
+    "runbooks",
+    "trajectories",
+    "event_positions",
+)
 
 
 def is_deletion(event: Event) -> bool:

@@ -19,6 +19,7 @@ from shared.health import start_health_server
 from shared.logs import setup_logging, use_uvloop
 from shared.metrics import metrics_route
 from shared.runs import RunStates
+from shared.secrets import RunSecrets, SecretBox
 from shared.tokens import TokenStore
 from shared.tracing import setup_tracing, shutdown_tracing
 
@@ -44,6 +45,9 @@ async def main(settings: RunnerSettings) -> None:
         tokens=TokenStore(js),
         backend=backend,
         adapters=build_adapters(),
+        secrets=RunSecrets(js, SecretBox.from_setting(settings.secrets_key))
+        if settings.secrets_key
+        else None,
     )
     worker = RunnerWorker(nc, js, deps)
     loop = asyncio.get_running_loop()

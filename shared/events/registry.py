@@ -6,6 +6,12 @@ from typing import Annotated, Any, Final, Literal, cast
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from shared.events.annotations import (
+    LabelRemoved,
+    LabelSet,
+    TrajectoryArchived,
+    TrajectoryUnarchived,
+)
 from shared.events.completion import (
     CompletionCancelled,
     CompletionFailed,
@@ -18,6 +24,7 @@ from shared.events.runbook import (
     ArtifactStored,
     RunbookCancelled,
     RunbookCompleted,
+    RunbookEvaluated,
     RunbookFailed,
     RunbookRequested,
     RunbookStarted,
@@ -35,6 +42,7 @@ RUNBOOK_COMPLETED: Final = "runbook.completed"
 RUNBOOK_FAILED: Final = "runbook.failed"
 RUNBOOK_CANCELLED: Final = "runbook.cancelled"
 RUNBOOK_STEP: Final = "runbook.step"
+RUNBOOK_EVALUATED: Final = "runbook.evaluated"
 ARTIFACT_STORED: Final = "artifact.stored"
 # Key events: ``trajectory_id`` holds the key's id (shared/keys.py).
 KEY_CREATED: Final = "key.created"
@@ -42,6 +50,10 @@ KEY_UPDATED: Final = "key.updated"
 KEY_ROTATED: Final = "key.rotated"
 KEY_REVOKED: Final = "key.revoked"
 TRAJECTORY_DELETED: Final = "trajectory.deleted"
+LABEL_SET: Final = "label.set"
+LABEL_REMOVED: Final = "label.removed"
+TRAJECTORY_ARCHIVED: Final = "trajectory.archived"
+TRAJECTORY_UNARCHIVED: Final = "trajectory.unarchived"
 
 CompletionData = CompletionRequested | CompletionFinished | CompletionFailed | CompletionCancelled
 RunbookData = (
@@ -51,10 +63,12 @@ RunbookData = (
     | RunbookFailed
     | RunbookCancelled
     | RunbookStep
+    | RunbookEvaluated
     | ArtifactStored
 )
 KeyData = KeyCreated | KeyUpdated | KeyRotated | KeyRevoked
-EventData = CompletionData | RunbookData | KeyData | TrajectoryDeleted
+AnnotationData = LabelSet | LabelRemoved | TrajectoryArchived | TrajectoryUnarchived
+EventData = CompletionData | RunbookData | AnnotationData | KeyData | TrajectoryDeleted
 
 PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     COMPLETION_REQUESTED: CompletionRequested,
@@ -67,12 +81,17 @@ PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     RUNBOOK_FAILED: RunbookFailed,
     RUNBOOK_CANCELLED: RunbookCancelled,
     RUNBOOK_STEP: RunbookStep,
+    RUNBOOK_EVALUATED: RunbookEvaluated,
     ARTIFACT_STORED: ArtifactStored,
     KEY_CREATED: KeyCreated,
     KEY_UPDATED: KeyUpdated,
     KEY_ROTATED: KeyRotated,
     KEY_REVOKED: KeyRevoked,
     TRAJECTORY_DELETED: TrajectoryDeleted,
+    LABEL_SET: LabelSet,
+    LABEL_REMOVED: LabelRemoved,
+    TRAJECTORY_ARCHIVED: TrajectoryArchived,
+    TRAJECTORY_UNARCHIVED: TrajectoryUnarchived,
 }
 
 TYPE_OF: Final[dict[type[BaseModel], str]] = {model: name for name, model in PAYLOADS.items()}
@@ -121,6 +140,10 @@ class RunbookStepEnvelope(TypedEnvelope[RunbookStep]):
     type: Literal["runbook.step"]
 
 
+class RunbookEvaluatedEnvelope(TypedEnvelope[RunbookEvaluated]):
+    type: Literal["runbook.evaluated"]
+
+
 class ArtifactStoredEnvelope(TypedEnvelope[ArtifactStored]):
     type: Literal["artifact.stored"]
 
@@ -145,6 +168,22 @@ class TrajectoryDeletedEnvelope(TypedEnvelope[TrajectoryDeleted]):
     type: Literal["trajectory.deleted"]
 
 
+class LabelSetEnvelope(TypedEnvelope[LabelSet]):
+    type: Literal["label.set"]
+
+
+class LabelRemovedEnvelope(TypedEnvelope[LabelRemoved]):
+    type: Literal["label.removed"]
+
+
+class TrajectoryArchivedEnvelope(TypedEnvelope[TrajectoryArchived]):
+    type: Literal["trajectory.archived"]
+
+
+class TrajectoryUnarchivedEnvelope(TypedEnvelope[TrajectoryUnarchived]):
+    type: Literal["trajectory.unarchived"]
+
+
 AnyEnvelope = (
     RequestedEnvelope
     | FinishedEnvelope
@@ -156,12 +195,17 @@ AnyEnvelope = (
     | RunbookFailedEnvelope
     | RunbookCancelledEnvelope
     | RunbookStepEnvelope
+    | RunbookEvaluatedEnvelope
     | ArtifactStoredEnvelope
     | KeyCreatedEnvelope
     | KeyUpdatedEnvelope
     | KeyRotatedEnvelope
     | KeyRevokedEnvelope
     | TrajectoryDeletedEnvelope
+    | LabelSetEnvelope
+    | LabelRemovedEnvelope
+    | TrajectoryArchivedEnvelope
+    | TrajectoryUnarchivedEnvelope
 )
 
 _ENVELOPES: Final[TypeAdapter[AnyEnvelope]] = TypeAdapter(
