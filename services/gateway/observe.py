@@ -23,6 +23,9 @@ access_log = logging.getLogger("jetty.access")
 TRAJECTORY_HEADER = "X-Jetty-Trajectory-Id"
 ENABLED = web.AppKey("jetty.metrics_enabled", bool)
 
+# Probes are counted but not logged: a kubelet asks every few seconds.
+_QUIET = frozenset({"/healthz", "/readyz"})
+
 # Route prefix -> ingress format (the metric label).
 _INGRESS = (
     ("/v1/chat/completions", "chat.completions"),
@@ -100,7 +103,7 @@ async def _observed(request: web.Request, handler: Handler) -> web.StreamRespons
         if request.app.get(ENABLED, True):
             metrics.GATEWAY_REQUESTS.labels(route, request.method, str(status), ingress).inc()
             metrics.GATEWAY_DURATION.labels(route, ingress).observe(elapsed)
-        if access_log.isEnabledFor(logging.INFO):
+        if request.path not in _QUIET and access_log.isEnabledFor(logging.INFO):
             trajectory = response.headers.get(TRAJECTORY_HEADER) if response is not None else None
             context = LOG_CONTEXT.get() or {}
             if trajectory and "trajectory_id" not in context:
