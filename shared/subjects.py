@@ -19,6 +19,8 @@ RECORDER_DURABLE = "jetty-recorder"
 TOKENS_BUCKET = "jetty_tokens"
 CLAIMS_BUCKET = "jetty_claims"
 RUNS_BUCKET = "jetty_runs"
+# The console's sign-in sessions (session id hash -> token hash), with a TTL.
+CONSOLE_SESSIONS_BUCKET = "jetty_console_sessions"
 
 # The runner's work queue: a durable pull consumer on the events stream that
 # sees only runbook.requested events (every runner instance shares it, so each

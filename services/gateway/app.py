@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.gateway import chat, files, ingress, runbook_routes, trajectories
+from services.gateway import chat, console, files, ingress, runbook_routes, trajectories
 from services.gateway.middleware import auth_middleware, errors_middleware
 from services.gateway.relay import ProxyRelay
 from services.gateway.settings import GatewaySettings
@@ -85,7 +85,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     # The body limit is enforced by chat.read_body with an OpenAI-shaped 413;
     # aiohttp's own limit only backs it up.
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[errors_middleware, console.console_middleware, auth_middleware],
         client_max_size=settings.max_body_bytes + 1024,
     )
     app[SETTINGS] = settings
@@ -101,4 +101,5 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_routes(runbook_routes.routes())
     app.router.add_get("/api/v1/trajectories", trajectories.list_trajectories)
     app.router.add_get("/api/v1/trajectories/{trajectory_id}", trajectories.get_trajectory)
+    console.setup(app)  # the web console under /ui/ (services/gateway/console)
     return app

@@ -1,0 +1,237 @@
+"""The console's HTML handlers on a real stack: sign-in and sessions, security
+headers, escaping of hostile content, scoping by collection, CSRF, lazy step
+bodies, filters in the URL, and the vendored assets' checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+
+from jetty_cli.testing import TestStack, call, chat
+from services.gateway.console import render
+from services.gateway.console.guard import CSP
+from shared.tokens import TokenStore, hash_token
+
+VENDOR = Path(__file__).parent.parent / "services/gateway/console/static/vendor"
+HOSTILE = (
+    "<script>alert(1)</script><img src=x onerror=alert(2)> [x](javascript:alert(3)) "
+    "\u202egnp.exe\u202c \x07bell " + "W" * 5000
+)
+
+
+class Browser:
+    """An aiohttp session with a cookie jar: what a browser keeps between pages."""
+
+    def __init__(self, stack: TestStack) -> None:
+        self.base = stack.base_url
+        self.http = aiohttp.ClientSession(
+            cookie_jar=aiohttp.CookieJar(unsafe=True), raise_for_status=False
+        )
+        self.csrf = ""
+
+    async def sign_in(self, token: str) -> aiohttp.ClientResponse:
+        response = await self.http.post(
+            self.base + "/ui/login", data={"token": token, "next": "/ui/tasks"}
+        )
+        await response.read()
+        return response
+
+    async def get(self, path: str, **headers: str) -> tuple[int, str, Any]:
+        async with self.http.get(self.base + path, headers=headers) as response:
+            text = await response.text()
+            found = re.search(r'name="csrf" value="([^"]+)"', text)
+            if found:
+                self.csrf = found.group(1)
+            return response.status, text, response.headers
+
+    async def close(self) -> None:
+        await self.http.close()
+
+
+@pytest.fixture
+async def browser(stack: TestStack) -> Any:
+    b = Browser(stack)
+    yield b
+    await b.close()
+
+
+def _call(stack: TestStack, text: str, task: str | None = None) -> str:
+    body: dict[str, Any] = {"model": "mock/echo", "messages": [{"role": "user", "content": text}]}
+    if task:
+        body["jetty"] = {"task": task}
+    status, headers, doc = call(stack.base_url + "/v1/chat/completions", stack.token, body)
+    assert status == 200, doc
+    return headers["X-Jetty-Trajectory-Id"]
+
+
+async def test_pages_need_a_session_and_sign_in_sets_a_strict_cookie(
+    stack: TestStack, browser: Browser
+) -> None:
+    status, text, _ = await browser.get("/ui/trajectories")
+    assert status == 200 and "Sign in" in text  # redirected to the sign-in page
+    bad = await browser.sign_in("jt_not-a-token")
+    assert bad.status == 401
+    response = await browser.sign_in(stack.token)
+    assert response.status == 200 and response.url.path == "/ui/tasks"
+    cookie = response.history[0].headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
+    assert stack.token not in cookie
+    status, text, headers = await browser.get("/ui/trajectories")
+    assert status == 200 and "Trajectories" in text
+    assert headers["Content-Security-Policy"] == CSP
+    assert "'unsafe-inline'" not in CSP and "unsafe-eval" not in CSP
+    assert "frame-ancestors 'none'" in CSP
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_root_redirects_a_browser_and_answers_an_api_client(stack: TestStack) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            stack.base_url + "/", headers={"Accept": "text/html"}, allow_redirects=False
+        ) as r:
+            assert r.status == 302 and r.headers["Location"] == "/ui/"
+        async with http.get(stack.base_url + "/") as r:
+            assert r.status == 200 and (await r.json())["console"] == "/ui/"
+
+
+async def test_sign_out_and_a_revoked_token_end_the_session(
+    stack: TestStack, browser: Browser
+) -> None:
+    token = await stack.create_token(stack.collection, "console-revoke")
+    await browser.sign_in(token)
+    status, _, _ = await browser.get("/ui/trajectories")
+    assert status == 200
+
+    nc = await nats.connect(stack.nats_url)
+    try:
+        await TokenStore(nc.jetstream()).revoke(hash_token(token))
+    finally:
+        await nc.close()
+    status, text, _ = await browser.get("/ui/trajectories")
+    assert "Sign in" in text  # the session ended with its token
+    status, _, _ = await browser.get("/ui/trajectories", **{"HX-Request": "true"})
+    assert status == 401
+
+    await browser.sign_in(stack.token)
+    await browser.get("/ui/trajectories")
+    async with browser.http.post(
+        browser.base + "/ui/logout", data={"csrf": browser.csrf}, allow_redirects=False
+    ) as r:
+        assert r.status == 303
+    status, text, _ = await browser.get("/ui/trajectories")
+    assert "Sign in" in text
+
+
+async def test_hostile_content_is_escaped_and_inert(stack: TestStack, browser: Browser) -> None:
+    trajectory_id = _call(stack, HOSTILE, task="hostile-task")
+    await browser.sign_in(stack.token)
+    status, text, _ = await browser.get(f"/ui/trajectories/{trajectory_id}")
+    assert status == 200
+    assert "<script>alert(1)" not in text and "<img src=x" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert 'href="javascript:' not in text
+    assert "\u202e" not in text and "⟨U+202E⟩" in text and "\x07" not in text
+    # No inline script or style anywhere, so the CSP can stay strict.
+    assert not re.search(r"<script(?![^>]*\bsrc=)", text)
+    assert " style=" not in text and "<style" not in text
+
+
+def test_markdown_is_sanitised() -> None:
+    html = str(render.markdown_html("# Hi\n[x](javascript:alert(1)) <b onclick=x>b</b>\n"))
+    assert "<h1>Hi</h1>" in html
+    assert "href" not in html and "<b onclick" not in html and "&lt;b onclick" in html
+    link = str(render.markdown_html("[ok](https://example.com) [bad](javascript:alert(1))"))
+    assert 'href="https://example.com"' in link
+    assert 'href="javascript' not in link
+    chip = render.text_html(
+        "see [redacted base64: media_type=image/png; bytes=2048; sha256=" + "a" * 64 + "]"
+    )
+    assert 'class="chip"' in chip and "image/png" in chip and "2.0 KB" in chip
+
+
+async def test_another_collections_trajectory_is_a_404_page(
+    stack: TestStack, browser: Browser
+) -> None:
+    trajectory_id = _call(stack, "mine")
+    other = await stack.create_token("console-other", "other")
+    await browser.sign_in(other)
+    for path in (
+        f"/ui/trajectories/{trajectory_id}",
+        f"/ui/trajectories/{trajectory_id}/steps/0",
+        f"/ui/trajectories/{trajectory_id}/trajectory.json",
+        f"/ui/{stack.collection}/default/{trajectory_id}",
+        "/ui/trajectories/tr_0000000000000000000000",
+    ):
+        status, text, headers = await browser.get(path)
+        assert status == 404, path
+        assert "belongs to another collection" in text
+        assert headers["Content-Type"].startswith("text/html")
+    status, text, _ = await browser.get("/ui/trajectories")
+    assert trajectory_id not in text
+
+
+async def test_posts_need_the_sessions_csrf_secret(stack: TestStack, browser: Browser) -> None:
+    await browser.sign_in(stack.token)
+    async with browser.http.post(
+        browser.base + "/ui/logout", data={"csrf": "forged"}, allow_redirects=False
+    ) as r:
+        assert r.status == 403
+    async with browser.http.post(
+        browser.base + "/ui/login",
+        data={"token": stack.token},
+        headers={"Origin": "https://evil.example"},
+        allow_redirects=False,
+    ) as r:
+        assert r.status == 403
+
+
+async def test_step_bodies_load_on_demand(stack: TestStack, browser: Browser) -> None:
+    trajectory_id = _call(stack, "lazy body please")
+    await browser.sign_in(stack.token)
+    status, text, _ = await browser.get(
+        f"/ui/trajectories/{trajectory_id}/steps/0", **{"HX-Request": "true"}
+    )
+    assert status == 200 and "<html" not in text  # a fragment
+    assert "lazy body please" in text and "Raw request" in text
+    status, text, _ = await browser.get(f"/ui/trajectories/{trajectory_id}/steps/0")
+    assert status == 200 and "<html" in text  # without JavaScript: a page
+    status, _, _ = await browser.get(f"/ui/trajectories/{trajectory_id}/steps/99")
+    assert status == 404
+
+
+async def test_filters_live_in_the_url_and_narrow_the_rows(
+    stack: TestStack, browser: Browser
+) -> None:
+    first = _call(stack, "alpha", task="console-filter-a")
+    second = _call(stack, "beta", task="console-filter-b")
+    await browser.sign_in(stack.token)
+    status, text, _ = await browser.get("/ui/trajectories?task=console-filter-a")
+    assert status == 200 and first in text and second not in text
+    status, text, _ = await browser.get(f"/ui/trajectories?q={second}")
+    assert second in text and first not in text
+    status, text, _ = await browser.get("/ui/trajectories?mode=runbook&task=console-filter-a")
+    assert first not in text
+    status, text, _ = await browser.get("/ui/trajectories?min_cost=lots")
+    assert status == 400 and "minimum cost" in text
+    status, text, _ = await browser.get("/ui/tasks?period=7d")
+    assert "console-filter-a" in text and "console-filter-b" in text
+
+
+def test_vendored_assets_match_their_checksums() -> None:
+    lines = (VENDOR / "SHA256SUMS").read_text().splitlines()
+    assert len(lines) == 5
+    for line in lines:
+        digest, name = line.split()
+        assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == digest, name
+    assert "htmx.org 2.0" in (VENDOR / "VERSIONS").read_text()
+
+
+def test_chat_helper_still_records(stack: TestStack) -> None:
+    status, headers, _ = chat(stack.base_url, stack.token, "hello")
+    assert status == 200 and headers["X-Jetty-Trajectory-Id"].startswith("tr_")
