@@ -8,7 +8,6 @@ phone width, under ``$JETTY_SCREENSHOTS`` (default ``.jetty/screenshots``).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import re
@@ -319,5 +318,8 @@ async def test_cancel_stops_a_running_run(
     await page.click("button.danger")
     await expect(page.locator("#summary .status")).to_have_text("cancelled", timeout=30_000)
     await expect(page.locator("button.danger")).to_have_count(0)
-    await asyncio.sleep(0)
+    # The list now holds passthrough calls and runbooks of each outcome.
+    await page.goto("/ui/trajectories")
+    await expect(page.locator(f"#tr-{trajectory_id} .status")).to_have_text("cancelled")
+    await _shots(browser, page, "list-all")
     assert watched.dialogs == [] and watched.errors == [], watched.errors
