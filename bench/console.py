@@ -88,9 +88,7 @@ async def seed(pool: asyncpg.Pool, rows: int) -> float:
 
 async def _copy(conn: Any, batch: list[tuple[Any, ...]], runbooks: list[tuple[Any, ...]]) -> None:
     if batch:
-        await conn.copy_records_to_table(
-            "trajectories", records=batch, columns=TRAJECTORY_COLUMNS
-        )
+        await conn.copy_records_to_table("trajectories", records=batch, columns=TRAJECTORY_COLUMNS)
     if runbooks:
         await conn.copy_records_to_table(
             "runbooks",
@@ -174,9 +172,7 @@ async def seed_long_run(pool: asyncpg.Pool, steps: int) -> str:
     return trajectory_id
 
 
-async def _time(
-    http: aiohttp.ClientSession, url: str, n: int
-) -> tuple[float, float, int]:
+async def _time(http: aiohttp.ClientSession, url: str, n: int) -> tuple[float, float, int]:
     """(p50 ms, max ms, bytes) of ``n`` GETs after one warm-up."""
     async with http.get(url) as r:
         assert r.status == 200, (url, r.status, (await r.text())[:500])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import nats
 import pytest
 
@@ -235,3 +236,39 @@ def test_vendored_assets_match_their_checksums() -> None:
 def test_chat_helper_still_records(stack: TestStack) -> None:
     status, headers, _ = chat(stack.base_url, stack.token, "hello")
     assert status == 200 and headers["X-Jetty-Trajectory-Id"].startswith("tr_")
+
+
+async def test_a_long_run_renders_its_first_rows_and_loads_the_rest(stack: TestStack) -> None:
+    from bench.console import COLLECTION, seed_long_run
+
+    pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=1)
+    try:
+        trajectory_id = await seed_long_run(pool, 800)
+    finally:
+        await pool.close()
+    browser = Browser(stack)
+    try:
+        await browser.sign_in(await stack.create_token(COLLECTION, "long"))
+        status, text, _ = await browser.get(f"/ui/trajectories/{trajectory_id}")
+        assert status == 200
+        assert text.count('<li id="row-') == 100  # the first slice of 600 agent steps
+        more = re.search(r'hx-get="(/ui/trajectories/[^"]+/rows\?from=100&amp;upto=799)"', text)
+        assert more, "no link to the next rows"
+        assert "Open the timeline" in text  # a long timeline loads on demand
+        status, rows, _ = await browser.get(
+            more.group(1).replace("&amp;", "&"), **{"HX-Request": "1"}
+        )
+        assert status == 200 and rows.count('<li id="row-') == 100
+        assert 'id="row-134"' in rows and "from=200" in rows
+        status, last, _ = await browser.get(
+            f"/ui/trajectories/{trajectory_id}/rows?from=500&upto=799", **{"HX-Request": "1"}
+        )
+        assert last.count('<li id="row-') == 100 and "More steps" not in last
+        status, timeline, _ = await browser.get(
+            f"/ui/trajectories/{trajectory_id}/timeline", **{"HX-Request": "1"}
+        )
+        assert timeline.count("<rect") == 800
+        status, found, _ = await browser.get(f"/ui/trajectories/{trajectory_id}?find=m6.py")
+        assert '<li id="row-6" class="row k-tool_call hit"' in found and "1 step match" in found
+    finally:
+        await browser.close()

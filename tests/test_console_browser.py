@@ -8,6 +8,7 @@ phone width, under ``$JETTY_SCREENSHOTS`` (default ``.jetty/screenshots``).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import re
@@ -32,7 +33,9 @@ ANTHROPIC_KEY = "sk-ant-console-test"
 MODEL = "claude-sonnet-4-6"
 WORKSPACE = "/workspace"
 COLLECTION = "default"
-SHOTS = Path(os.environ.get("JETTY_SCREENSHOTS", Path(__file__).parent.parent / ".jetty/screenshots"))
+SHOTS = Path(
+    os.environ.get("JETTY_SCREENSHOTS", Path(__file__).parent.parent / ".jetty/screenshots")
+)
 SIZES = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
 HOSTILE = "<script>alert('x')</script><img src=x onerror=alert('y')> \u202eevil"
 
@@ -98,7 +101,9 @@ async def _context(
     browser: Browser, base_url: str, scheme: str = "light", size: str = "desktop"
 ) -> BrowserContext:
     return await browser.new_context(
-        base_url=base_url, color_scheme=scheme, viewport=SIZES[size]  # type: ignore[arg-type]
+        base_url=base_url,
+        color_scheme=scheme,
+        viewport=SIZES[size],  # type: ignore[arg-type]
     )
 
 
@@ -116,7 +121,7 @@ async def _signed_in(browser: Browser, site: TestStack, token: str | None = None
 
 async def _shots(browser: Browser, page: Page, name: str) -> None:
     """``name`` in light and dark, desktop and phone, from the same session."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
     state = await page.context.storage_state()
     url = page.url
     for scheme in ("light", "dark"):
@@ -302,7 +307,7 @@ async def test_a_runbook_run_appears_live_with_nested_calls_and_its_artifact(
 
 
 async def _shots_of_view(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
     await page.screenshot(path=str(SHOTS / f"{name}-light-desktop.png"), full_page=True)
 
 

@@ -48,6 +48,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get(t + "/live", live.follow)
     app.router.add_get(t + "/trajectory.json", pages.download_json)
     app.router.add_get(t + "/steps/{index}", pages.step_body)
+    app.router.add_get(t + "/rows", pages.more_rows)
+    app.router.add_get(t + "/timeline", pages.timeline_part)
     app.router.add_post(t + "/cancel", artifacts.cancel)
     app.router.add_get(t + "/artifacts/{path:.+}", artifacts.preview)
     app.router.add_get(t + "/files/{path:.+}", artifacts.download)

@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 from services.gateway import trajectories
 from services.gateway.console import spine
 from services.gateway.console.guard import session_of
+from services.gateway.console.pages import TIMELINE_INLINE
 from services.gateway.state import GATEWAY, Gateway, auth_of
 from shared import subjects
 from shared.db import outline
@@ -103,7 +104,10 @@ def update_html(request: web.Request, view: TrajectoryView, after: int) -> str:
         parts.append(_render(request, "_row.html", common | {"row": row, "oob": known}))
     parts.append(_render(request, "_pending.html", common | {"pending": pending}))
     parts.append(_render(request, "_summary.html", common | {"csrf": session_of(request).csrf}))
-    parts.append(_render(request, "_timeline.html", common | {"bars": bars, "span_ms": span_ms}))
+    if len(bars) <= TIMELINE_INLINE:  # a longer one loads on demand, not on every step
+        parts.append(
+            _render(request, "_timeline.html", common | {"bars": bars, "span_ms": span_ms})
+        )
     parts.append(_render(request, "_artifacts.html", common | {"quote": quote}))
     return "\n".join(parts)
 

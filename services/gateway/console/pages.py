@@ -28,6 +28,11 @@ from shared.db.trajectories import STATUSES, TrajectoryView
 from shared.errors import NotFound
 
 PAGE_SIZE = 50
+# Spine rows (and conversation turns) rendered with the page; the rest load as the
+# reader scrolls, so a 2,000-step run's first screen stays small.
+SPINE_PAGE = 100
+# Past this many bars the timeline loads when its tab is first shown.
+TIMELINE_INLINE = 300
 
 
 def _safe_next(raw: str | None) -> str:
@@ -194,12 +199,14 @@ async def _render_trajectory(request: web.Request, view: TrajectoryView) -> web.
         )
     bars, span_ms = spine.timeline(view)
     costly = spine.most_expensive(rows + ([pending] if pending else []))
+    last_index = max((s.index for s in view.steps), default=-1)
     context = _context(
         request,
         t=view,
-        rows=rows,
+        rows=rows[:SPINE_PAGE],
+        more=_more(view, rows, 0, last_index),
         pending=pending,
-        bars=bars,
+        bars=bars if len(bars) <= TIMELINE_INLINE else None,
         span_ms=span_ms,
         costly=costly,
         errors=[r.dom_id for r in rows if r.failed],
@@ -208,11 +215,54 @@ async def _render_trajectory(request: web.Request, view: TrajectoryView) -> web.
         find=find,
         hits=hits,
         live=view.status in ("pending", "running"),
-        last_index=max((s.index for s in view.steps), default=-1),
+        last_index=last_index,
         quote=quote,
         page="trajectory",
     )
     return aiohttp_jinja2.render_template("trajectory.html", request, context)
+
+
+def _more(view: TrajectoryView, rows: list[spine.Row], start: int, upto: int) -> str | None:
+    """The query of the next slice of rows after ``start``, if there is one; ``upto``
+    keeps rows that arrive live (appended by the stream) out of later slices."""
+    following = [r for r in rows[start + SPINE_PAGE :] if r.last_index <= upto]
+    if not following:
+        return None
+    return f"from={start + SPINE_PAGE}&upto={upto}"
+
+
+async def more_rows(request: web.Request) -> web.Response:
+    """The next slice of the spine (``?view=chat``: of the conversation)."""
+    view = await _outline(request, request.match_info["trajectory_id"])
+    try:
+        start = max(0, int(request.query.get("from", "0")))
+        upto = int(request.query.get("upto", "-1"))
+    except ValueError:
+        raise web.HTTPBadRequest(reason="from and upto are step numbers") from None
+    rows, _ = spine.rows(view)
+    chunk = [r for r in rows[start : start + SPINE_PAGE] if r.last_index <= upto]
+    context = _context(
+        request,
+        t=view,
+        rows=chunk,
+        more=_more(view, rows, start, upto),
+        hits=set(),
+        first=None,
+        quote=quote,
+        page="trajectory",
+    )
+    template = "_chat_rows.html" if request.query.get("view") == "chat" else "_rows_more.html"
+    if "HX-Request" not in request.headers:
+        template = "rows_page.html"
+    return aiohttp_jinja2.render_template(template, request, context)
+
+
+async def timeline_part(request: web.Request) -> web.Response:
+    view = await _outline(request, request.match_info["trajectory_id"])
+    bars, span_ms = spine.timeline(view)
+    context = _context(request, t=view, bars=bars, span_ms=span_ms, page="trajectory")
+    template = "_timeline.html" if "HX-Request" in request.headers else "timeline_page.html"
+    return aiohttp_jinja2.render_template(template, request, context)
 
 
 def _curl(request: web.Request, body: dict[str, Any]) -> str:
