@@ -125,11 +125,11 @@ async def _shots(browser: Browser, page: Page, name: str) -> None:
     state = await page.context.storage_state()
     url = page.url
     for scheme in ("light", "dark"):
-        for size in SIZES:
+        for size, viewport in SIZES.items():
             context = await browser.new_context(
                 storage_state=state,
                 color_scheme=scheme,  # type: ignore[arg-type]
-                viewport=SIZES[size],  # type: ignore[arg-type]
+                viewport=viewport,  # type: ignore[arg-type]
             )
             other = await context.new_page()
             await other.goto(url)
