@@ -87,6 +87,7 @@ def most_expensive(all_rows: list[Row]) -> Row | None:
 @dataclass(frozen=True)
 class Bar:
     index: int
+    kind: str
     lane: str  # "agent" or "model"
     label: str
     left_pct: float
@@ -117,6 +118,7 @@ def timeline(view: TrajectoryView) -> tuple[list[Bar], float]:
         bars.append(
             Bar(
                 index=s.index,
+                kind=s.kind,
                 lane="model" if s.kind == "completion" else "agent",
                 label=s.tool_name or LABELS.get(s.kind, s.kind),
                 left_pct=round(left, 3),
