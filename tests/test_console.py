@@ -4,6 +4,7 @@ bodies, filters in the URL, and the vendored assets' checksums."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from pathlib import Path
@@ -272,3 +273,123 @@ async def test_a_long_run_renders_its_first_rows_and_loads_the_rest(stack: TestS
         assert '<li id="row-6" class="row k-tool_call hit"' in found and "1 step match" in found
     finally:
         await browser.close()
+
+
+async def _long_run(stack: TestStack, steps: int) -> str:
+    from bench.console import seed_long_run
+
+    pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=1)
+    try:
+        return await seed_long_run(pool, steps)
+    finally:
+        await pool.close()
+
+
+async def test_the_live_stream_resumes_after_last_event_id(stack: TestStack) -> None:
+    from bench.console import COLLECTION
+
+    trajectory_id = await _long_run(stack, 40)
+    browser = Browser(stack)
+    try:
+        await browser.sign_in(await stack.create_token(COLLECTION, "live"))
+        url = browser.base + f"/ui/trajectories/{trajectory_id}/live"
+        async with browser.http.get(url, headers={"Last-Event-ID": "33"}) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            body = await r.text()  # a completed run: one update, then done
+        assert body.startswith("event: update\nid: 39\n")
+        assert 'id="row-34"' in body and 'id="row-38"' in body and 'id="row-30"' not in body
+        assert 'id="summary" class="summary" hx-swap-oob="true"' in body
+        assert body.rstrip().endswith("event: done\nid: 39\ndata: completed")
+    finally:
+        await browser.close()
+
+
+async def test_redacted_base64_shows_as_a_chip(stack: TestStack, browser: Browser) -> None:
+    image = "data:image/png;base64," + base64.b64encode(bytes(range(256)) * 8).decode()
+    body = {
+        "model": "mock/echo",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": image}},
+                ],
+            }
+        ],
+    }
+    status, headers, doc = call(stack.base_url + "/v1/chat/completions", stack.token, body)
+    assert status == 200, doc
+    await browser.sign_in(stack.token)
+    status, text, _ = await browser.get(f"/ui/trajectories/{headers['X-Jetty-Trajectory-Id']}")
+    assert '<span class="chip"' in text and "image/png · 2.0 KB" in text
+    assert image[30:90] not in text
+
+
+async def test_artifact_previews(stack: TestStack) -> None:
+    from bench.console import COLLECTION
+
+    trajectory_id = await _long_run(stack, 8)
+    token = await stack.create_token(COLLECTION, "artifacts")
+    csv_rows = "name,qty\n" + "".join(f"<b>item{i}</b>,{i}\n" for i in range(700))
+    files = {
+        "table.csv": (csv_rows.encode(), "text/csv"),
+        "data.json": (b'{"a": [1, "<x>"]}', "application/json"),
+        "pic.png": (base64.b64decode(PNG), "image/png"),
+        "evil.svg": (b"<svg onload=alert(1)></svg>", "image/svg+xml"),
+    }
+    pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=1)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for name, (data, media) in files.items():
+                form = aiohttp.FormData()
+                form.add_field("file", data, filename=name, content_type=media)
+                async with http.post(
+                    stack.base_url + "/api/v1/files/upload",
+                    data=form,
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as r:
+                    stored = await r.json()
+                    assert r.status == 200, stored
+                await pool.execute(
+                    """INSERT INTO artifacts (trajectory_id, path, collection, task, key, size,
+                       sha256, content_type, stored_at, event_id)
+                       VALUES ($1, $2, $3, 'long-run', $4, $5, $6, $7, now(), 'ev')""",
+                    trajectory_id,
+                    f"out/{name}",
+                    COLLECTION,
+                    f"{COLLECTION}/uploads/{name}",
+                    stored["size"],
+                    stored["sha256"],
+                    media,
+                )
+    finally:
+        await pool.close()
+    browser = Browser(stack)
+    try:
+        await browser.sign_in(token)
+        base = f"/ui/trajectories/{trajectory_id}"
+        status, page, _ = await browser.get(base)
+        assert "out/table.csv" in page and "Download" in page
+        status, text, _ = await browser.get(f"{base}/artifacts/out/table.csv")
+        assert status == 200 and text.count("<tr>") == 501  # header + 500 rows
+        assert "&lt;b&gt;item0&lt;/b&gt;" in text and "first 500 rows" in text
+        status, text, _ = await browser.get(f"{base}/artifacts/out/data.json")
+        assert '<span class="k">&#34;a&#34;</span>' in text and "&lt;x&gt;" in text
+        status, text, _ = await browser.get(f"{base}/artifacts/out/pic.png")
+        assert f'<img src="{base}/images/out/pic.png"' in text
+        async with browser.http.get(browser.base + f"{base}/images/out/pic.png") as r:
+            assert r.status == 200 and r.content_type == "image/png"
+            assert "sandbox" in r.headers["Content-Security-Policy"]
+        status, text, _ = await browser.get(f"{base}/artifacts/out/evil.svg")
+        assert "No preview for this type" in text and "<svg" not in text
+        status, _, _ = await browser.get(f"{base}/images/out/evil.svg")
+        assert status == 404
+        async with browser.http.get(browser.base + f"{base}/files/out/data.json") as r:
+            assert r.status == 200 and await r.read() == files["data.json"][0]
+            assert "attachment" in r.headers["Content-Disposition"]
+    finally:
+        await browser.close()
+
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
