@@ -26,6 +26,7 @@ import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -257,7 +258,7 @@ async def _live(stack: TestStack, http: aiohttp.ClientSession, n: int) -> list[f
     return latencies
 
 
-async def _until_frame(stream: aiohttp.ClientResponse, needle: str, timeout: float = 10) -> None:
+async def _until_frame(stream: aiohttp.ClientResponse, needle: str, timeout: float = 30) -> None:
     buffer = ""
     deadline = time.monotonic() + timeout
     while needle not in buffer:
@@ -277,6 +278,7 @@ async def measure(stack: TestStack, rows: int, steps: int = 2000, n: int = 15) -
     token = await stack.create_token(COLLECTION, "bench")
     http = await _sign_in(stack, token)
     lines = ["| console page | p50 | max | HTML |", "|---|---|---|---|"]
+    print(f"seeded {rows} in {seconds:.1f} s", flush=True)
 
     def add(what: str, result: tuple[float, float, int]) -> None:
         p50, top, size = result
@@ -290,14 +292,18 @@ async def measure(stack: TestStack, rows: int, steps: int = 2000, n: int = 15) -
         add("trajectories, a later page", await _time(http, f"/ui/trajectories?cursor={cursor}", n))
         for what, query in FILTERS:
             add(f"filter: {what}", await _time(http, f"/ui/trajectories?{query}", n))
-        add("tasks, 30 days", await _time(http, "/ui/tasks?period=30d", n))
+        add("tasks, 24 hours", await _time(http, "/ui/tasks?period=24h", n))
+        add("tasks, 30 days (every row)", await _time(http, "/ui/tasks?period=30d", n))
         add(f"runbook page, {steps} steps", await _time(http, f"/ui/trajectories/{long_id}", n))
         add(
             "one step body (a model call)",
             await _time(http, f"/ui/trajectories/{long_id}/steps/{steps - 4}", n),
         )
-        print("\n".join(lines), flush=True)
-        live = await _live(stack, http, n)
+        try:
+            live = await _live(stack, http, n)
+        except TimeoutError:
+            print(stack.log_tails(), flush=True)
+            raise
     finally:
         await http.close()
     live_line = (
@@ -313,6 +319,27 @@ async def measure(stack: TestStack, rows: int, steps: int = 2000, n: int = 15) -
     )
 
 
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench:console:begin -->", "<!-- bench:console:end -->"
+
+
+def write_doc(section: str) -> None:
+    """Replace the console's section of docs/benchmarks.md (between its markers)."""
+    text = DOC.read_text()
+    if BEGIN not in text:
+        text += f"\n## The console\n\n{BEGIN}\n{END}\n"
+    before, rest = text.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    DOC.write_text(f"{before}{BEGIN}\n{section}\n{END}{after}")
+
+
+def section(factory: StackFactory, rows: int) -> str:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"Run {stamp}; `python -m bench.console --rows {rows}` (and `make bench`).\n\n" + run(
+        factory, rows
+    )
+
+
 def run(factory: StackFactory, rows: int) -> str:
     stack = factory(env={"JETTY_LOG_LEVEL": "WARNING"})
     try:
@@ -324,6 +351,7 @@ def run(factory: StackFactory, rows: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Measure the console's pages.")
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--no-write", action="store_true", help="do not update docs")
     args = parser.parse_args()
     from jetty_cli.embedded import EmbeddedPostgres
 
@@ -331,7 +359,10 @@ def main() -> None:
     pg = EmbeddedPostgres(root / "pg", durable=True).start()
     factory = StackFactory(root / "stacks", lambda: pg)
     try:
-        print(run(factory, args.rows))
+        text = section(factory, args.rows)
+        print(text)
+        if not args.no_write:
+            write_doc(text)
     finally:
         factory.close_all()
         pg.stop()

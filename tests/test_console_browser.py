@@ -320,9 +320,16 @@ async def test_cancel_stops_a_running_run(
     trajectory_id = await _start_run(site, "to-cancel", [])
     await page.goto(f"/ui/trajectories/{trajectory_id}")
     await expect(page.locator("#summary .status")).to_have_text("running", timeout=60_000)
+    # A list open beside it: the running row updates itself when the run ends.
+    lister = await page.context.new_page()
+    await lister.goto("/ui/trajectories")
+    await expect(lister.locator(f"#tr-{trajectory_id} .status")).to_have_text("running")
     await page.click("button.danger")
     await expect(page.locator("#summary .status")).to_have_text("cancelled", timeout=30_000)
     await expect(page.locator("button.danger")).to_have_count(0)
+    await expect(lister.locator(f"#tr-{trajectory_id} .status")).to_have_text(
+        "cancelled", timeout=30_000
+    )
     # The list now holds passthrough calls and runbooks of each outcome.
     await page.goto("/ui/trajectories")
     await expect(page.locator(f"#tr-{trajectory_id} .status")).to_have_text("cancelled")

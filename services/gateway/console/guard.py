@@ -110,6 +110,11 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = _error_page(request, exc.status, exc.reason)
     except ApiError as exc:
         response = _error_page(request, exc.status, exc.message)
+    except (ConnectionResetError, TimeoutError):
+        raise
+    except Exception:
+        log.exception("console error on %s %s", request.method, request.path)
+        response = _error_page(request, 500, "Something went wrong on our side.")
     for name, value in HEADERS.items():
         response.headers.setdefault(name, value)
     if not request.path.startswith(f"{PREFIX}/static/"):

@@ -138,7 +138,7 @@ async def follow(request: web.Request) -> web.StreamResponse:
             while not await wake.wait(KEEPALIVE_S):
                 await response.write(b": keep-alive\n\n")
             view = await _reread(gw, collection, trajectory_id) or view
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         log.debug("console live stream of %s closed by the browser", trajectory_id)
     finally:
         with contextlib.suppress(Exception):
@@ -173,7 +173,7 @@ async def follow_rows(request: web.Request) -> web.StreamResponse:
             await response.write(_frame("rows", html))
             ids = [r.trajectory_id for r in page.data if r.status not in TERMINAL]
         await response.write(_frame("done", "all ended"))
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         log.debug("console list stream closed by the browser")
     finally:
         with contextlib.suppress(Exception):
