@@ -298,6 +298,10 @@ async def test_a_runbook_run_appears_live_with_nested_calls_and_its_artifact(
     # Markdown, rendered (a heading, not "# Summary") from the CSV the agent read.
     await expect(page.locator("#preview .artifact h1")).to_have_text("Summary")
     await expect(page.locator("#preview .artifact")).to_contain_text("sum of price: 13")
+    await _shots_of_view(page, "runbook-open")  # a step open, the artifact previewed
+    await page.click("label[for=v-chat]")
+    await expect(page.locator(".view-chat .bubble").first).to_be_visible()
+    await _shots_of_view(page, "runbook-chat")
     await page.reload()
     await _shots(browser, page, "runbook")
     await page.click("label[for=v-time]")

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from services.gateway import trajectories
 from services.gateway.console import spine
 from services.gateway.console.guard import session_of
-from services.gateway.console.pages import TIMELINE_INLINE
+from services.gateway.console.pages import SPINE_PAGE, TIMELINE_INLINE, more_query
 from services.gateway.state import GATEWAY, Gateway, auth_of
 from shared import subjects
 from shared.db import outline
@@ -103,6 +103,10 @@ def update_html(request: web.Request, view: TrajectoryView, after: int) -> str:
         known = row.head is not None and row.head.index <= after
         parts.append(_render(request, "_row.html", common | {"row": row, "oob": known}))
     parts.append(_render(request, "_pending.html", common | {"pending": pending}))
+    if view.mode == "runbook":
+        last = max((s.index for s in view.steps), default=-1)
+        chat = {"rows": rows[:SPINE_PAGE], "more": more_query(rows, 0, last), "first": None}
+        parts.append(_render(request, "_conversation.html", common | chat))
     parts.append(_render(request, "_summary.html", common | {"csrf": session_of(request).csrf}))
     if len(bars) <= TIMELINE_INLINE:  # a longer one loads on demand, not on every step
         parts.append(

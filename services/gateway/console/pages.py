@@ -204,7 +204,7 @@ async def _render_trajectory(request: web.Request, view: TrajectoryView) -> web.
         request,
         t=view,
         rows=rows[:SPINE_PAGE],
-        more=_more(view, rows, 0, last_index),
+        more=more_query(rows, 0, last_index),
         pending=pending,
         bars=bars if len(bars) <= TIMELINE_INLINE else None,
         span_ms=span_ms,
@@ -222,7 +222,7 @@ async def _render_trajectory(request: web.Request, view: TrajectoryView) -> web.
     return aiohttp_jinja2.render_template("trajectory.html", request, context)
 
 
-def _more(view: TrajectoryView, rows: list[spine.Row], start: int, upto: int) -> str | None:
+def more_query(rows: list[spine.Row], start: int, upto: int) -> str | None:
     """The query of the next slice of rows after ``start``, if there is one; ``upto``
     keeps rows that arrive live (appended by the stream) out of later slices."""
     following = [r for r in rows[start + SPINE_PAGE :] if r.last_index <= upto]
@@ -245,7 +245,7 @@ async def more_rows(request: web.Request) -> web.Response:
         request,
         t=view,
         rows=chunk,
-        more=_more(view, rows, start, upto),
+        more=more_query(rows, start, upto),
         hits=set(),
         first=None,
         quote=quote,
