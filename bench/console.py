@@ -341,7 +341,7 @@ def section(factory: StackFactory, rows: int) -> str:
 
 
 def run(factory: StackFactory, rows: int) -> str:
-    stack = factory(env={"JETTY_LOG_LEVEL": "WARNING"})
+    stack = factory(env={"JETTY_LOG_LEVEL": "INFO"})
     try:
         return asyncio.run(measure(stack, rows))
     finally:

@@ -12,7 +12,9 @@ A ``done`` message ends a trajectory that reached its end; the page closes the
 stream then.
 
 ``GET /ui/trajectories/live?id=…`` does the same for the running rows of a list.
-Nothing here polls: between events the stream only sends a keep-alive comment.
+Nothing here polls: between events the stream only sends a keep-alive comment
+(and, while the recorder is behind, looks again every half second until it has
+caught up).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from shared.ids import is_trajectory_id
 log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 15.0
+RECHECK_S = 0.5
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 MAX_LIST_IDS = 50
 SSE_HEADERS = {
@@ -141,7 +144,12 @@ async def follow(request: web.Request) -> web.StreamResponse:
                 break
             while not await wake.wait(KEEPALIVE_S):
                 await response.write(b": keep-alive\n\n")
+            caught_up = await trajectories.projection_caught_up(gw)
             view = await _reread(gw, collection, trajectory_id) or view
+            if not caught_up:
+                # The recorder is behind: what woke us may not be readable yet, and
+                # no further event need come; look again shortly.
+                asyncio.get_running_loop().call_later(RECHECK_S, wake.event.set)
     except ConnectionResetError:
         log.debug("console live stream of %s closed by the browser", trajectory_id)
     finally:
@@ -151,7 +159,6 @@ async def follow(request: web.Request) -> web.StreamResponse:
 
 
 async def _reread(gw: Gateway, collection: str, trajectory_id: str) -> TrajectoryView | None:
-    await trajectories.projection_caught_up(gw)
     pool = await trajectories.open_pool(gw)
     return await outline.get_outline(pool, collection, trajectory_id)
 
@@ -167,7 +174,8 @@ async def follow_rows(request: web.Request) -> web.StreamResponse:
         while ids:
             while not await wake.wait(KEEPALIVE_S):
                 await response.write(b": keep-alive\n\n")
-            await trajectories.projection_caught_up(gw)
+            if not await trajectories.projection_caught_up(gw):
+                asyncio.get_running_loop().call_later(RECHECK_S, wake.event.set)
             page = await queries.list_trajectories(
                 await trajectories.open_pool(gw), collection, ids=ids, limit=len(ids)
             )
