@@ -341,7 +341,7 @@ def section(factory: StackFactory, rows: int) -> str:
 
 
 def run(factory: StackFactory, rows: int) -> str:
-    stack = factory(env={"JETTY_LOG_LEVEL": "INFO"})
+    stack = factory(env={"JETTY_LOG_LEVEL": "WARNING"})
     try:
         return asyncio.run(measure(stack, rows))
     finally:
