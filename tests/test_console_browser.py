@@ -280,6 +280,19 @@ async def test_a_runbook_run_appears_live_with_nested_calls_and_its_artifact(
     assert await page.locator("#spine .calls .call").count() >= 3  # the model calls, nested
     await expect(page.locator("#spine > .row.k-tool_call", has_text="Write")).to_have_count(1)
 
+    # A stream that started over may resend rows: the page keeps each row once.
+    count = await rows.count()
+    await page.evaluate(
+        """() => {
+            const spine = document.getElementById("spine");
+            const copy = spine.firstElementChild.cloneNode(true);
+            spine.append(copy);
+            window.htmx.process(copy);  // as htmx does for what a stream brings
+            spine.dispatchEvent(new CustomEvent("htmx:sseMessage", {bubbles: true}));
+        }"""
+    )
+    assert await rows.count() == count
+
     # Keyboard: j moves to the next step, k back, o opens it (its body loads then).
     await page.locator("body").click(position={"x": 5, "y": 5})
     await page.keyboard.press("j")

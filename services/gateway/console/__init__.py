@@ -14,7 +14,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from services.gateway.console import artifacts, live, pages, render
+from services.gateway.console import artifacts, guard, live, pages, render
 from services.gateway.console.guard import PREFIX, console_middleware, is_console
 
 __all__ = ["console_middleware", "is_console", "setup"]
@@ -33,6 +33,7 @@ def setup(app: web.Application) -> None:
     )
     env.filters.update(render.FILTERS)
     env.tests.update(render.TESTS)
+    app.cleanup_ctx.append(guard.sessions_ctx)
     p = PREFIX
     app.router.add_get("/", pages.root)
     app.router.add_get(p, pages.home)

@@ -11,6 +11,7 @@ answer: another collection's trajectory is the same 404 as an unknown id.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from urllib.parse import quote, urlsplit
 
 import aiohttp_jinja2
@@ -55,11 +56,14 @@ def session_of(request: web.Request) -> Session:
 
 
 def sessions(app: web.Application) -> SessionStore:
-    store = app.get(SESSIONS)
-    if store is None:
-        store = SessionStore(app[GATEWAY].js)
-        app[SESSIONS] = store
-    return store
+    return app[SESSIONS]
+
+
+async def sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Registered after the gateway's own lifecycle, so its NATS client exists."""
+    gw = app[GATEWAY]
+    app[SESSIONS] = SessionStore(gw.js, replicas=gw.settings.stream_replicas)
+    yield
 
 
 def _wants_page(request: web.Request) -> bool:

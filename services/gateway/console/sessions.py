@@ -50,9 +50,12 @@ def _key(session_id: str) -> str:
 
 
 class SessionStore:
-    def __init__(self, js: JetStreamContext, ttl_s: float = SESSION_TTL_S) -> None:
+    def __init__(
+        self, js: JetStreamContext, ttl_s: float = SESSION_TTL_S, replicas: int = 1
+    ) -> None:
         self._js = js
         self._ttl = ttl_s
+        self._replicas = replicas
         self._kv: Any = None
 
     async def _bucket(self) -> Any:
@@ -66,6 +69,7 @@ class SessionStore:
                         history=1,
                         ttl=self._ttl,
                         storage=StorageType.FILE,
+                        replicas=self._replicas,
                         description="console session id hashes -> token hash",
                     )
                 )

@@ -80,3 +80,17 @@ document.addEventListener("click", (event) => {
       () => { copy.textContent = "Select and copy"; });
   }
 });
+
+// A stream that had to start over (htmx replaces a closed EventSource, which
+// forgets Last-Event-ID) may send rows the page already has: keep each row once,
+// in its first place, with the newest content.
+document.addEventListener("htmx:sseMessage", () => {
+  const seen = new Map();
+  for (const row of document.querySelectorAll("#spine > li[id]")) {
+    const earlier = seen.get(row.id);
+    if (earlier) {
+      earlier.replaceWith(row);
+    }
+    seen.set(row.id, row);
+  }
+});
