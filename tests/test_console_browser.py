@@ -279,6 +279,7 @@ async def test_a_runbook_run_appears_live_with_nested_calls_and_its_artifact(
     await expect(page.locator("#spine .calls .call").first).to_be_visible()
     assert await page.locator("#spine .calls .call").count() >= 3  # the model calls, nested
     await expect(page.locator("#spine > .row.k-tool_call", has_text="Write")).to_have_count(1)
+    await expect(page.locator("#jumps")).to_contain_text("Most expensive")  # updated live
 
     # A stream that started over may resend rows: the page keeps each row once.
     count = await rows.count()

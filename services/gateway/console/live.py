@@ -111,6 +111,11 @@ def update_html(request: web.Request, view: TrajectoryView, after: int) -> str:
         chat = {"rows": rows[:SPINE_PAGE], "more": more_query(rows, 0, last), "first": None}
         parts.append(_render(request, "_conversation.html", common | chat))
     parts.append(_render(request, "_summary.html", common | {"csrf": session_of(request).csrf}))
+    jumps = {
+        "errors": [r.dom_id for r in rows if r.failed],
+        "costly": spine.most_expensive(rows + ([pending] if pending else [])),
+    }
+    parts.append(_render(request, "_jumps.html", common | jumps))
     if len(bars) <= TIMELINE_INLINE:  # a longer one loads on demand, not on every step
         parts.append(
             _render(request, "_timeline.html", common | {"bars": bars, "span_ms": span_ms})
