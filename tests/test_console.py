@@ -396,3 +396,22 @@ PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9a"
     "wAAAABJRU5ErkJggg=="
 )
+
+
+async def test_labels_show_and_filter(stack: TestStack, browser: Browser) -> None:
+    labelled = _call(stack, "labelled", task="console-labels")
+    plain = _call(stack, "plain", task="console-labels")
+    status, _, doc = call(
+        stack.base_url + f"/api/v1/trajectories/{labelled}/labels",
+        stack.token,
+        {"key": "team", "value": "data<x>"},
+    )
+    assert status in (200, 201), doc
+    await browser.sign_in(stack.token)
+    status, text, _ = await browser.get("/ui/trajectories?label=team:data<x>")
+    assert status == 200 and labelled in text and plain not in text
+    assert "team: data&lt;x&gt;" in text
+    status, text, _ = await browser.get(f"/ui/trajectories/{labelled}")
+    assert 'class="chip label"' in text
+    status, text, _ = await browser.get("/ui/trajectories?label=nocolon")
+    assert status == 400 and "key:value" in text

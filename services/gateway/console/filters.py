@@ -34,6 +34,7 @@ class ListFilters:
     since: str = ""
     until: str = ""
     min_cost: str = ""
+    label: str = ""
     q: str = ""
 
     @classmethod
@@ -81,6 +82,11 @@ class ListFilters:
             if not cost.is_finite() or cost < 0:
                 raise BadFilter("minimum cost must be a number of dollars")
             out["min_cost"] = cost
+        if self.label:
+            key, sep, value = self.label.partition(":")
+            if not sep or not key:
+                raise BadFilter("label must be key:value")
+            out["labels"] = [(key.strip(), value.strip())]
         if self.q:
             if self.exact_id():
                 out["ids"] = [self.q]
