@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp_jinja2
+import asyncpg
 from aiohttp import web
 from nats.aio.msg import Msg
 
@@ -38,6 +39,7 @@ from shared import subjects
 from shared.db import outline
 from shared.db import trajectories as queries
 from shared.db.trajectories import TrajectoryView
+from shared.errors import Unavailable
 from shared.ids import is_trajectory_id
 
 log = logging.getLogger(__name__)
@@ -150,8 +152,9 @@ async def follow(request: web.Request) -> web.StreamResponse:
             while not await wake.wait(KEEPALIVE_S):
                 await response.write(b": keep-alive\n\n")
             caught_up = await trajectories.projection_caught_up(gw)
-            view = await _reread(gw, collection, trajectory_id) or view
-            if not caught_up:
+            fresh = await _reread(gw, collection, trajectory_id)
+            view = fresh or view
+            if not caught_up or fresh is None:
                 # The recorder is behind: what woke us may not be readable yet, and
                 # no further event need come; look again shortly.
                 asyncio.get_running_loop().call_later(RECHECK_S, wake.event.set)
@@ -164,8 +167,14 @@ async def follow(request: web.Request) -> web.StreamResponse:
 
 
 async def _reread(gw: Gateway, collection: str, trajectory_id: str) -> TrajectoryView | None:
-    pool = await trajectories.open_pool(gw)
-    return await outline.get_outline(pool, collection, trajectory_id)
+    """The outline now, or None while the store cannot be read (the stream stays
+    open and tries again)."""
+    try:
+        pool = await trajectories.open_pool(gw)
+        return await outline.get_outline(pool, collection, trajectory_id)
+    except (OSError, asyncpg.PostgresError, TimeoutError, Unavailable) as exc:
+        log.warning("console live read of %s failed: %s", trajectory_id, exc.__class__.__name__)
+        return None
 
 
 async def follow_rows(request: web.Request) -> web.StreamResponse:
