@@ -8,7 +8,12 @@ STAMP := $(VENV)/.installed
 # matters is claude-code's: it puts its native binary where `.bin/claude` points.
 AGENTS_STAMP := agents/node_modules/.installed
 
-.PHONY: up test lint bench install clean
+# The console's browser tests drive Debian's Chromium through Playwright for Python
+# (pinned in pyproject.toml; `playwright install` downloads and cannot be used).
+# apt is shared with other installs on the machine: one at a time, behind a lock.
+CHROMIUM := /usr/lib/chromium/chromium
+
+.PHONY: up test lint bench install clean console-vendor
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,12 +26,17 @@ $(AGENTS_STAMP): agents/package.json agents/package-lock.json
 	cd agents/node_modules/@anthropic-ai/claude-code && node install.cjs
 	touch $(AGENTS_STAMP)
 
+$(CHROMIUM):
+	flock /tmp/jetty-apt.lock sh -c 'export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends chromium \
+	  || { apt-get update && apt-get install -y --no-install-recommends chromium; }'
+
 install: $(STAMP) $(AGENTS_STAMP)
 
 up: $(STAMP) $(AGENTS_STAMP)
 	$(BIN)/jetty up
 
-test: $(STAMP) $(AGENTS_STAMP)
+test: $(STAMP) $(AGENTS_STAMP) $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -36,6 +46,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# Refresh the console's vendored htmx + SSE extension from npm (versions pinned in
+# the script; it rewrites static/vendor/SHA256SUMS).
+console-vendor:
+	sh services/gateway/console/vendor.sh
 
 clean:
 	rm -rf $(VENV) .jetty .pytest_cache .mypy_cache .ruff_cache agents/node_modules

@@ -34,7 +34,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from bench import governance, runbook, translation
+from bench import console, governance, runbook, translation
 from bench.loadgen import Result, run
 from jetty_cli import procs
 from jetty_cli.embedded import EmbeddedPostgres
@@ -255,6 +255,8 @@ def main() -> None:
         runbooks = runbook.run_all(
             factory, n=3 if args.quick else 8, sandbox_runs=10 if args.quick else 30
         )
+        console_rows = int(os.environ.get("JETTY_BENCH_CONSOLE_ROWS", "1000000"))
+        console_section = console.section(factory, 100_000 if args.quick else console_rows)
     finally:
         factory.close_all()
         for fake in fakes:
@@ -276,8 +278,10 @@ def main() -> None:
         f"{runbooks}\n"
     )
     print(section)
+    print(console_section)
     if not args.no_write:
         _write_doc(section)
+        console.write_doc(console_section)
     # Keys, limits and metrics on the hot path; the retention sweeper's rate.
     governance.main(write=not args.no_write)
 

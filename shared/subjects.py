@@ -23,6 +23,8 @@ RUNS_BUCKET = "jetty_runs"
 # each gateway replica's request count per key this minute (shared rate limits).
 KEY_USAGE_BUCKET = "jetty_key_usage"
 KEY_RATES_BUCKET = "jetty_key_rates"
+# The console's sign-in sessions (session id hash -> token hash), with a TTL.
+CONSOLE_SESSIONS_BUCKET = "jetty_console_sessions"
 
 # The runner's work queue: a durable pull consumer on the events stream that
 # sees only runbook.requested events (every runner instance shares it, so each

@@ -20,7 +20,8 @@ from shared.logs import bind
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/metrics"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/metrics", "/ui"})
+CONSOLE_PREFIX = "/ui/"
 TRAJECTORY_HEADER = "X-Jetty-Trajectory-Id"
 
 
@@ -132,7 +133,8 @@ def api_token(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or request.path.startswith(CONSOLE_PREFIX):
+        # The console signs people in with its own sessions (services/gateway/console).
         return await handler(request)
     token = api_token(request)
     if token is None:
