@@ -15,6 +15,7 @@ from services.runner.settings import RunnerSettings
 from services.runner.worker import RunnerWorker
 from shared.bus import EventPublisher, connect, ensure_streams, source_name
 from shared.logs import setup_logging, use_uvloop
+from shared.objectstore import ObjectStore
 from shared.runs import RunStates
 from shared.tokens import TokenStore
 
@@ -31,7 +32,11 @@ async def main(settings: RunnerSettings) -> None:
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas)
     publisher = EventPublisher(nc, js, name, settings.claim_threshold_bytes)
-    backend = build_backend(settings)
+    # Every resource a run needs exists before the first run is taken: the first
+    # run on a fresh stack must not lose its artifacts to a missing bucket.
+    store = ObjectStore.from_settings(settings)
+    await store.ensure_bucket_retrying(log)
+    backend = build_backend(settings, store)
     deps = RunDeps(
         settings=settings,
         runner=name,

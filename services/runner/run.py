@@ -23,6 +23,7 @@ from nats.errors import Error as NatsError
 
 from services.runner.agents.base import AgentAdapter, AgentSpec, ParsedStep, StreamParser
 from services.runner.sandbox.base import (
+    ArtifactError,
     InputFile,
     Limits,
     Sandbox,
@@ -249,8 +250,8 @@ class Run:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         outcome = parser.outcome(result.exit_code)
-        await self._store_artifacts(self.sandbox)
-        await self._finish(result, outcome)
+        lost = await self._store_artifacts(self.sandbox)
+        await self._finish(result, outcome, lost)
 
     async def _pump(self, sandbox: Sandbox, parser: StreamParser) -> None:
         """Agent output → step events, until the agent's stdout closes."""
@@ -306,12 +307,13 @@ class Run:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), poll)
 
-    async def _store_artifacts(self, sandbox: Sandbox) -> None:
+    async def _store_artifacts(self, sandbox: Sandbox) -> list[ArtifactError]:
+        """Publish each stored file; return the files that were not stored."""
         try:
             outputs = await sandbox.collect_outputs()
         except Exception as exc:
             log.warning("run %s: outputs not collected: %r", self.trajectory_id, exc)
-            return
+            return [ArtifactError("*", f"the outputs could not be collected: {exc}")]
         for out in outputs:
             await self.deps.publisher.publish(
                 self.collection,
@@ -326,8 +328,11 @@ class Run:
                     stored_at=_now(),
                 ),
             )
+        return list(sandbox.artifact_errors)
 
-    async def _finish(self, result: SandboxExit, outcome: AgentOutcome) -> None:
+    async def _finish(
+        self, result: SandboxExit, outcome: AgentOutcome, lost: list[ArtifactError]
+    ) -> None:
         agent = self.event.agent
         if self.stop_reason is None:
             # The agent may have given up on its own right after a refused call,
@@ -371,6 +376,8 @@ class Run:
                 "agent_failed",
                 f"{agent} exited with code {result.exit_code}" + (f": {detail}" if detail else "."),
             )
+        elif lost:
+            error = artifacts_incomplete(lost)
         else:
             await self._end(
                 RunbookCompleted(
@@ -421,6 +428,20 @@ class Run:
         except Exception as exc:  # the event below is the record either way
             log.warning("run %s: final state not stored: %r", self.trajectory_id, exc)
         await self.deps.publisher.publish(self.collection, self.trajectory_id, data)
+
+
+def artifacts_incomplete(lost: list[ArtifactError]) -> ErrorRecord:
+    """The error of a run whose agent succeeded but some of whose files were not
+    stored: it names each (the stored ones are kept and listed as artifacts)."""
+    shown = "; ".join(f"{e.path!r}: {e.reason}" for e in lost[:20])
+    more = f"; and {len(lost) - 20} more" if len(lost) > 20 else ""
+    return _error(
+        500,
+        "artifact_error",
+        "artifacts_incomplete",
+        f"The agent finished, but {len(lost)} of its files could not be stored "
+        f"(the others are kept): {shown}{more}.",
+    )
 
 
 def _clip(text: str | None, limit: int) -> str | None:

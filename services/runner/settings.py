@@ -37,3 +37,6 @@ class RunnerSettings(CommonSettings):
     runner_step_text_limit: int = Field(default=16 * 1024, ge=256)
     # How often a running run checks its state for a cancel or a refused call.
     runner_state_poll: float = Field(default=0.5, gt=0)
+    # Files one run may store as artifacts (past it, each file left out is named
+    # in the run's error).
+    runner_max_artifacts: int = Field(default=1000, ge=1)

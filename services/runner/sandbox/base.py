@@ -65,6 +65,15 @@ class OutputFile:
 
 
 @dataclass(frozen=True, slots=True)
+class ArtifactError:
+    """A file the agent made that could not be stored, and why."""
+
+    #: the file's name as the catalogue would show it
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class SandboxExit:
     #: the agent's exit code; None when it was killed (timeout, cancel)
     exit_code: int | None
@@ -77,6 +86,8 @@ class SandboxExit:
 class Sandbox(Protocol):
     #: a name for logs and the runbook.started event (bwrap pid, Job name)
     sandbox_id: str
+    #: after collect_outputs(): the files it could not store (the others are kept)
+    artifact_errors: list[ArtifactError]
 
     def lines(self) -> AsyncIterator[str]:
         """The agent's stdout, line by line (no newline), until it exits."""

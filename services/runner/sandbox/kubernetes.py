@@ -40,6 +40,7 @@ from minio.error import MinioException
 
 from services.runner.sandbox import k8s_manifests as manifests
 from services.runner.sandbox.base import (
+    ArtifactError,
     OutputFile,
     SandboxError,
     SandboxExit,
@@ -98,6 +99,7 @@ class KubernetesSandbox:
         self._api = backend.api
         self._spec = spec
         self.sandbox_id = job
+        self.artifact_errors: list[ArtifactError] = []
         self._job = job
         self._secret = secret
         self._archive_key = archive_key

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from services.runner.sandbox import bwrap, outputs
 from services.runner.sandbox.base import (
+    ArtifactError,
     Limits,
     OutputFile,
     SandboxError,
@@ -111,6 +112,7 @@ class LocalSandbox:
         self.relay = relay
         self.proc = proc
         self.sandbox_id = f"bwrap-{proc.pid}"
+        self.artifact_errors: list[ArtifactError] = []
         self.started_at = time.monotonic()
         self._lines: asyncio.Queue[str | None] = asyncio.Queue(maxsize=4096)
         self._lines_taken = False
@@ -245,6 +247,7 @@ class LocalSandbox:
             max_files=self.settings.max_output_files,
             max_bytes=self.settings.max_output_bytes,
         )
+        self.artifact_errors = collected.errors
         return collected.files
 
     async def destroy(self) -> None:
