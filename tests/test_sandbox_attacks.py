@@ -9,15 +9,17 @@ upload before it (the bucket must already exist).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from jetty_cli.testing import StackFactory, TestStack, call
-from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.anthropic_upstream import FakeAnthropic, Script
 from tests.fakes.scenario_bash import BashScript
 
 pytestmark = pytest.mark.timeout(300)
@@ -164,3 +166,78 @@ async def test_files_past_the_bound_fail_the_run_and_the_others_are_kept(
     assert len(meta["artifacts"]) == 50
     view = trajectory(attacked, meta["trajectory_id"])
     assert view["status"] == "failed" and len(view["artifacts"]) == 50
+
+
+# --- the record must be the truth -----------------------------------------------------
+
+FORGE = (Path(__file__).parent / "fixtures" / "attacks" / "forge_steps.py").read_text()
+
+
+def _python(script: str) -> str:
+    """A Bash command that runs ``script`` with the sandbox's python3."""
+    return f"python3 - <<'JETTY_PY'\n{script}\nJETTY_PY"
+
+
+def _report(output: str) -> dict[str, str]:
+    found = {}
+    for line in output.splitlines():
+        name, sep, result = line.partition(": ")
+        if sep:
+            found[name.strip()] = result.strip()
+    return found
+
+
+async def test_a_process_in_the_sandbox_cannot_forge_the_agents_steps(
+    attacked: TestStack, anthropic: FakeAnthropic
+) -> None:
+    """The probe took the agent's stdout with pidfd_getfd and wrote an assistant
+    text it never said and a ``Write /etc/passwd`` it never made; it also made a
+    nested user namespace and ptrace-d the agent. Each is refused now, and the
+    record holds only what the agent itself printed."""
+    meta, script = await run_bash(attacked, anthropic, "forge", [_python(FORGE)])
+    assert meta["status"] == "completed", meta["error"]
+    report = _report(script.outputs[0])
+    assert report["agent"].isdigit(), script.outputs
+    assert report["pidfd_getfd"] == "EPERM", report
+    assert report["proc_fd"] == "ENXIO", report  # a socket cannot be reopened
+    assert report["ptrace"] == "EPERM", report
+    assert report["process_vm_readv"] == "EPERM", report
+    assert report["unshare"] != "ok" and report["unshare_syscall"] == "EPERM", report
+    for name in ("bpf", "perf_event_open", "keyctl"):
+        assert report[name] == "EPERM", report
+    view = trajectory(attacked, meta["trajectory_id"])
+    # (the command itself, in the Bash call's input, names them: look at the steps)
+    assert not [s for s in view["steps"] if s.get("text") == "FORGED-ASSISTANT-TEXT"]
+    assert not [s for s in view["steps"] if s.get("tool_call_id") == "toolu_forged"]
+    assert [s["tool_name"] for s in view["steps"] if s["kind"] == "tool_call"] == ["Bash"]
+    # Who says what: the model calls are the gateway's own record, the rest the
+    # agent's account.
+    origins = {s["kind"]: s["origin"] for s in view["steps"]}
+    assert origins["completion"] == "gateway"
+    assert origins["tool_call"] == origins["tool_result"] == "agent"
+
+
+async def test_every_field_from_the_agents_output_is_bounded(
+    attacked: TestStack, anthropic: FakeAnthropic
+) -> None:
+    """A model answer (the agent prints it as it is) with a 1 MB tool name and a
+    tool input of 5,000 keys: the step keeps a clipped name and a bounded input."""
+    huge_name = "T" * 1_000_000
+    huge_input = json.dumps({f"k{i}": "v" * 100 for i in range(5_000)})
+    anthropic.reset()
+    anthropic.respond_with(
+        MODEL,
+        lambda body: (
+            Script(text="ok")
+            if "tool_result" in json.dumps(body.get("messages", []))
+            else Script(tool_calls=[(huge_name, huge_input)])
+        ),
+    )
+    status, _, doc = await asyncio.to_thread(
+        call, attacked.base_url + "/v1/chat/completions", attacked.token, _body("bounds")
+    )
+    assert status == 200, doc
+    view = trajectory(attacked, doc["jetty_metadata"]["trajectory_id"])
+    [tool_call] = [s for s in view["steps"] if s["kind"] == "tool_call"]
+    assert len(tool_call["tool_name"]) <= 256 and tool_call["tool_name"].endswith("[clipped]")
+    assert len(json.dumps(tool_call["tool_input"])) < 100_000

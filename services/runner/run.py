@@ -22,6 +22,7 @@ from typing import Any
 from nats.errors import Error as NatsError
 
 from services.runner.agents.base import AgentAdapter, AgentSpec, ParsedStep, StreamParser
+from services.runner.bounds import bound_outcome, bound_step, clip
 from services.runner.sandbox.base import (
     ArtifactError,
     InputFile,
@@ -249,7 +250,9 @@ class Run:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        outcome = parser.outcome(result.exit_code)
+        outcome = bound_outcome(
+            parser.outcome(result.exit_code), deps.settings.runner_step_text_limit
+        )
         lost = await self._store_artifacts(self.sandbox)
         await self._finish(result, outcome, lost)
 
@@ -261,12 +264,13 @@ class Run:
             except Exception:  # a parser bug must not lose the run
                 log.exception("run %s: agent output not understood", self.trajectory_id)
                 continue
-            for step in steps:
-                await self._publish_step(step, parser.progress_text(step))
+            limit = self.deps.settings.runner_step_text_limit
+            for parsed in steps:
+                # Every field of the agent's own account is bounded before use.
+                step = bound_step(parsed, limit)
+                await self._publish_step(step, clip(parser.progress_text(step), limit))
 
     async def _publish_step(self, step: ParsedStep, progress: str | None) -> None:
-        limit = self.deps.settings.runner_step_text_limit
-        text, progress = _clip(step.text, limit), _clip(progress, limit)
         index = await self.deps.runs.allocate_steps(self.trajectory_id)
         await self.deps.publisher.publish(
             self.collection,
@@ -277,10 +281,10 @@ class Run:
                 kind=step.kind,
                 started_at=datetime.fromtimestamp(step.started, UTC),
                 ended_at=datetime.fromtimestamp(max(step.ended, step.started), UTC),
-                text=text,
+                text=step.text,
                 tool_name=step.tool_name,
                 tool_call_id=step.tool_call_id,
-                tool_input=_bounded(step.tool_input, limit),
+                tool_input=step.tool_input,
                 is_error=step.is_error,
                 progress=progress,
             ),
@@ -442,18 +446,3 @@ def artifacts_incomplete(lost: list[ArtifactError]) -> ErrorRecord:
         f"The agent finished, but {len(lost)} of its files could not be stored "
         f"(the others are kept): {shown}{more}.",
     )
-
-
-def _clip(text: str | None, limit: int) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return text[:limit] + f"\n… [{len(text) - limit} more characters]"
-
-
-def _bounded(value: dict[str, Any] | None, limit: int) -> dict[str, Any] | None:
-    """Tool inputs are kept whole unless a string in them is huge (a written file)."""
-    if value is None:
-        return None
-    return {
-        key: _clip(item, limit) if isinstance(item, str) else item for key, item in value.items()
-    }

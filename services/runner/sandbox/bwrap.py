@@ -11,7 +11,8 @@ What the agent gets:
 * ``/workspace`` and ``/home/agent`` read-write, the agents' ``node_modules``
   read-only at ``/opt/agents``, the relay's socket at ``/run/jetty`` and the
   launcher at ``/opt/jetty`` read-only;
-* every namespace unshared (so the network is loopback only), a new session
+* every namespace unshared (so the network is loopback only), no further user
+  namespace inside, the seccomp filter of :mod:`.seccomp`, a new session
   (no terminal to push input into), killed with its parent, uid/gid 1000,
   an environment that is exactly the command's.
 """
@@ -63,6 +64,8 @@ class Mounts:
     #: the folder of the relay's socket
     jetty: Path
     agents: Path
+    #: the compiled seccomp filter (:mod:`.seccomp`)
+    seccomp: int
     passwd: int
     group: int
     launcher: int
@@ -105,7 +108,10 @@ def options(mounts: Mounts, env: Mapping[str, str]) -> list[str]:
     """bwrap's options (it reads them NUL-separated from ``--args FD``, so the
     token in the environment never shows in ``ps``)."""
     args = [
-        "--unshare-all", "--die-with-parent", "--new-session",
+        # A user namespace of its own in which no further one can be made (what
+        # `unshare -Urm` would need), and the seccomp filter over everything.
+        "--unshare-all", "--unshare-user", "--disable-userns", "--seccomp", str(mounts.seccomp),
+        "--die-with-parent", "--new-session",
         "--uid", str(UID), "--gid", str(GID), "--hostname", "sandbox",
         *root_pieces(),
         "--ro-bind-data", str(mounts.passwd), "/etc/passwd",

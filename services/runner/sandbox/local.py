@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from services.runner.sandbox import bwrap, outputs
+from services.runner.sandbox import bwrap, outputs, seccomp
 from services.runner.sandbox.base import (
     ArtifactError,
     Limits,
@@ -101,6 +102,7 @@ class LocalSandbox:
         inputs: dict[str, str],
         relay: GatewayRelay,
         proc: asyncio.subprocess.Process,
+        stdout: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         on_destroy: Callable[[LocalSandbox], None] = lambda _sandbox: None,
     ) -> None:
         self.spec = spec
@@ -111,6 +113,7 @@ class LocalSandbox:
         self.inputs = inputs
         self.relay = relay
         self.proc = proc
+        self._stdout, self._stdout_socket = stdout
         self.sandbox_id = f"bwrap-{proc.pid}"
         self.artifact_errors: list[ArtifactError] = []
         self.started_at = time.monotonic()
@@ -145,8 +148,7 @@ class LocalSandbox:
             stdin.close()
 
     async def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        reader, pending, dropping = self.proc.stdout, b"", False
+        reader, pending, dropping = self._stdout, b"", False
         limit = self.settings.max_line_bytes
         try:
             while chunk := await reader.read(READ_CHUNK):
@@ -260,6 +262,7 @@ class LocalSandbox:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, self._exit, return_exceptions=True)
+        self._stdout_socket.close()
         await self.relay.stop()
         await asyncio.to_thread(self.run.remove)
         self._on_destroy(self)
@@ -278,6 +281,7 @@ class LocalSandboxBackend:
             gateway_url=f"http://127.0.0.1:{settings.inner_port}",
         )
         self._live: set[LocalSandbox] = set()
+        self._seccomp: bytes | None = None
 
     @property
     def _owner(self) -> int | None:
@@ -289,6 +293,8 @@ class LocalSandboxBackend:
             raise SandboxError(f"bwrap not found at {settings.bwrap}")
         if not (settings.agents_mount / "node_modules").is_dir():
             raise SandboxError(f"no node_modules in {settings.agents_mount}")
+        if self._seccomp is None:
+            self._seccomp = await asyncio.to_thread(seccomp.compile_filter)
         owner = self._owner
         if owner is not None and (blocked := blocked_by(settings.agents_mount, owner)):
             raise SandboxError(f"the sandbox's host user {owner} cannot pass through {blocked}")
@@ -300,19 +306,39 @@ class LocalSandboxBackend:
             inputs = await run.place_inputs(self.store, spec.inputs, settings.max_input_bytes)
             run.write_home_files(spec.command.home_files)
             await relay.start(owner=owner)
-            proc = await self._spawn(spec, run, owner)
+            proc, stdout = await self._spawn(spec, run, owner, self._seccomp)
         except BaseException:
             await relay.stop()
             await asyncio.to_thread(run.remove)
             raise
         sandbox = LocalSandbox(
-            spec, settings, self.store, run, inputs, relay, proc, self._live.discard
+            spec, settings, self.store, run, inputs, relay, proc, stdout, self._live.discard
         )
         self._live.add(sandbox)
         return sandbox
 
     async def _spawn(
-        self, spec: SandboxSpec, run: RunDir, owner: int | None
+        self, spec: SandboxSpec, run: RunDir, owner: int | None, seccomp_filter: bytes
+    ) -> tuple[asyncio.subprocess.Process, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        """Start bwrap. The agent's stdout — its event stream, the agent-reported
+        steps — is one end of a socket pair, not a pipe: a socket cannot be
+        reopened through ``/proc/<pid>/fd`` (a pipe can, by any process of the same
+        user), and taking the descriptor itself (``pidfd_getfd``, ``ptrace``) is
+        what the seccomp filter denies, so only the processes the agent hands it
+        to can write there."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = await self._spawn_with(spec, run, owner, seccomp_filter, theirs.fileno())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.shutdown(socket.SHUT_WR)
+        return proc, await asyncio.open_unix_connection(sock=ours, limit=READ_CHUNK * 4)
+
+    async def _spawn_with(
+        self, spec: SandboxSpec, run: RunDir, owner: int | None, seccomp_filter: bytes, stdout: int
     ) -> asyncio.subprocess.Process:
         with contextlib.ExitStack() as fds:
 
@@ -331,6 +357,7 @@ class LocalSandboxBackend:
                 passwd=data("passwd", bwrap.PASSWD.encode()),
                 group=data("group", bwrap.GROUP.encode()),
                 launcher=data("launcher", LAUNCHER_SOURCE.read_bytes()),
+                seccomp=data("seccomp", seccomp_filter),
             )
             # The options (with the environment, hence the token) travel in an
             # anonymous memory file: never on a command line (ps), never on disk.
@@ -338,14 +365,14 @@ class LocalSandboxBackend:
             args_fd = data("bwrap-args", b"".join(a.encode() + b"\0" for a in options))
             command = spec.command
             argv = bwrap.command(command.argv, command.env, spec.limits, self.settings.inner_port)
-            passed = (mounts.passwd, mounts.group, mounts.launcher, args_fd)
+            passed = (mounts.passwd, mounts.group, mounts.launcher, mounts.seccomp, args_fd)
             try:
                 return await asyncio.create_subprocess_exec(
                     str(self.settings.bwrap), "--args", str(args_fd), "--", *argv,
                     stdin=asyncio.subprocess.PIPE
                     if spec.command.stdin is not None
                     else asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
+                    stdout=stdout,
                     stderr=asyncio.subprocess.PIPE,
                     pass_fds=passed,
                     start_new_session=True,
