@@ -8,7 +8,22 @@ STAMP := $(VENV)/.installed
 # matters is claude-code's: it puts its native binary where `.bin/claude` points.
 AGENTS_STAMP := agents/node_modules/.installed
 
+# Debian packages the local sandbox needs: libseccomp's Python binding compiles
+# its seccomp filter (for the system python3). apt is shared by whoever else
+# installs at the same time: the lock serialises us.
+SYSDEPS_STAMP := $(VENV)/.sysdeps
+SYSDEPS := python3-seccomp
+
 .PHONY: up test lint bench install clean
+
+$(SYSDEPS_STAMP): | $(STAMP)
+	@if ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    flock /tmp/jetty-apt.lock sh -c 'apt-get install -y -q $(SYSDEPS) || \
+	      (apt-get update -q && apt-get install -y -q $(SYSDEPS))'; \
+	  else echo "install $(SYSDEPS) (Debian) for the local sandbox's seccomp filter"; exit 1; fi; \
+	fi
+	touch $(SYSDEPS_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,12 +36,12 @@ $(AGENTS_STAMP): agents/package.json agents/package-lock.json
 	cd agents/node_modules/@anthropic-ai/claude-code && node install.cjs
 	touch $(AGENTS_STAMP)
 
-install: $(STAMP) $(AGENTS_STAMP)
+install: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP)
 
-up: $(STAMP) $(AGENTS_STAMP)
+up: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP)
 	$(BIN)/jetty up
 
-test: $(STAMP) $(AGENTS_STAMP)
+test: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -34,7 +49,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check shared services jetty_cli tests bench
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP)
 	$(BIN)/python -m bench.run
 
 clean:
