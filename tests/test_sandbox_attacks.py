@@ -241,3 +241,24 @@ async def test_every_field_from_the_agents_output_is_bounded(
     [tool_call] = [s for s in view["steps"] if s["kind"] == "tool_call"]
     assert len(tool_call["tool_name"]) <= 256 and tool_call["tool_name"].endswith("[clipped]")
     assert len(json.dumps(tool_call["tool_input"])) < 100_000
+
+
+async def test_a_model_with_no_price_is_refused_when_the_run_has_a_dollar_budget(
+    attacked: TestStack, anthropic: FakeAnthropic
+) -> None:
+    """The probe made 20 calls to an unpriced model under ``max_cost_usd``, all
+    allowed (``cost_usd: null`` counted as nothing). Now the first is refused
+    before it goes upstream, and the run fails naming the model."""
+    model = "anthropic/claude-unpriced-probe"
+    anthropic.reset()
+    anthropic.respond_with("claude-unpriced-probe", BashScript(["echo spent"] * 20))
+    body = _body("unpriced", budget={"max_cost_usd": "0.50"}) | {"model": model}
+    status, _, doc = await asyncio.to_thread(
+        call, attacked.base_url + "/v1/chat/completions", attacked.token, body
+    )
+    assert status == 200, doc
+    meta = doc["jetty_metadata"]
+    assert meta["status"] == "failed"
+    assert meta["error"]["code"] == "model_price_unknown", meta["error"]
+    assert model in meta["error"]["message"] and "$0.50" in meta["error"]["message"]
+    assert len(anthropic.requests) == 0  # nothing reached the provider

@@ -303,7 +303,9 @@ class Run:
                 # Ended elsewhere: another runner took this run for lost (this one
                 # missed its heartbeats). Its end stands; stop the agent.
                 self.request_stop("superseded")
-            elif state is not None and (state.cancel_requested or state.budget_exceeded):
+            elif state is not None and (
+                state.cancel_requested or state.budget_exceeded or state.refused_call
+            ):
                 self.request_stop("cancel" if state.cancel_requested else "budget")
             if self.stop_reason is not None and self.sandbox is not None:
                 await self.sandbox.kill()
@@ -343,7 +345,7 @@ class Run:
             # before the state watch saw the refusal: the refusal is the cause.
             with contextlib.suppress(NatsError, TimeoutError):
                 state = await self.deps.runs.get(self.trajectory_id)
-                if state is not None and state.budget_exceeded:
+                if state is not None and (state.budget_exceeded or state.refused_call):
                     self.stop_reason = "budget"
         if self.stop_reason == "cancel":
             await self._end(
@@ -356,8 +358,12 @@ class Run:
                 "cancelled",
             )
             return
+        state = None
         if self.stop_reason == "budget":
             state = await self.deps.runs.get(self.trajectory_id)
+        if state is not None and state.refused_call:
+            error = _error(402, "budget_exceeded", "model_price_unknown", state.refused_call)
+        elif self.stop_reason == "budget":
             spent = f" (spent {state.spent_tokens} tokens, ${state.spent_usd})" if state else ""
             error = _error(
                 402,
