@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 
 from services.runner.backends import build_backend
@@ -26,7 +27,16 @@ log = logging.getLogger("services.runner")
 SHUTDOWN_GRACE = 10.0
 
 
+def _raise_open_file_limit() -> None:
+    """The runner's own descriptors (two per relayed connection) up to the hard
+    limit: a sandbox's flood is held by its relay's bound, and this leaves room."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def main(settings: RunnerSettings) -> None:
+    _raise_open_file_limit()
     name = source_name("runner")
     nc = await connect(settings.nats_url, name)
     js = nc.jetstream()

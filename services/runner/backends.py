@@ -28,6 +28,9 @@ def build_backend(settings: RunnerSettings, store: ObjectStore | None = None) ->
             gateway_host=gateway.hostname or "127.0.0.1",
             gateway_port=gateway.port or (443 if gateway.scheme == "https" else 80),
             max_output_files=settings.runner_max_artifacts,
+            relay_max_connections=settings.runner_relay_max_connections,
+            cgroups=settings.runner_cgroups,
+            disk_quota=settings.runner_disk_quota,
         ),
         store,
     )

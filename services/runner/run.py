@@ -87,6 +87,7 @@ class Run:
         self.collection = collection
         self.event = event
         self.sandbox: Sandbox | None = None
+        self.limits: Limits | None = None
         self.stop_reason: str | None = None  # "cancel" | "budget" | "superseded"
         self.agent_started_at: datetime | None = None
         self._stopped = asyncio.Event()
@@ -217,10 +218,14 @@ class Run:
                 max_processes=settings.runner_max_processes,
                 cpu_seconds=settings.runner_cpu_seconds,
                 max_file_mb=settings.runner_max_file_mb,
+                cpus=settings.runner_cpus,
+                disk_mb=settings.runner_disk_mb,
+                max_open_files=settings.runner_max_open_files,
             ),
             artifact_prefix=f"{self.collection}/{self.event.task}/{self.trajectory_id}/",
             labels={"trajectory-id": self.trajectory_id, "agent": self.event.agent},
         )
+        self.limits = spec.limits
         try:
             self.sandbox = await deps.backend.start(spec)
         except SandboxError as exc:
@@ -371,6 +376,8 @@ class Run:
                 "budget_exceeded",
                 f"The run's budget was exhausted{spent}; the agent's next model call was refused.",
             )
+        elif result.exhausted:
+            error = resource_exhausted(result.exhausted, self.limits)
         elif result.timed_out:
             error = _error(
                 504,
@@ -438,6 +445,23 @@ class Run:
         except Exception as exc:  # the event below is the record either way
             log.warning("run %s: final state not stored: %r", self.trajectory_id, exc)
         await self.deps.publisher.publish(self.collection, self.trajectory_id, data)
+
+
+def resource_exhausted(hit: tuple[str, ...], limits: Limits | None) -> ErrorRecord:
+    """The error of a run that used up one of its limits (named, with its size)."""
+    sizes = {
+        "memory": f"{limits.memory_mb} MB for all its processes and in-memory files",
+        "processes": f"{limits.max_processes} processes",
+        "disk": f"{limits.disk_mb} MB of disk for its workspace, home and /tmp",
+    } if limits is not None else {}  # fmt: skip
+    named = "; ".join(f"{name} ({sizes[name]})" if name in sizes else name for name in hit)
+    return _error(
+        507 if hit == ("disk",) else 500,
+        "resource_exhausted",
+        "resource_exhausted",
+        f"The run used up its limit of {named}; the sandbox's processes were stopped "
+        "there. Ask for more in jetty.limits (within the operator's maximum) or do less.",
+    )
 
 
 def artifacts_incomplete(lost: list[ArtifactError]) -> ErrorRecord:

@@ -28,11 +28,24 @@ class RunnerSettings(CommonSettings):
     runner_agents_dir: Path = _CHECKOUT_AGENTS
     # Per-run workspaces of the local backend.
     runner_workspace_root: Path = Path(tempfile.gettempdir()) / "jetty-runs"
-    # Limits of every sandbox.
+    # Limits of every sandbox, each for the run as a whole (docs/sandboxes.md):
+    # the defaults, and the most a runbook may ask for in `jetty.limits`.
     runner_memory_mb: int = Field(default=4096, ge=64)
     runner_max_processes: int = Field(default=512, ge=8)
     runner_cpu_seconds: int | None = Field(default=None, ge=1)
     runner_max_file_mb: int = Field(default=1024, ge=1)
+    runner_cpus: float = Field(default=1.0, gt=0)
+    runner_disk_mb: int = Field(default=4096, ge=64)
+    runner_max_open_files: int = Field(default=1024, ge=64)
+    runner_max_memory_mb: int = Field(default=8192, ge=64)
+    runner_max_cpus: float = Field(default=2.0, gt=0)
+    runner_max_disk_mb: int = Field(default=16384, ge=64)
+    # The local backend's whole-run limits: a cgroup per sandbox, a filesystem
+    # per run (each used where the host allows it; off: rlimits only).
+    runner_cgroups: bool = True
+    runner_disk_quota: bool = True
+    # Connections a sandbox may hold open to the gateway at once (its relay).
+    runner_relay_max_connections: int = Field(default=64, ge=4)
     # Tool outputs and messages are kept up to this many characters per step.
     runner_step_text_limit: int = Field(default=16 * 1024, ge=256)
     # How often a running run checks its state for a cancel or a refused call.

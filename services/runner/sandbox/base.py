@@ -31,13 +31,28 @@ class InputFile:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """What one run may use, as a whole (every process of its sandbox together).
+
+    The same concepts on both backends: ``local`` enforces them with a cgroup per
+    sandbox, a size-limited filesystem per run and rlimits; ``kubernetes`` maps
+    ``memory_mb`` / ``cpus`` to the container's limits and ``disk_mb`` to its
+    ``ephemeral-storage`` limit."""
+
     #: wall-clock limit of the agent, seconds (the backend kills it past this)
     timeout_s: float
+    #: memory of all its processes and its in-memory files together, MB
     memory_mb: int = 4096
     max_processes: int = 512
+    #: CPU time of one process, seconds (None: no limit)
     cpu_seconds: int | None = None
     #: largest file the agent may write, MB
     max_file_mb: int = 1024
+    #: CPUs the whole run may use at once (None: the backend's default)
+    cpus: float | None = None
+    #: workspace, home and /tmp together, MB (None: the backend's default)
+    disk_mb: int | None = None
+    #: open files per process
+    max_open_files: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +96,8 @@ class SandboxExit:
     killed: bool = False
     #: the tail of the agent's stderr, for the error message of a failed run
     stderr_tail: str = ""
+    #: the run's limits it hit: ``memory``, ``processes``, ``disk``
+    exhausted: tuple[str, ...] = ()
 
 
 class Sandbox(Protocol):

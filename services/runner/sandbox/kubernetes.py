@@ -413,13 +413,17 @@ class KubernetesSandboxBackend:
                 ttl_after_finished_s=s.ttl_seconds_after_finished,
                 service_account=s.service_account,
                 cpu_request=s.cpu_request,
-                cpu_limit=s.cpu_limit,
+                cpu_limit=s.cpu_limit
+                if spec.limits.cpus is None
+                else f"{round(spec.limits.cpus * 1000)}m",
                 memory_request=s.memory_request,
                 memory_limit=f"{spec.limits.memory_mb}Mi",
                 workspace=self.layout.workspace,
                 home=self.layout.home,
                 workspace_size=s.workspace_size,
-                ephemeral_storage_limit=s.ephemeral_storage_limit,
+                ephemeral_storage_limit=s.ephemeral_storage_limit
+                if spec.limits.disk_mb is None
+                else f"{spec.limits.disk_mb}Mi",
                 runtime_class=s.runtime_class,
                 extra_labels=spec.labels,
             )
