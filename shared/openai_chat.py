@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from shared.errors import InvalidRequest
+from shared.limits import RunLimits
 
 TASK_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"
 DEFAULT_TASK = "_chat"
@@ -99,6 +100,8 @@ class JettyBlock(BaseModel):
     # Runbook only: limits of this run (the server's defaults apply when absent).
     budget: RunBudgetIn | None = None
     timeout_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    # Runbook only: the sandbox's limits (shared/limits.py), within the operator's.
+    limits: RunLimits | None = None
 
 
 class ChatCompletionRequest(_Open):

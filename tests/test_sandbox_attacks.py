@@ -264,3 +264,69 @@ async def test_a_model_with_no_price_is_refused_when_the_run_has_a_dollar_budget
     assert meta["error"]["code"] == "model_price_unknown", meta["error"]
     assert model in meta["error"]["message"] and "$0.50" in meta["error"]["message"]
     assert len(anthropic.requests) == 0  # nothing reached the provider
+
+
+# --- one run must not be able to hurt another run or the host --------------------------
+
+
+async def test_memory_is_limited_for_the_run_as_a_whole(
+    attacked: TestStack, anthropic: FakeAnthropic
+) -> None:
+    """The probe's three 3 GB processes plus 2 GB in a tmpfs took 11 GB of the
+    host. Here, with ``jetty.limits.memory_mb`` 1024: three processes of 300 MB and
+    200 MB in /dev/shm together pass the run's limit, though each is well inside
+    the per-process one — the run fails naming memory, the host keeps its memory."""
+    hog = "python3 -c 'import time; x = b\"\\1\" * (300 << 20); time.sleep(4)'"
+    command = (
+        "dd if=/dev/zero of=/dev/shm/fill bs=1M count=200 2>/dev/null; "
+        f"({hog}) & ({hog}) & ({hog}) & wait; echo survived"
+    )
+    meta, _ = await run_bash(attacked, anthropic, "memory", [command], limits={"memory_mb": 1024})
+    assert meta["status"] == "failed", meta
+    assert meta["error"]["code"] == "resource_exhausted", meta["error"]
+    assert "memory (1024 MB" in meta["error"]["message"]
+
+
+async def test_processes_are_limited_for_the_run_as_a_whole(
+    attacked: TestStack, anthropic: FakeAnthropic
+) -> None:
+    meta, script = await run_bash(
+        attacked,
+        anthropic,
+        "fork",
+        ["for i in $(seq 1 400); do (sleep 3 &) 2>/dev/null; done; echo forked"],
+        limits={"max_processes": 200},
+    )
+    assert meta["status"] == "failed", meta
+    assert meta["error"]["code"] == "resource_exhausted", meta["error"]
+    assert "processes (200 processes)" in meta["error"]["message"]
+
+
+async def test_disk_is_limited_for_workspace_home_and_tmp_together(
+    attacked: TestStack, anthropic: FakeAnthropic
+) -> None:
+    """The probe put six 1,000 MB files under the runs folder, each inside the
+    per-file limit. With ``disk_mb`` 256 the workspace, home and /tmp share 256 MB:
+    the writes stop there, the run fails naming disk, and the files are gone with
+    the run."""
+    command = (
+        "dd if=/dev/zero of=/tmp/a bs=1M count=150 2>&1 | tail -1; "
+        "dd if=/dev/zero of=$HOME/b bs=1M count=150 2>&1 | head -1; "
+        "df -m /workspace /tmp $HOME | tail -3"
+    )
+    meta, script = await run_bash(attacked, anthropic, "disk", [command], limits={"disk_mb": 256})
+    assert "No space left on device" in script.outputs[0], script.outputs
+    assert meta["status"] == "failed", meta
+    assert meta["error"]["code"] == "resource_exhausted", meta["error"]
+    assert meta["error"]["status"] == 507
+    assert "disk (256 MB" in meta["error"]["message"]
+
+
+async def test_limits_past_the_operators_maximum_are_refused(attacked: TestStack) -> None:
+    body = _body("too-big", limits={"memory_mb": 1_000_000})
+    status, _, doc = await asyncio.to_thread(
+        call, attacked.base_url + "/v1/chat/completions", attacked.token, body
+    )
+    assert status == 400, doc
+    assert doc["error"]["param"] == "jetty.limits.memory_mb"
+    assert "at most 8192" in doc["error"]["message"]

@@ -30,6 +30,7 @@ from shared.chatwire import Frame, parse_frame
 from shared.errors import ApiError, InvalidRequest, Unavailable
 from shared.events.runbook import Budget, RunbookRequested
 from shared.ids import new_trajectory_id
+from shared.limits import RunLimits
 from shared.objectstore import ObjectStoreError
 from shared.openai_chat import ChatCompletionRequest, Message
 from shared.redact import recorded_request
@@ -143,6 +144,13 @@ async def plan_runbook(gw: Gateway, auth: TokenRecord, req: ChatCompletionReques
             param="jetty.timeout_s",
             code="invalid_value",
         )
+    limits = jetty.limits or RunLimits()
+    for name, maximum in settings.over(limits):
+        raise InvalidRequest(
+            f"'jetty.limits.{name}' may be at most {maximum:g} here.",
+            param=f"jetty.limits.{name}",
+            code="invalid_value",
+        )
     asked = jetty.budget
     max_tokens = asked.max_tokens if asked and asked.max_tokens else settings.runbook_max_tokens
     max_cost = asked.max_cost_usd if asked and asked.max_cost_usd else settings.runbook_max_cost_usd
@@ -163,6 +171,7 @@ async def plan_runbook(gw: Gateway, auth: TokenRecord, req: ChatCompletionReques
         file_paths=file_paths,
         budget=budget,
         timeout_s=timeout,
+        limits=limits,
         requested_at=datetime.now(UTC),
         request=recorded_request(req.model_dump(mode="json", exclude_none=True)),
     )

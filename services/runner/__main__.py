@@ -47,6 +47,7 @@ async def main(settings: RunnerSettings) -> None:
     store = ObjectStore.from_settings(settings)
     await store.ensure_bucket_retrying(log)
     backend = build_backend(settings, store)
+    await backend.open()
     deps = RunDeps(
         settings=settings,
         runner=name,

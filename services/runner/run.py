@@ -23,6 +23,7 @@ from nats.errors import Error as NatsError
 
 from services.runner.agents.base import AgentAdapter, AgentSpec, ParsedStep, StreamParser
 from services.runner.bounds import bound_outcome, bound_step, clip
+from services.runner.run_limits import artifacts_incomplete, resource_exhausted, run_limits
 from services.runner.sandbox.base import (
     ArtifactError,
     InputFile,
@@ -212,16 +213,7 @@ class Run:
             task=self.event.task,
             command=command,
             inputs=[InputFile(p, f"{self.collection}/{p}") for p in self.event.file_paths],
-            limits=Limits(
-                timeout_s=self.event.timeout_s,
-                memory_mb=settings.runner_memory_mb,
-                max_processes=settings.runner_max_processes,
-                cpu_seconds=settings.runner_cpu_seconds,
-                max_file_mb=settings.runner_max_file_mb,
-                cpus=settings.runner_cpus,
-                disk_mb=settings.runner_disk_mb,
-                max_open_files=settings.runner_max_open_files,
-            ),
+            limits=run_limits(settings, self.event.timeout_s, self.event.limits),
             artifact_prefix=f"{self.collection}/{self.event.task}/{self.trajectory_id}/",
             labels={"trajectory-id": self.trajectory_id, "agent": self.event.agent},
         )
@@ -445,34 +437,3 @@ class Run:
         except Exception as exc:  # the event below is the record either way
             log.warning("run %s: final state not stored: %r", self.trajectory_id, exc)
         await self.deps.publisher.publish(self.collection, self.trajectory_id, data)
-
-
-def resource_exhausted(hit: tuple[str, ...], limits: Limits | None) -> ErrorRecord:
-    """The error of a run that used up one of its limits (named, with its size)."""
-    sizes = {
-        "memory": f"{limits.memory_mb} MB for all its processes and in-memory files",
-        "processes": f"{limits.max_processes} processes",
-        "disk": f"{limits.disk_mb} MB of disk for its workspace, home and /tmp",
-    } if limits is not None else {}  # fmt: skip
-    named = "; ".join(f"{name} ({sizes[name]})" if name in sizes else name for name in hit)
-    return _error(
-        507 if hit == ("disk",) else 500,
-        "resource_exhausted",
-        "resource_exhausted",
-        f"The run used up its limit of {named}; the sandbox's processes were stopped "
-        "there. Ask for more in jetty.limits (within the operator's maximum) or do less.",
-    )
-
-
-def artifacts_incomplete(lost: list[ArtifactError]) -> ErrorRecord:
-    """The error of a run whose agent succeeded but some of whose files were not
-    stored: it names each (the stored ones are kept and listed as artifacts)."""
-    shown = "; ".join(f"{e.path!r}: {e.reason}" for e in lost[:20])
-    more = f"; and {len(lost) - 20} more" if len(lost) > 20 else ""
-    return _error(
-        500,
-        "artifact_error",
-        "artifacts_incomplete",
-        f"The agent finished, but {len(lost)} of its files could not be stored "
-        f"(the others are kept): {shown}{more}.",
-    )

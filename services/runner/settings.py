@@ -8,13 +8,14 @@ from typing import Literal
 
 from pydantic import Field
 
+from shared.limits import LimitMaxima
 from shared.settings import CommonSettings
 
 # agents/ beside services/ in a checkout: where `make` installs the pinned CLIs.
 _CHECKOUT_AGENTS = Path(__file__).resolve().parents[2] / "agents"
 
 
-class RunnerSettings(CommonSettings):
+class RunnerSettings(CommonSettings, LimitMaxima):
     runner_backend: Literal["local", "kubernetes"] = "local"
     # Runs executed at once by this runner (each is an agent in a sandbox).
     runner_concurrency: int = Field(default=2, ge=1, le=256)
@@ -37,9 +38,6 @@ class RunnerSettings(CommonSettings):
     runner_cpus: float = Field(default=1.0, gt=0)
     runner_disk_mb: int = Field(default=4096, ge=64)
     runner_max_open_files: int = Field(default=1024, ge=64)
-    runner_max_memory_mb: int = Field(default=8192, ge=64)
-    runner_max_cpus: float = Field(default=2.0, gt=0)
-    runner_max_disk_mb: int = Field(default=16384, ge=64)
     # The local backend's whole-run limits: a cgroup per sandbox, a filesystem
     # per run (each used where the host allows it; off: rlimits only).
     runner_cgroups: bool = True

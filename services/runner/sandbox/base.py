@@ -138,6 +138,10 @@ class SandboxBackend(Protocol):
     name: str
     layout: SandboxLayout
 
+    async def open(self) -> None:
+        """At the runner's start, before the first run: find what the host allows,
+        clean up what runners before it left."""
+
     async def start(self, spec: SandboxSpec) -> Sandbox: ...
 
     async def close(self) -> None: ...

@@ -429,6 +429,9 @@ class KubernetesSandboxBackend:
             )
         )
 
+    async def open(self) -> None:
+        pass  # Jobs left by a runner end by their own deadline and TTL
+
     async def start(self, spec: SandboxSpec) -> KubernetesSandbox:
         api = self.api
         job = self.job_manifest(spec)

@@ -299,6 +299,9 @@ class LocalSandboxBackend:
         self._host: HostResources | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
+    async def open(self) -> None:
+        await self._host_resources()
+
     async def _host_resources(self) -> HostResources:
         """What this host allows (found once), the first sweep, the sweeper."""
         if self._host is None:
