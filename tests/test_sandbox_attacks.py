@@ -290,7 +290,7 @@ async def test_memory_is_limited_for_the_run_as_a_whole(
 async def test_processes_are_limited_for_the_run_as_a_whole(
     attacked: TestStack, anthropic: FakeAnthropic
 ) -> None:
-    meta, script = await run_bash(
+    meta, _ = await run_bash(
         attacked,
         anthropic,
         "fork",
