@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from jetty_cli.testing import StackFactory, TestStack, call
+from jetty_cli.testing import StackFactory, TestStack, call, traversable_tmpdir
 from tests.fakes.anthropic_upstream import FakeAnthropic, Script
 from tests.fakes.scenario_bash import BashScript
 
@@ -39,16 +40,20 @@ async def anthropic() -> AsyncIterator[FakeAnthropic]:
 
 @pytest.fixture(scope="module")
 def attacked(stack_factory: StackFactory, anthropic: FakeAnthropic) -> Iterator[TestStack]:
+    runs = traversable_tmpdir("jetty-attack-runs-")  # the sandbox's host user passes through
     stack = stack_factory(
         env={
+            "JETTY_RUNNER_WORKSPACE_ROOT": str(runs / "r"),
             "ANTHROPIC_API_KEY": KEY,
             "ANTHROPIC_BASE_URL": anthropic.base_url,
             "JETTY_RUNNER_CONCURRENCY": "2",
+            "JETTY_RUNNER_ACK_WAIT": "3",
             "JETTY_RUNNER_MAX_ARTIFACTS": "50",
         }
     )
     yield stack
     stack.close()
+    shutil.rmtree(runs, ignore_errors=True)
 
 
 def _body(task: str, **jetty: Any) -> dict[str, Any]:
@@ -170,7 +175,9 @@ async def test_files_past_the_bound_fail_the_run_and_the_others_are_kept(
 
 # --- the record must be the truth -----------------------------------------------------
 
-FORGE = (Path(__file__).parent / "fixtures" / "attacks" / "forge_steps.py").read_text()
+ATTACKS = Path(__file__).parent / "fixtures" / "attacks"
+FORGE = (ATTACKS / "forge_steps.py").read_text()
+FLOOD = (ATTACKS / "flood.py").read_text()
 
 
 def _python(script: str) -> str:
@@ -330,3 +337,88 @@ async def test_limits_past_the_operators_maximum_are_refused(attacked: TestStack
     assert status == 400, doc
     assert doc["error"]["param"] == "jetty.limits.memory_mb"
     assert "at most 8192" in doc["error"]["message"]
+
+
+async def test_a_relay_flood_degrades_only_the_run_that_floods(
+    attacked: TestStack, anthropic: FakeAnthropic
+) -> None:
+    """The probe's 15,000 connections to the sandbox's gateway socket exhausted
+    the runner's descriptors and a run started meanwhile failed in 10 ms. Now the
+    flooding run holds at most its relay's bound, and a run started during the
+    flood completes with its files."""
+    flood_model, calm_model = "claude-sonnet-4-5", MODEL
+    flood_script = BashScript([_python(FLOOD)])
+    calm_script = BashScript(["echo calm > calm.txt"])
+    anthropic.reset()
+    anthropic.respond_with(flood_model, flood_script)
+    anthropic.respond_with(calm_model, calm_script)
+    url = attacked.base_url + "/v1/chat/completions"
+    flood_body = _body("flood") | {"model": flood_model}
+    flooding = asyncio.create_task(asyncio.to_thread(call, url, attacked.token, flood_body))
+    await asyncio.sleep(4)  # the flood's agent is up and flooding
+    status, _, doc = await asyncio.to_thread(call, url, attacked.token, _body("calm"))
+    assert status == 200, doc
+    calm = doc["jetty_metadata"]
+    assert calm["status"] == "completed", calm["error"]
+    assert [a["path"] for a in calm["artifacts"]] == ["calm.txt"]
+    status, _, doc = await flooding
+    assert status == 200, doc
+    assert doc["jetty_metadata"]["status"] == "completed", doc["jetty_metadata"]["error"]
+    held = int(_report(flood_script.outputs[0])["open"])
+    assert 0 < held <= 64, flood_script.outputs
+
+
+async def test_the_sandbox_sees_nothing_of_the_hosts_layout(
+    attacked: TestStack, anthropic: FakeAnthropic
+) -> None:
+    """The probe read the host's venv path in /proc/1/cmdline, the run folder's host
+    path in mountinfo, and all of the host's /usr."""
+    meta, script = await run_bash(
+        attacked,
+        anthropic,
+        "layout",
+        [
+            "tr '\\0' ' ' < /proc/1/cmdline; echo; cat /proc/self/mountinfo; "
+            "ls /usr; ls /usr/local 2>&1 | head -1"
+        ],
+    )
+    assert meta["status"] == "completed", meta["error"]
+    cmdline, *rest = script.outputs[0].splitlines()
+    assert cmdline.startswith("./bwrap --args "), cmdline
+    assert ".venv" not in cmdline and "site-packages" not in cmdline, cmdline
+    mountinfo = [line for line in rest if line[:1].isdigit()]
+    root = attacked.config.extra_env["JETTY_RUNNER_WORKSPACE_ROOT"]
+    assert not [line for line in mountinfo if root in line], mountinfo
+    # The run's folders come from its own filesystem: no host path in their root.
+    for target in ("/workspace", "/home/agent", "/tmp", "/run/jetty"):
+        [line] = [line for line in mountinfo if line.split()[4] == target]
+        assert line.split()[3] in ("/workspace", "/home", "/tmp", "/jetty"), line
+    usr = {line for line in rest if line and not line[:1].isdigit() and "/" not in line}
+    assert "local" not in usr and "src" not in usr and {"bin", "lib"} <= usr, usr
+    assert "cannot access '/usr/local'" in rest[-1], rest[-1]
+
+
+async def test_run_folders_of_a_runner_that_died_are_swept(
+    attacked: TestStack, anthropic: FakeAnthropic
+) -> None:
+    """A runner killed mid-run leaves its run's folder (and its filesystem
+    mounted); the next runner removes both when it starts."""
+    root = Path(attacked.config.extra_env["JETTY_RUNNER_WORKSPACE_ROOT"])
+    anthropic.reset()
+    anthropic.respond_with(MODEL, BashScript(["sleep 60"]))
+    url = attacked.base_url + "/v1/chat/completions"
+    running = asyncio.create_task(asyncio.to_thread(call, url, attacked.token, _body("swept")))
+
+    def folders() -> list[Path]:
+        return [p for p in root.iterdir() if p.is_dir()]
+
+    assert await until(lambda: [f for f in folders() if (f / "fs" / "workspace").is_dir()], 60)
+    left = folders()
+    attacked.kill("runner")
+    assert all((f / "fs").is_mount() for f in left)
+    await attacked.restart_async("runner")
+    assert await until(lambda: not any(f.exists() for f in left), 30), left
+    mounts = await asyncio.to_thread(Path("/proc/self/mountinfo").read_text)
+    assert not any(str(f) in mounts for f in left)
+    status, _, doc = await running
+    assert status == 200 and doc["jetty_metadata"]["error"]["code"] == "runner_lost", doc

@@ -329,8 +329,8 @@ class LocalSandboxBackend:
                 log.exception("sweep of %s failed", self.settings.root)
 
     def _bwrap_link(self) -> Path:
-        """bwrap is started through a link in the runs' root: its path is what the
-        sandbox's pid 1 shows in /proc/1/cmdline (not the host's venv)."""
+        """bwrap is started through a link in the runs' root (its path is what the
+        sandbox's pid 1 shows in /proc/1/cmdline: not the host's venv)."""
         link = self.settings.root / "bwrap"
         if not (link.is_symlink() and link.resolve() == self.settings.bwrap.resolve()):
             tmp = link.with_name(f".bwrap-{os.getpid()}")
@@ -444,8 +444,9 @@ class LocalSandboxBackend:
             argv = bwrap.command(command.argv, command.env, spec.limits, self.settings.inner_port)
             passed = (mounts.passwd, mounts.group, mounts.launcher, mounts.seccomp, args_fd)
             try:
+                link = self._bwrap_link()
                 return await asyncio.create_subprocess_exec(
-                    str(self._bwrap_link()), "--args", str(args_fd), "--", *argv,
+                    f"./{link.name}", "--args", str(args_fd), "--", *argv,
                     stdin=asyncio.subprocess.PIPE
                     if spec.command.stdin is not None
                     else asyncio.subprocess.DEVNULL,
@@ -454,7 +455,9 @@ class LocalSandboxBackend:
                     pass_fds=passed,
                     start_new_session=True,
                     env={},
-                    cwd="/",
+                    # Started as ./bwrap from the runs' root: the sandbox's pid 1
+                    # shows that in /proc/1/cmdline, no host path at all.
+                    cwd=str(link.parent),
                     # Not user=/group=: uvloop (the services' loop) refuses them.
                     preexec_fn=partial(_enter, resources, owner),
                 )  # fmt: skip
