@@ -76,13 +76,26 @@ async def run_bash(
     script = BashScript(commands)
     fake.reset()
     fake.respond_with(MODEL, script)
-    status, _, doc = await asyncio.to_thread(
-        call, stack.base_url + "/v1/chat/completions", stack.token, _body(task, **jetty)
-    )
+    status, doc = await post(stack, _body(task, **jetty))
     assert status == 200, doc
     meta = doc["jetty_metadata"]
     assert isinstance(meta, dict)
     return meta, script
+
+
+async def post(stack: TestStack, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST a chat completion and wait for its answer (a runbook's can take a while)."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=240)) as session,
+        session.post(
+            stack.base_url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {stack.token}"},
+        ) as response,
+    ):
+        doc = await response.json()
+        assert isinstance(doc, dict)
+        return response.status, doc
 
 
 def trajectory(stack: TestStack, trajectory_id: str) -> dict[str, Any]:
@@ -241,9 +254,7 @@ async def test_every_field_from_the_agents_output_is_bounded(
             else Script(tool_calls=[(huge_name, huge_input)])
         ),
     )
-    status, _, doc = await asyncio.to_thread(
-        call, attacked.base_url + "/v1/chat/completions", attacked.token, _body("bounds")
-    )
+    status, doc = await post(attacked, _body("bounds"))
     assert status == 200, doc
     view = trajectory(attacked, doc["jetty_metadata"]["trajectory_id"])
     [tool_call] = [s for s in view["steps"] if s["kind"] == "tool_call"]
@@ -262,9 +273,7 @@ async def test_a_model_with_no_price_is_refused_when_the_run_has_a_dollar_budget
     anthropic.reset()
     anthropic.respond_with("claude-unpriced-probe", BashScript(["echo spent"] * 20))
     body = _body("unpriced", budget={"max_cost_usd": "0.50"}) | {"model": model}
-    status, _, doc = await asyncio.to_thread(
-        call, attacked.base_url + "/v1/chat/completions", attacked.token, body
-    )
+    status, doc = await post(attacked, body)
     assert status == 200, doc
     meta = doc["jetty_metadata"]
     assert meta["status"] == "failed"
@@ -331,9 +340,7 @@ async def test_disk_is_limited_for_workspace_home_and_tmp_together(
 
 async def test_limits_past_the_operators_maximum_are_refused(attacked: TestStack) -> None:
     body = _body("too-big", limits={"memory_mb": 1_000_000})
-    status, _, doc = await asyncio.to_thread(
-        call, attacked.base_url + "/v1/chat/completions", attacked.token, body
-    )
+    status, doc = await post(attacked, body)
     assert status == 400, doc
     assert doc["error"]["param"] == "jetty.limits.memory_mb"
     assert "at most 8192" in doc["error"]["message"]
@@ -352,16 +359,15 @@ async def test_a_relay_flood_degrades_only_the_run_that_floods(
     anthropic.reset()
     anthropic.respond_with(flood_model, flood_script)
     anthropic.respond_with(calm_model, calm_script)
-    url = attacked.base_url + "/v1/chat/completions"
     flood_body = _body("flood") | {"model": flood_model}
-    flooding = asyncio.create_task(asyncio.to_thread(call, url, attacked.token, flood_body))
+    flooding = asyncio.create_task(post(attacked, flood_body))
     await asyncio.sleep(4)  # the flood's agent is up and flooding
-    status, _, doc = await asyncio.to_thread(call, url, attacked.token, _body("calm"))
+    status, doc = await post(attacked, _body("calm"))
     assert status == 200, doc
     calm = doc["jetty_metadata"]
     assert calm["status"] == "completed", calm["error"]
     assert [a["path"] for a in calm["artifacts"]] == ["calm.txt"]
-    status, _, doc = await flooding
+    status, doc = await flooding
     assert status == 200, doc
     assert doc["jetty_metadata"]["status"] == "completed", doc["jetty_metadata"]["error"]
     held = int(_report(flood_script.outputs[0])["open"])
@@ -404,13 +410,15 @@ async def test_run_folders_of_a_runner_that_died_are_swept(
     """A runner killed mid-run leaves its run's folder (and its filesystem
     mounted); the next runner removes both when it starts."""
     root = Path(attacked.config.extra_env["JETTY_RUNNER_WORKSPACE_ROOT"])
-    anthropic.reset()
-    anthropic.respond_with(MODEL, BashScript(["sleep 60"]))
-    url = attacked.base_url + "/v1/chat/completions"
-    running = asyncio.create_task(asyncio.to_thread(call, url, attacked.token, _body("swept")))
 
     def folders() -> list[Path]:
         return [p for p in root.iterdir() if p.is_dir()]
+
+    # (runs of the tests before may still be cleaning up after their answer)
+    assert await until(lambda: not folders(), 30), folders()
+    anthropic.reset()
+    anthropic.respond_with(MODEL, BashScript(["sleep 60"]))
+    running = asyncio.create_task(post(attacked, _body("swept")))
 
     assert await until(lambda: [f for f in folders() if (f / "fs" / "workspace").is_dir()], 60)
     left = folders()
@@ -420,5 +428,5 @@ async def test_run_folders_of_a_runner_that_died_are_swept(
     assert await until(lambda: not any(f.exists() for f in left), 30), left
     mounts = await asyncio.to_thread(Path("/proc/self/mountinfo").read_text)
     assert not any(str(f) in mounts for f in left)
-    status, _, doc = await running
+    status, doc = await running
     assert status == 200 and doc["jetty_metadata"]["error"]["code"] == "runner_lost", doc

@@ -313,7 +313,7 @@ class LocalSandboxBackend:
                 use_disk=settings.disk_quota,
             )
             settings.root.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(host.sweep, set())
+            await asyncio.to_thread(host.sweep)
             log.info("local sandboxes: %s", host.describe())
             self._host = host
             self._sweeper = asyncio.create_task(self._sweep_forever(host))
@@ -322,9 +322,8 @@ class LocalSandboxBackend:
     async def _sweep_forever(self, host: HostResources) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
-            live = {s.run.root for s in self._live}
             try:
-                await asyncio.to_thread(host.sweep, live)
+                await asyncio.to_thread(host.sweep)
             except Exception:  # a sweep that failed is retried next time
                 log.exception("sweep of %s failed", self.settings.root)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from services.runner.sandbox import cgroups, rundisk
 from services.runner.sandbox.base import Limits, SandboxError
-from services.runner.sandbox.workspace import RunDir, sweep
+from services.runner.sandbox.workspace import RunDir, pid_alive, sweep
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +96,14 @@ class HostResources:
                 raise SandboxError(str(exc)) from exc
         return RunResources(run, cgroup)
 
-    def sweep(self, live: set[Path]) -> int:
-        """Remove run folders and cgroups no live sandbox uses (runners that died,
-        starts that failed half-way)."""
-        removed = sweep(self.root, live)
+    def sweep(self) -> int:
+        """Remove the run folders and cgroups that runners which died left."""
+        removed = sweep(self.root)
         if self.cgroups is not None:
-            names = {p.name for p in live}
 
-            def stale(name: str) -> bool:
-                return name not in names and not (self.root / name).exists()
+            def stale(name: str) -> bool:  # named <runner pid>.<run>: its runner is gone
+                pid, dot, _rest = name.partition(".")
+                return bool(dot) and pid.isdigit() and not pid_alive(int(pid))
 
             removed_cgroups = self.cgroups.sweep(stale)
         else:

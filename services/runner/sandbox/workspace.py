@@ -186,10 +186,10 @@ def remove_folder(root: Path) -> None:
         shutil.rmtree(root)
 
 
-def sweep(base: Path, live: set[Path]) -> list[Path]:
-    """Remove the run folders under ``base`` that no sandbox uses any more: those
-    of runners that are gone, and this runner's own that are not in ``live``
-    (a start that failed half-way). Returns what was removed."""
+def sweep(base: Path) -> list[Path]:
+    """Remove the run folders under ``base`` of runners that are gone (a runner
+    cleans up its own, a start that failed half-way included). Returns what was
+    removed."""
     removed: list[Path] = []
     try:
         entries = list(base.iterdir())
@@ -200,10 +200,7 @@ def sweep(base: Path, live: set[Path]) -> list[Path]:
         if not dot or not pid_text.isdigit() or not folder.is_dir():
             continue
         pid = int(pid_text)
-        if pid == os.getpid():
-            if folder in live:
-                continue
-        elif _alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         try:
             remove_folder(folder)
@@ -213,7 +210,7 @@ def sweep(base: Path, live: set[Path]) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
