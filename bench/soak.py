@@ -127,15 +127,20 @@ async def soak(factory: StackFactory) -> SoakResult:
         [hostile] = [m for m in metas if m["hostile"]]
         calm = [m for m in metas if not m["hostile"]]
 
-        def recovered() -> bool:
-            folders = [p for p in (runs / "r").iterdir() if p.is_dir()]
-            return not folders and not _run_cgroups()
+        mark = str(hostile.get("trajectory_id"))
+
+        def recovered() -> bool:  # the hostile run's folder, filesystem and cgroup gone
+            folders = [p for p in (runs / "r").iterdir() if p.is_dir() and mark in p.name]
+            return not folders and not [c for c in _run_cgroups() if mark in c.name]
 
         while not recovered() and time.monotonic() - hostile_ended[0] < 120:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         recovery = time.monotonic() - hostile_ended[0]
         memory_delta = before - _available_mb()
         error = (hostile.get("error") or {}).get("message", "")
+        for m in calm:
+            if m["status"] != "completed":
+                print("soak: a calm run did not complete:", str(m)[:600])
         return SoakResult(
             calm_completed=sum(m["status"] == "completed" for m in calm),
             calm_with_file=sum(
@@ -159,8 +164,8 @@ def table(result: SoakResult) -> str:
             f"| calm runs with their artifact | {result.calm_with_file} / {RUNS - 1} |",
             f"| the hostile run | {result.hostile} |",
             f"| wall time | {result.wall_s:.1f} s |",
-            "| host recovered after the hostile run ended (its folder, filesystem and"
-            f" cgroup gone) | {result.recovery_s:.1f} s |",
+            "| host clean after the hostile run's answer (its folder, filesystem and"
+            f" cgroup gone) | {result.recovery_s:.2f} s |",
             f"| host memory available, before minus after | {result.memory_delta_mb:.0f} MB |",
         ]
     )
