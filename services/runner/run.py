@@ -23,6 +23,7 @@ from nats.errors import Error as NatsError
 
 from services.runner.agents.base import AgentAdapter, AgentSpec, ParsedStep, StreamParser
 from services.runner.bounds import bound_outcome, bound_step, clip
+from services.runner.evaluation import Evaluation
 from services.runner.run_limits import artifacts_incomplete, resource_exhausted, run_limits
 from services.runner.sandbox.base import (
     ArtifactError,
@@ -34,6 +35,7 @@ from services.runner.sandbox.base import (
     SandboxExit,
     SandboxSpec,
 )
+from services.runner.secrets import RunSecretScope, SecretsUnavailable
 from services.runner.settings import RunnerSettings
 from shared.bus import EventPublisher
 from shared.events.completion import ErrorRecord
@@ -49,6 +51,7 @@ from shared.events.runbook import (
     RunbookStep,
 )
 from shared.runs import RunNotFound, RunState, RunStates
+from shared.secrets import RunSecrets
 from shared.tokens import TokenStore, generate_token, hash_token
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ class RunDeps:
     tokens: TokenStore
     backend: SandboxBackend
     adapters: dict[str, AgentAdapter]
+    #: sealed run secrets (None: no JETTY_SECRETS_KEY; runs with secrets then fail)
+    secrets: RunSecrets | None = None
 
 
 class _Skip(Exception):
@@ -89,9 +94,16 @@ class Run:
         self.event = event
         self.sandbox: Sandbox | None = None
         self.limits: Limits | None = None
+        #: files of the agent that could not be stored (the run then fails)
+        self.lost_artifacts: list[ArtifactError] = []
         self.stop_reason: str | None = None  # "cancel" | "budget" | "superseded"
         self.agent_started_at: datetime | None = None
         self._stopped = asyncio.Event()
+        self.secret_scope = RunSecretScope(deps.secrets, deps.publisher, trajectory_id)
+        #: the agent's sandbox spec, and the artifacts so far (path -> key): what an
+        #: evaluation's checks and retry rounds start from (services/runner/evaluation.py)
+        self.spec: SandboxSpec | None = None
+        self.outputs: dict[str, str] = {}
 
     # --- control ------------------------------------------------------------------
 
@@ -125,6 +137,7 @@ class Run:
                 AgentOutcome(),
             )
         finally:
+            await self.secret_scope.close()
             with contextlib.suppress(Exception):
                 await self.deps.tokens.revoke(hash_token(token))
             if self.sandbox is not None:
@@ -193,6 +206,14 @@ class Run:
         await deps.runs.update(
             self.trajectory_id, lambda s: s.model_copy(update={"token_hash": hash_token(token)})
         )
+        try:
+            await self.secret_scope.load(self.event.secret_names)
+        except SecretsUnavailable as exc:
+            await self._end_failed(
+                _error(503, "server_error", "secrets_unavailable", f"Secrets not available: {exc}"),
+                AgentOutcome(),
+            )
+            return
         layout = deps.backend.layout
         command = adapter.command(
             AgentSpec(
@@ -206,17 +227,20 @@ class Run:
                 agents_dir=layout.agents_dir,
             )
         )
+        command = self.secret_scope.apply(command)
         settings = deps.settings
         spec = SandboxSpec(
             trajectory_id=self.trajectory_id,
             collection=self.collection,
             task=self.event.task,
             command=command,
-            inputs=[InputFile(p, f"{self.collection}/{p}") for p in self.event.file_paths],
+            inputs=[InputFile(p, f"{self.collection}/{p}") for p in self.event.file_paths]
+            + [InputFile(item.path, item.key) for item in self.event.inputs],
             limits=run_limits(settings, self.event.timeout_s, self.event.limits),
             artifact_prefix=f"{self.collection}/{self.event.task}/{self.trajectory_id}/",
             labels={"trajectory-id": self.trajectory_id, "agent": self.event.agent},
         )
+        self.spec = spec
         self.limits = spec.limits
         try:
             self.sandbox = await deps.backend.start(spec)
@@ -250,8 +274,11 @@ class Run:
         outcome = bound_outcome(
             parser.outcome(result.exit_code), deps.settings.runner_step_text_limit
         )
-        lost = await self._store_artifacts(self.sandbox)
-        await self._finish(result, outcome, lost)
+        await self._store_artifacts(self.sandbox)
+        if self.event.evaluation is not None:
+            evaluation = Evaluation(self, self.event.evaluation, token)
+            result, outcome = await evaluation.rounds(result, outcome)
+        await self._finish(result, outcome)
 
     async def _pump(self, sandbox: Sandbox, parser: StreamParser) -> None:
         """Agent output → step events, until the agent's stdout closes."""
@@ -310,14 +337,17 @@ class Run:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), poll)
 
-    async def _store_artifacts(self, sandbox: Sandbox) -> list[ArtifactError]:
-        """Publish each stored file; return the files that were not stored."""
+    async def _store_artifacts(self, sandbox: Sandbox) -> None:
+        """Publish each stored file; keep the files that were not stored (those of
+        the last round count) for the run's end."""
         try:
             outputs = await sandbox.collect_outputs()
         except Exception as exc:
             log.warning("run %s: outputs not collected: %r", self.trajectory_id, exc)
-            return [ArtifactError("*", f"the outputs could not be collected: {exc}")]
+            self.lost_artifacts = [ArtifactError("*", f"the outputs were not collected: {exc}")]
+            return
         for out in outputs:
+            self.outputs[out.path] = out.key
             await self.deps.publisher.publish(
                 self.collection,
                 self.trajectory_id,
@@ -331,11 +361,14 @@ class Run:
                     stored_at=_now(),
                 ),
             )
-        return list(sandbox.artifact_errors)
+        self.lost_artifacts = list(sandbox.artifact_errors)
 
-    async def _finish(
-        self, result: SandboxExit, outcome: AgentOutcome, lost: list[ArtifactError]
-    ) -> None:
+    # What an evaluation's retry rounds reuse (services/runner/evaluation.py).
+    pump = _pump
+    watch_state = _watch_state
+    store_artifacts = _store_artifacts
+
+    async def _finish(self, result: SandboxExit, outcome: AgentOutcome) -> None:
         agent = self.event.agent
         if self.stop_reason is None:
             # The agent may have given up on its own right after a refused call,
@@ -385,8 +418,8 @@ class Run:
                 "agent_failed",
                 f"{agent} exited with code {result.exit_code}" + (f": {detail}" if detail else "."),
             )
-        elif lost:
-            error = artifacts_incomplete(lost)
+        elif self.lost_artifacts:
+            error = artifacts_incomplete(self.lost_artifacts)
         else:
             await self._end(
                 RunbookCompleted(
