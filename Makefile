@@ -13,7 +13,22 @@ AGENTS_STAMP := agents/node_modules/.installed
 # apt is shared with other installs on the machine: one at a time, behind a lock.
 CHROMIUM := /usr/lib/chromium/chromium
 
+# Debian packages the local sandbox needs: libseccomp's Python binding compiles
+# its seccomp filter (for the system python3). apt is shared by whoever else
+# installs at the same time: the lock serialises us.
+SYSDEPS_STAMP := $(VENV)/.sysdeps
+SYSDEPS := python3-seccomp
+
 .PHONY: up test lint bench install clean console-vendor
+
+$(SYSDEPS_STAMP): | $(STAMP)
+	@if ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    flock /tmp/jetty-apt.lock sh -c 'apt-get install -y -q $(SYSDEPS) || \
+	      (apt-get update -q && apt-get install -y -q $(SYSDEPS))'; \
+	  else echo "install $(SYSDEPS) (Debian) for the local sandbox's seccomp filter"; exit 1; fi; \
+	fi
+	touch $(SYSDEPS_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,12 +46,12 @@ $(CHROMIUM):
 	  apt-get install -y --no-install-recommends chromium \
 	  || { apt-get update && apt-get install -y --no-install-recommends chromium; }'
 
-install: $(STAMP) $(AGENTS_STAMP)
+install: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP)
 
-up: $(STAMP) $(AGENTS_STAMP)
+up: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP)
 	$(BIN)/jetty up
 
-test: $(STAMP) $(AGENTS_STAMP) $(CHROMIUM)
+test: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP) $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -44,7 +59,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check shared services jetty_cli tests bench
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP)
 	$(BIN)/python -m bench.run
 
 # Refresh the console's vendored htmx + SSE extension from npm (versions pinned in

@@ -89,7 +89,11 @@ async def _connect_forever(settings: GatewaySettings) -> Gateway:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     gw = await _connect_forever(app[SETTINGS])
     app[GATEWAY] = gw
+    # The bucket is made at start (in the background: chat is served while the
+    # object store is down); the first upload or artifact never finds it missing.
+    store_ready = asyncio.create_task(files.prepare_object_store(gw))
     yield
+    store_ready.cancel()
     await gw.relay.stop()
     await gw.publisher.flush(timeout=5)
     await gw.tokens.close()

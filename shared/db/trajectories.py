@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 if TYPE_CHECKING:
     from shared.db.pool import Executor
@@ -134,6 +134,15 @@ class StepView(_View):
     tool_call_id: str | None = Field(default=None, exclude_if=_is_none)
     tool_input: dict[str, Any] | None = Field(default=None, exclude_if=_is_none)
     is_error: bool | None = Field(default=None, exclude_if=_is_none)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def origin(self) -> Literal["gateway", "agent"]:
+        """Who says this step happened. ``gateway``: a model call the gateway made
+        itself (the audit record: its request, answer, usage and cost were seen,
+        not told). ``agent``: the agent's own account of its messages and tool
+        calls, read from its output — what it reports, not what was observed."""
+        return "gateway" if self.kind == "completion" else "agent"
 
 
 class ArtifactView(_View):
