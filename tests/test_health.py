@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from jetty_cli.embedded import EmbeddedNats
+from jetty_cli.embedded import EmbeddedNats, EmbeddedObjectStore
 from jetty_cli.procs import free_port
 from shared.health import start_health_server
 
@@ -146,13 +146,40 @@ def test_nats_services_are_ready_only_while_connected(
         "JETTY_HEALTH_PORT": str(port),
         "JETTY_RUNNER_BACKEND": "local",
     }
+    checks = {"nats": "ok"}
+    store = None
+    if module == "services.runner":
+        # The runner also needs its bucket: ready only once the store answered.
+        store = EmbeddedObjectStore(tmp_path / "store").start()
+        env |= {
+            "JETTY_S3_ENDPOINT": store.endpoint,
+            "JETTY_S3_ACCESS_KEY": store.access_key,
+            "JETTY_S3_SECRET_KEY": store.secret_key,
+        }
+        checks["store"] = "ok"
+    try:
+        _nats_readiness(module, env, checks, nats_server, service, tmp_path, port)
+    finally:
+        if store is not None:
+            store.stop()
+
+
+def _nats_readiness(
+    module: str,
+    env: dict[str, str],
+    checks: dict[str, str],
+    nats_server: EmbeddedNats,
+    service: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+    port: int,
+) -> None:
     proc = _start(service, module, env, tmp_path / "service.log")
-    assert _wait_for(port, "/readyz", 200, proc) == {"status": "ok", "checks": {"nats": "ok"}}
+    assert _wait_for(port, "/readyz", 200, proc) == {"status": "ok", "checks": checks}
     assert _wait_for(port, "/healthz", 200, proc) == {"status": "ok"}
     nats_server.stop()
     try:
         body = _wait_for(port, "/readyz", 503, proc)
-        assert body["checks"] == {"nats": "failing"}
+        assert body["checks"] == {**checks, "nats": "failing"}
         assert _wait_for(port, "/healthz", 200, proc) == {"status": "ok"}  # alive, reconnecting
     finally:
         nats_server.start()

@@ -50,7 +50,18 @@ async def main(settings: RunnerSettings) -> None:
     # Every resource a run needs exists before the first run is taken: the first
     # run on a fresh stack must not lose its artifacts to a missing bucket.
     store = ObjectStore.from_settings(settings)
+    # The health port answers while the store is awaited: alive, not ready.
+    bucket_ready = False
+    health = None
+    if settings.health_port is not None:
+        health = await start_health_server(
+            settings.health_host,
+            settings.health_port,
+            {"nats": lambda: nc.is_connected, "store": lambda: bucket_ready},
+            routes=[metrics_route()],
+        )
     await store.ensure_bucket_retrying(log)
+    bucket_ready = True
     backend = build_backend(settings, store)
     await backend.open()
     deps = RunDeps(
@@ -76,14 +87,6 @@ async def main(settings: RunnerSettings) -> None:
             js, subjects.EVENTS_STREAM, subjects.RUNNER_DURABLE, metrics.RUNBOOK_QUEUE
         )
     )
-    health = None
-    if settings.health_port is not None:
-        health = await start_health_server(
-            settings.health_host,
-            settings.health_port,
-            {"nats": lambda: nc.is_connected},
-            routes=[metrics_route()],
-        )
     log.info("runner ready (backend %s)", backend.name)
     stop_wait = asyncio.create_task(stopping.wait())
     await asyncio.wait({work, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
