@@ -11,6 +11,7 @@ from aiohttp import web
 
 from services.gateway import chat, files, ingress, runbook_follow, runbook_routes, trajectories
 from services.gateway.middleware import auth_middleware, errors_middleware
+from services.gateway.openapi import reference as openapi_reference
 from services.gateway.relay import ProxyRelay
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GATEWAY, Gateway
@@ -100,6 +101,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_routes(files.routes())
     app.router.add_routes(runbook_routes.routes())
     app.router.add_routes(runbook_follow.routes())
+    app.router.add_routes(openapi_reference.routes())
     app.router.add_get("/api/v1/trajectories", trajectories.list_trajectories)
     app.router.add_get("/api/v1/trajectories/{trajectory_id}", trajectories.get_trajectory)
     return app

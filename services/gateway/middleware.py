@@ -17,7 +17,9 @@ from shared.errors import ApiError, Unauthorized
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/openapi.json", "/docs"})
+# The API reference page's script and assets (services/gateway/openapi/reference.py).
+PUBLIC_PREFIXES = ("/docs/",)
 TRAJECTORY_HEADER = "X-Jetty-Trajectory-Id"
 
 
@@ -129,7 +131,7 @@ def api_token(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     token = api_token(request)
     if token is None:
