@@ -37,8 +37,8 @@ test: $(STAMP) $(AGENTS_STAMP) $(DOCS_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services jetty_cli tests bench
-	$(BIN)/ruff format --check shared services jetty_cli tests bench
+	$(BIN)/ruff check shared services jetty_cli tests bench examples
+	$(BIN)/ruff format --check shared services jetty_cli tests bench examples
 	$(BIN)/mypy
 
 bench: $(STAMP)
