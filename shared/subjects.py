@@ -20,6 +20,12 @@ TOKENS_BUCKET = "jetty_tokens"
 CLAIMS_BUCKET = "jetty_claims"
 RUNS_BUCKET = "jetty_runs"
 
+# Webhooks (shared/webhooks.py): endpoints, delivery records, and the delivery
+# service's durable consumer on the events stream.
+WEBHOOKS_BUCKET = "jetty_webhooks"
+DELIVERIES_BUCKET = "jetty_webhook_deliveries"
+WEBHOOKS_DURABLE = "jetty-webhooks"
+
 # The runner's work queue: a durable pull consumer on the events stream that
 # sees only runbook.requested events (every runner instance shares it, so each
 # run is taken by one runner at a time).

@@ -15,6 +15,7 @@ from services.gateway.openapi import reference as openapi_reference
 from services.gateway.relay import ProxyRelay
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GATEWAY, Gateway
+from services.gateway.webhooks import routes as webhook_routes
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
 from shared.runs import RunStates
 from shared.tokens import TokenStore
@@ -102,6 +103,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_routes(runbook_routes.routes())
     app.router.add_routes(runbook_follow.routes())
     app.router.add_routes(openapi_reference.routes())
+    app.router.add_routes(webhook_routes.routes())
     app.router.add_get("/api/v1/trajectories", trajectories.list_trajectories)
     app.router.add_get("/api/v1/trajectories/{trajectory_id}", trajectories.get_trajectory)
     return app
