@@ -114,7 +114,7 @@ async def _ask_cancel(
     api: Api, picture: RunPicture, view: ProgressView, console: Console, interrupts: _Interrupts
 ) -> None:
     view.pause()
-    answer_future = _read_line(console, f"Cancel run {picture.trajectory_id}? [y/N] ")
+    answer_future = _read_line(console, f"Cancel run {picture.trajectory_id}? \\[y/N] ")
     detach = asyncio.ensure_future(interrupts.detach.wait())
     pending: set[asyncio.Future[Any]] = {answer_future, detach}
     await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
