@@ -16,7 +16,7 @@ from services.gateway.relay import ProxyRelay
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GATEWAY, Gateway
 from services.gateway.webhooks import routes as webhook_routes
-from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
+from shared.bus import ClaimStore, EventPublisher, connect_until_up, ensure_streams, source_name
 from shared.runs import RunStates
 from shared.tokens import TokenStore
 
@@ -26,15 +26,7 @@ SETTINGS = web.AppKey("settings", GatewaySettings)
 
 
 async def _connect_forever(settings: GatewaySettings) -> Gateway:
-    delay = 0.2
-    while True:
-        try:
-            nc = await connect(settings.nats_url, source_name("gateway"))
-            break
-        except Exception as exc:  # the bus is required: keep trying, say why
-            log.warning("cannot reach NATS yet (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    nc = await connect_until_up(settings.nats_url, source_name("gateway"))
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas)
     tokens = TokenStore(js)

@@ -20,7 +20,7 @@ from nats.js.errors import FetchTimeoutError, NotFoundError
 from services.webhooks.delivery import Deliverer
 from services.webhooks.settings import WebhookSettings
 from shared import subjects
-from shared.bus import connect, ensure_streams, source_name
+from shared.bus import connect_until_up, ensure_streams, source_name
 from shared.webhooks import WebhookStore
 
 log = logging.getLogger("services.webhooks")
@@ -45,15 +45,7 @@ async def serve(settings: WebhookSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    delay = 0.2
-    while True:
-        try:
-            nc = await connect(settings.nats_url, source_name("webhooks"))
-            break
-        except Exception as exc:  # the bus is required: keep trying, say why
-            log.warning("cannot reach NATS yet (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    nc = await connect_until_up(settings.nats_url, source_name("webhooks"))
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas)
     try:
