@@ -65,6 +65,7 @@ class Home:
         self.run_dir = self.root / "run"
         self.stack_json = self.run_dir / "stack.json"
         self.dev_token = self.run_dir / "dev-token"
+        self.secrets_key_path = self.root / "secrets.key"
         self.lock_path = self.run_dir / "up.lock"
         self._lock_file: IO[str] | None = None
 
@@ -143,6 +144,22 @@ class Home:
 
     def write_dev_token(self, token: str) -> None:
         _write_private(self.dev_token, token + "\n")
+
+    # -- secrets key -------------------------------------------------------
+
+    def secrets_key(self) -> str:
+        """The embedded stack's ``JETTY_SECRETS_KEY``, made once and kept (0600) beside
+        its data: secrets stored by one ``jetty up`` open in the next."""
+        try:
+            key = self.secrets_key_path.read_text().strip()
+        except FileNotFoundError:
+            key = ""
+        if not key:
+            from shared.secrets import new_key
+
+            key = new_key()
+            _write_private(self.secrets_key_path, key + "\n")
+        return key
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -177,6 +177,10 @@ class Up:
                 nats_monitor_url=monitor_url,
                 s3=s3,
                 cwd=checkout_root(),
+                # Secrets work out of the box; an operator's own key wins.
+                extra_env={}
+                if os.environ.get("JETTY_SECRETS_KEY")
+                else {"JETTY_SECRETS_KEY": self.home.secrets_key()},
             )
         )
         for service in self.stack:

@@ -40,6 +40,7 @@ from shared.events.envelope import PAYLOAD_VERSION, Envelope
 from shared.events.registry import AnyEnvelope, EventData, parse_data_json, type_name
 from shared.ids import new_event_id
 from shared.runs import ensure_runs_bucket
+from shared.secrets import MaskRegistry
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,9 @@ class EventPublisher:
         self._threshold = claim_threshold
         self._ack_timeout = ack_timeout
         self._pending: set[asyncio.Task[None]] = set()
+        #: secret masks of the runs this process serves (shared/secrets.py); every
+        #: event of such a trajectory is masked before it leaves
+        self.masks = MaskRegistry()
 
     async def build(
         self,
@@ -243,6 +247,8 @@ class EventPublisher:
         event_type = type_name(data)
         eid = event_id or new_event_id()
         payload = data.__pydantic_serializer__.to_json(data)
+        if self.masks and (masker := self.masks.get(trajectory_id)) is not None:
+            payload = masker.mask_bytes(payload)
         head = orjson.dumps(
             {
                 "id": eid,

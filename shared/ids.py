@@ -38,3 +38,12 @@ def trajectory_id_time(value: str) -> float:
     for char in value[3:12]:
         ms = ms * 36 + _ALPHABET.index(char)
     return ms / 1000
+
+
+def derived_trajectory_id(ms: int, seed: bytes) -> str:
+    """A trajectory id fixed by its inputs: ``ms`` as its time and 12 characters
+    from the SHA-256 of ``seed`` (a routine's firing: the same on every replica)."""
+    import hashlib
+
+    rand = int.from_bytes(hashlib.sha256(seed).digest()[:8], "big")
+    return "tr_" + _base36(ms, 9) + _base36(rand, 12)

@@ -94,11 +94,23 @@ class JettyBlock(BaseModel):
     task: Annotated[str, Field(pattern=TASK_PATTERN)] | None = None
     runbook: StrictBool = False
     collection: str | None = None
-    agent: Literal["claude-code", "codex", "gemini-cli"] | None = None
+    agent: Literal["claude-code", "codex", "gemini-cli", "opencode"] | None = None
     file_paths: Annotated[list[str], Field(max_length=100)] | None = None
     # Runbook only: limits of this run (the server's defaults apply when absent).
     budget: RunBudgetIn | None = None
     timeout_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    # Runbook only, from the hosted product's surface (docs/jetty-parity.md).
+    files: Annotated[list[str], Field(max_length=100)] | None = None
+    unzip: StrictBool = False
+    template_variables: (
+        Annotated[dict[str, str | int | float | bool], Field(max_length=200)] | None
+    ) = None
+    runbook_path: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    primary_outputs: Annotated[list[str], Field(max_length=100)] | None = None
+    # Environment variables for this run only; never recorded (docs/jetty-parity.md).
+    secret_params: Annotated[dict[str, str], Field(max_length=100)] | None = None
+    # Checks after the agent and retry rounds (shared/events/runbook.py EvaluationSpec).
+    evaluation: dict[str, Any] | None = None
 
 
 class ChatCompletionRequest(_Open):

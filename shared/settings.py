@@ -36,6 +36,9 @@ class CommonSettings(BaseSettings):
     s3_secure: bool = False
     s3_region: str = "us-east-1"
     s3_timeout: float = Field(default=30.0, gt=0)
+    # Key for secrets at rest (docs/jetty-parity.md): 32 bytes, base64. Unset: the
+    # secrets routes and jetty.secret_params answer 503 secrets_not_configured.
+    secrets_key: str | None = Field(default=None, repr=False)
     # The store as clients outside reach it, for presigned URLs (``host:port``, or a
     # URL with its scheme); by default the endpoint above.
     s3_public_endpoint: str | None = None

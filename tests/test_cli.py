@@ -80,6 +80,14 @@ def test_tokens_create_with_stack_stopped_then_running(jetty_home: Path, tmp_pat
         assert status == 200, body
         assert body["jetty_metadata"]["collection"] == "org-a"
 
+        # Secrets work out of the box: `jetty up` made a key, private to its home.
+        key_file = jetty_home / "secrets.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        status, _, body = call_method(
+            "PUT", f"{up.url}/api/v1/secrets/CLI_TEST", offline_token, {"value": "s3cret-value"}
+        )
+        assert status == 200, body
+
         # Running stack: the token lands in the stack's NATS and works at once.
         created = jetty("tokens", "create", "--collection", "org-b", env=env)
         assert created.returncode == 0, created.stderr
@@ -158,3 +166,21 @@ def test_help_lists_commands() -> None:
     assert result.returncode == 0
     for command in ("up", "tokens", "replay", "schemas"):
         assert command in result.stdout
+
+
+def call_method(
+    method: str, url: str, token: str, body: dict[str, object]
+) -> tuple[int, dict[str, str], object]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")

@@ -43,6 +43,7 @@ from tests.fakes.scenario_codex import codex_scenario
 from tests.fakes.scenario_codex import summarise as codex_summary
 from tests.fakes.scenario_gemini_cli import ReadSummarizeWrite as GeminiScenario
 from tests.fakes.scenario_gemini_cli import summarize_csv as gemini_summary
+from tests.fakes.scenario_opencode import ReadSummarizeWrite as OpencodeScenario
 from tests.openapi import validate
 
 pytestmark = pytest.mark.timeout(300)
@@ -67,6 +68,7 @@ AGENTS = [
     Agent("claude-code", "claude-sonnet-4-6", "anthropic", summarize_csv),
     Agent("codex", "gpt-4o", "openai", lambda text: codex_summary(text).markdown()),
     Agent("gemini-cli", "gemini-2.5-pro", "gemini", gemini_summary),
+    Agent("opencode", "gpt-4.1-mini", "openai", summarize_csv),
 ]
 
 
@@ -77,7 +79,9 @@ class Fakes:
     gemini: FakeGemini
 
     def script(self, agent: Agent) -> None:
-        if agent.provider == "anthropic":
+        if agent.name == "opencode":
+            self.openai.respond_with(agent.model, OpencodeScenario(WORKSPACE))
+        elif agent.provider == "anthropic":
             self.anthropic.respond_with(agent.model, ClaudeScenario(WORKSPACE))
         elif agent.provider == "openai":
             self.openai.respond_with(agent.model, codex_scenario(WORKSPACE))

@@ -10,11 +10,16 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.gateway import chat, files, ingress, runbook_follow, runbook_routes, trajectories
+from services.gateway.files_api import routes as files_api
 from services.gateway.middleware import auth_middleware, errors_middleware
 from services.gateway.openapi import reference as openapi_reference
 from services.gateway.relay import ProxyRelay
+from services.gateway.routines import routes as routines_api
+from services.gateway.routines import scheduler as routines_scheduler
+from services.gateway.secrets_api import routes as secrets_api
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GATEWAY, Gateway
+from services.gateway.trajectory_ops import db_routes, download, labels
 from services.gateway.webhooks import routes as webhook_routes
 from shared.bus import ClaimStore, EventPublisher, connect_until_up, ensure_streams, source_name
 from shared.runs import RunStates
@@ -84,6 +89,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(routines_scheduler.lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
@@ -92,6 +98,12 @@ def create_app(settings: GatewaySettings) -> web.Application:
     for module in ingress.MODULES:
         app.router.add_routes(module.routes())
     app.router.add_routes(files.routes())
+    app.router.add_routes(files_api.routes())
+    app.router.add_routes(download.routes())
+    app.router.add_routes(labels.routes())
+    app.router.add_routes(db_routes.routes())
+    app.router.add_routes(secrets_api.routes())
+    app.router.add_routes(routines_api.routes())
     app.router.add_routes(runbook_routes.routes())
     app.router.add_routes(runbook_follow.routes())
     app.router.add_routes(openapi_reference.routes())

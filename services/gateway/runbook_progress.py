@@ -45,12 +45,14 @@ from services.gateway.calls import SSE_HEADERS
 from services.gateway.state import Gateway
 from shared import subjects
 from shared.bus import event_data
+from shared.db.trajectories import evaluation_summary
 from shared.events.registry import AnyEnvelope, decode_envelope
 from shared.events.runbook import (
     TERMINAL_STATUSES,
     ArtifactStored,
     RunbookCancelled,
     RunbookCompleted,
+    RunbookEvaluated,
     RunbookFailed,
     RunbookRequested,
     RunbookStarted,
@@ -87,6 +89,7 @@ class RunWatch:
         self.ended: RunbookCompleted | RunbookFailed | RunbookCancelled | None = None
         self.ended_at: datetime | None = None
         self.artifacts: dict[str, ArtifactStored] = {}
+        self.evaluations: dict[int, RunbookEvaluated] = {}
         self._queue: asyncio.Queue[AnyEnvelope] = asyncio.Queue()
         self._subs: list[Subscription] = []
         self._marker = b'"trajectory_id":"' + trajectory_id.encode() + b'"'
@@ -142,6 +145,8 @@ class RunWatch:
             )
         elif isinstance(data, ArtifactStored):
             self.artifacts[data.path] = data
+        elif isinstance(data, RunbookEvaluated):
+            self.evaluations[data.round] = data
 
     async def next(self, timeout: float) -> AnyEnvelope | None:
         """The next event of this run (applied), or None after ``timeout`` quiet
@@ -231,12 +236,24 @@ class RunWatch:
             "agent": self.requested.agent,
             "model": self.requested.model,
             "status": self.status,
+            "agent_source": self.requested.agent_source,
             "artifacts": [self.artifact_json(base_url, a) for a in self.artifacts.values()],
+            "primary_outputs": [
+                self.artifact_json(base_url, self.artifacts[p])
+                for p in self.requested.primary_outputs
+                if p in self.artifacts
+            ],
             "usage": usage,
             "cost_usd": cost,
             "model_calls": state.model_calls if state else 0,
             "timing": self.timing(),
             "result": outcome.result if outcome else None,
+            "evaluation": evaluation_summary(
+                [
+                    e.model_dump(mode="json", exclude={"task"})
+                    for _, e in sorted(self.evaluations.items())
+                ]
+            ),
             "error": error,
             "poll_url": f"{base_url}/api/v1/trajectories/{self.trajectory_id}",
         }
@@ -289,6 +306,14 @@ class _Chunks:
             line = f"Artifact: {data.path} ({data.size} bytes)\n"
             artifact = {"type": "artifact", "artifact": watch.artifact_json(self.base_url, data)}
             return self.encode({"content": line}, jetty=artifact, event_id=envelope.id)
+        if isinstance(data, RunbookEvaluated):
+            verdict = "passed" if data.passed else "failed"
+            line = f"Evaluation round {data.round}: {verdict}" + (
+                ", retrying\n" if data.will_retry else "\n"
+            )
+            doc = data.model_dump(mode="json", exclude={"task"})
+            evaluation = {"type": "evaluation", **doc}
+            return self.encode({"content": line}, jetty=evaluation, event_id=envelope.id)
         if isinstance(data, RunbookStarted):
             status = {"status": "running", "at": data.started_at, "backend": data.backend}
             return self.encode({}, jetty={"type": "status", **status}, event_id=envelope.id)

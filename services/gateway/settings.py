@@ -39,5 +39,15 @@ class GatewaySettings(CommonSettings):
     runbook_keepalive: float = Field(default=15.0, gt=0)
     # Lifetime of an artifact's presigned URL (GET …/artifacts/{path}?presign=1).
     artifact_url_ttl: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    # jetty.unzip: limits on one archive once unpacked (files, bytes, expansion ratio).
+    unzip_max_files: int = Field(default=1000, ge=1)
+    unzip_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    unzip_max_ratio: float = Field(default=100.0, gt=1)
+    # Routines (services/gateway/routines/): whether this replica fires them, how
+    # often it looks, when a half-done firing is taken over, the shortest interval.
+    routines_enabled: bool = True
+    routines_tick: float = Field(default=1.0, gt=0)
+    routines_claim_timeout: float = Field(default=30.0, gt=0)
+    routines_min_interval: float = Field(default=60.0, ge=1)
     # Base URL of artifact links in answers; by default the request's own origin.
     public_url: str | None = None

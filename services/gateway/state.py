@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -31,6 +32,8 @@ class Gateway:
     pool: asyncpg.Pool | None = None
     objects: ObjectStore | None = None  # created on first upload
     background: set[asyncio.Future[None]] = field(default_factory=set)
+    #: per-feature helpers created on first use, by the feature's own module
+    extensions: dict[str, Any] = field(default_factory=dict)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -150,7 +150,7 @@ def not_found(trajectory_id: str) -> NotFound:
     )
 
 
-def _parse_since(raw: str) -> datetime:
+def parse_since(raw: str) -> datetime:
     try:
         if raw.replace(".", "", 1).isdigit():
             return datetime.fromtimestamp(float(raw), UTC)
@@ -160,6 +160,33 @@ def _parse_since(raw: str) -> datetime:
             "Invalid value for 'since': use an ISO 8601 time or epoch seconds.", param="since"
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_labels(raw: list[str]) -> list[tuple[str, str]]:
+    """``?label=key:value`` (repeatable: all must match)."""
+    out = []
+    for item in raw:
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise InvalidRequest(
+                "Invalid value for 'label': use key:value.", param="label", code="invalid_value"
+            )
+        out.append((key, value))
+    return out
+
+
+def parse_archived(raw: str | None) -> bool | None:
+    """``?archived=``: absent/false hides archived trajectories, true shows only
+    them, all shows both."""
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    if raw == "all":
+        return None
+    raise InvalidRequest(
+        "Invalid value for 'archived': true, false or all.", param="archived", code="invalid_value"
+    )
 
 
 async def list_trajectories(request: web.Request) -> web.Response:
@@ -179,7 +206,9 @@ async def list_trajectories(request: web.Request) -> web.Response:
         raise InvalidRequest(
             f"Invalid value for 'limit': an integer from 1 to {MAX_LIMIT}.", param="limit"
         )
-    since = _parse_since(q["since"]) if "since" in q else None
+    since = parse_since(q["since"]) if "since" in q else None
+    labels = parse_labels(q.getall("label", []))
+    archived = parse_archived(q.get("archived"))
     pool = await open_pool(gw)
     try:
         page = await queries.list_trajectories(
@@ -191,6 +220,8 @@ async def list_trajectories(request: web.Request) -> web.Response:
             since=since,
             limit=limit,
             cursor=q.get("cursor"),
+            labels=labels,
+            archived=archived,
         )
     except queries.InvalidCursor:
         raise InvalidRequest("Invalid value for 'cursor'.", param="cursor") from None

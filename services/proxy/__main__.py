@@ -12,11 +12,13 @@ from services.proxy.providers import build_providers
 from services.proxy.retry import RetryPolicy
 from services.proxy.router import Router
 from services.proxy.routes import RoutesError, load_routes
+from services.proxy.run_masks import RunMasks
 from services.proxy.settings import ProxySettings
 from services.proxy.worker import Worker
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
 from shared.logs import setup_logging, use_uvloop
 from shared.runs import RunStates
+from shared.secrets import RunSecrets, SecretBox
 
 log = logging.getLogger("services.proxy")
 
@@ -45,6 +47,9 @@ async def main(settings: ProxySettings) -> None:
         ClaimStore(js),
         router,
         runs=RunStates(js),
+        run_masks=RunMasks(RunSecrets(js, SecretBox.from_setting(settings.secrets_key)), publisher)
+        if settings.secrets_key
+        else None,
         max_in_flight=settings.proxy_max_in_flight,
         total_timeout=settings.upstream_total_timeout,
         requested_delay=settings.proxy_requested_delay,

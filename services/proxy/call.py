@@ -42,6 +42,7 @@ from services.proxy.providers.base import (
 )
 from services.proxy.retry import RetryPolicy
 from services.proxy.router import Route, Router
+from services.proxy.run_masks import RunMasks
 from shared.bus import ClaimStore, EventPublisher
 from shared.chatwire import ChatCall, Frame
 from shared.errors import ApiError, NotFound, Unavailable, UpstreamError, UpstreamTimeout
@@ -83,6 +84,8 @@ class CallDeps:
     # Live state of runbook runs: a runbook agent's call adds its spend there before
     # its last frame, so the gateway sees it when it checks the next call's budget.
     runs: RunStates | None = None
+    # Secret masks of runbook runs (None: secrets are not configured).
+    run_masks: RunMasks | None = None
 
 
 def with_metadata(document: bytes, metadata: bytes) -> bytes:
@@ -145,6 +148,16 @@ class CallRun:
     # --- the lifecycle ------------------------------------------------------------------
 
     async def run(self) -> None:
+        masks = self.deps.run_masks if self.call.mode == "runbook" else None
+        if masks is not None and await masks.acquire(self.call.trajectory_id):
+            try:
+                await self._run_recorded()
+            finally:
+                masks.release(self.call.trajectory_id)
+            return
+        await self._run_recorded()
+
+    async def _run_recorded(self) -> None:
         try:
             await self._run()
         except asyncio.CancelledError:

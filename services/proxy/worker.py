@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from services.proxy.call import CLIENT_DISCONNECTED, PROXY_SHUTDOWN, CallDeps, CallRun
 from services.proxy.retry import RetryPolicy
 from services.proxy.router import Router
+from services.proxy.run_masks import RunMasks
 from shared import subjects
 from shared.bus import ClaimStore, EventPublisher
 from shared.chatwire import KEEPALIVE_INTERVAL, BadFrame, Frame, decode_call, frame
@@ -60,6 +61,7 @@ class Worker:
         requested_delay: float = 0.25,
         retry: RetryPolicy | None = None,
         runs: RunStates | None = None,
+        run_masks: RunMasks | None = None,
     ) -> None:
         self._nc = nc
         self._router = router
@@ -72,6 +74,7 @@ class Worker:
             requested_delay=requested_delay,
             retry=retry if retry is not None else RetryPolicy.none(),
             runs=runs,
+            run_masks=run_masks,
         )
         self._max_in_flight = max_in_flight
         self._keepalive_interval = keepalive_interval

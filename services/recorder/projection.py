@@ -34,6 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from services.recorder.annotation_projection import (
+    apply_annotation_events,
+    is_annotation_event,
+)
 from services.recorder.runbook_projection import (
     MODE_RUNBOOK,
     apply_runbook_events,
@@ -121,6 +125,10 @@ async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
             # Key order (sorted above and in the statement), so that two recorders
             # sharing the durable lock rows in the same order and cannot deadlock.
             await conn.execute(_UPSERT_STEPS, *zip(*rows, strict=True))
+        notes = [e for e in others if is_annotation_event(e)]
+        others = [e for e in others if not is_annotation_event(e)]
+        if notes:
+            await apply_annotation_events(notes, conn)
         if others:
             await apply_runbook_events(others, conn)
         passthrough = {
@@ -130,7 +138,7 @@ async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
         }
         if passthrough:
             await conn.execute(_RECOMPUTE_TRAJECTORIES, sorted(passthrough))
-        runbooks = {e.trajectory_id for e in fresh} - passthrough
+        runbooks = {e.trajectory_id for e in fresh if not is_annotation_event(e)} - passthrough
         if runbooks:
             await recompute_runbook_trajectories(runbooks, conn)
     return len(fresh)

@@ -42,6 +42,7 @@ from shared.events.runbook import (
     ArtifactStored,
     RunbookCancelled,
     RunbookCompleted,
+    RunbookEvaluated,
     RunbookFailed,
     RunbookRequested,
     RunbookStarted,
@@ -60,6 +61,7 @@ RUNBOOK_EVENTS = (
     RunbookCancelled,
     RunbookStep,
     ArtifactStored,
+    RunbookEvaluated,
 )
 _ENDED = (RunbookCompleted, RunbookFailed, RunbookCancelled)
 _END_STATUS = {
@@ -78,9 +80,14 @@ async def apply_runbook_events(events: Sequence[Event], conn: Connection) -> Non
     runs: dict[str, _RunFacts] = {}
     steps: dict[tuple[str, int], Event] = {}
     artifacts: dict[tuple[str, str], Event] = {}
+    rounds: dict[tuple[str, int], Event] = {}
     for event in events:
         data = event.data
-        if isinstance(data, RunbookStep):
+        if isinstance(data, RunbookEvaluated):
+            round_key = (event.trajectory_id, data.round)
+            if round_key not in rounds or event.id < rounds[round_key].id:
+                rounds[round_key] = event
+        elif isinstance(data, RunbookStep):
             key = (event.trajectory_id, data.step_index)
             if key not in steps or event.id < steps[key].id:
                 steps[key] = event
@@ -101,6 +108,33 @@ async def apply_runbook_events(events: Sequence[Event], conn: Connection) -> Non
     if artifacts:
         rows = [_artifact_row(event) for _, event in sorted(artifacts.items())]
         await conn.execute(_UPSERT_ARTIFACTS, *zip(*rows, strict=True))
+    if rounds:
+        rows = [_round_row(event) for _, event in sorted(rounds.items())]
+        await conn.execute(_UPSERT_EVALUATIONS, *zip(*rows, strict=True))
+
+
+_UPSERT_EVALUATIONS = """
+INSERT INTO evaluations AS e (trajectory_id, round, collection, passed, will_retry, checks,
+                              evaluated_at, event_id)
+SELECT u.trajectory_id, u.round, u.collection, u.passed, u.will_retry, u.checks::jsonb,
+       u.evaluated_at, u.event_id
+FROM unnest($1::text[], $2::integer[], $3::text[], $4::boolean[], $5::boolean[], $6::text[],
+            $7::timestamptz[], $8::text[])
+     AS u(trajectory_id, round, collection, passed, will_retry, checks, evaluated_at, event_id)
+ORDER BY 1, 2
+ON CONFLICT (trajectory_id, round) DO UPDATE SET
+    passed = EXCLUDED.passed, will_retry = EXCLUDED.will_retry, checks = EXCLUDED.checks,
+    evaluated_at = EXCLUDED.evaluated_at, event_id = EXCLUDED.event_id
+WHERE EXCLUDED.event_id COLLATE "C" < e.event_id
+"""
+
+
+def _round_row(event: Event) -> tuple[Any, ...]:
+    data = event.data
+    assert isinstance(data, RunbookEvaluated)
+    checks = json([c.model_dump(mode="json") for c in data.checks])
+    return (event.trajectory_id, data.round, event.collection, data.passed, data.will_retry,
+            checks, utc(data.evaluated_at), event.id)  # fmt: skip
 
 
 async def recompute_runbook_trajectories(trajectory_ids: Iterable[str], conn: Connection) -> None:
@@ -149,7 +183,7 @@ _RUN_KEY = ("trajectory_id",)
 _RUN_IDENTITY = ("collection", "task", "identity_event_id")
 _RUN_REQUEST = (
     "agent", "model", "runbook", "prompt", "file_paths", "budget", "timeout_s", "request",
-    "requested_at", "requested_event_id",
+    "requested_at", "requested_event_id", "extra",
 )  # fmt: skip
 _RUN_START = ("started_at", "runner", "backend", "sandbox_id", "started_event_id")
 _RUN_END = (
@@ -168,7 +202,7 @@ _TYPES = {
     "agent_started_at": "timestamptz",
     "stored_at": "timestamptz",
 }
-_JSONB = {"file_paths", "budget", "request", "outcome", "error", "detail"}
+_JSONB = {"file_paths", "budget", "request", "outcome", "error", "detail", "extra"}
 
 _REQUEST_WINS = (
     "(EXCLUDED.requested_event_id IS NOT NULL AND (r.requested_event_id IS NULL"
@@ -245,6 +279,18 @@ def _run_row(facts: _RunFacts) -> tuple[Any, ...]:
             "request": json(asked.request),
             "requested_at": utc(asked.requested_at),
             "requested_event_id": facts.request.id,
+            "extra": json(
+                asked.model_dump(
+                    mode="json",
+                    include={
+                        "primary_outputs",
+                        "agent_source",
+                        "runbook_path",
+                        "inputs",
+                        "routine",
+                    },
+                )
+            ),
         }
     if facts.start is not None:
         started = facts.start.data

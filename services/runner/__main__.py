@@ -16,6 +16,7 @@ from services.runner.worker import RunnerWorker
 from shared.bus import EventPublisher, connect, ensure_streams, source_name
 from shared.logs import setup_logging, use_uvloop
 from shared.runs import RunStates
+from shared.secrets import RunSecrets, SecretBox
 from shared.tokens import TokenStore
 
 log = logging.getLogger("services.runner")
@@ -40,6 +41,9 @@ async def main(settings: RunnerSettings) -> None:
         tokens=TokenStore(js),
         backend=backend,
         adapters=build_adapters(),
+        secrets=RunSecrets(js, SecretBox.from_setting(settings.secrets_key))
+        if settings.secrets_key
+        else None,
     )
     worker = RunnerWorker(nc, js, deps)
     loop = asyncio.get_running_loop()

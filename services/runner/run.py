@@ -22,6 +22,7 @@ from typing import Any
 from nats.errors import Error as NatsError
 
 from services.runner.agents.base import AgentAdapter, AgentSpec, ParsedStep, StreamParser
+from services.runner.evaluation import Evaluation
 from services.runner.sandbox.base import (
     InputFile,
     Limits,
@@ -31,6 +32,7 @@ from services.runner.sandbox.base import (
     SandboxExit,
     SandboxSpec,
 )
+from services.runner.secrets import RunSecretScope, SecretsUnavailable
 from services.runner.settings import RunnerSettings
 from shared.bus import EventPublisher
 from shared.events.completion import ErrorRecord
@@ -46,6 +48,7 @@ from shared.events.runbook import (
     RunbookStep,
 )
 from shared.runs import RunNotFound, RunState, RunStates
+from shared.secrets import RunSecrets
 from shared.tokens import TokenStore, generate_token, hash_token
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class RunDeps:
     tokens: TokenStore
     backend: SandboxBackend
     adapters: dict[str, AgentAdapter]
+    #: sealed run secrets (None: no JETTY_SECRETS_KEY; runs with secrets then fail)
+    secrets: RunSecrets | None = None
 
 
 class _Skip(Exception):
@@ -88,6 +93,11 @@ class Run:
         self.stop_reason: str | None = None  # "cancel" | "budget" | "superseded"
         self.agent_started_at: datetime | None = None
         self._stopped = asyncio.Event()
+        self.secret_scope = RunSecretScope(deps.secrets, deps.publisher, trajectory_id)
+        #: the agent's sandbox spec, and the artifacts so far (path -> key): what an
+        #: evaluation's checks and retry rounds start from (services/runner/evaluation.py)
+        self.spec: SandboxSpec | None = None
+        self.outputs: dict[str, str] = {}
 
     # --- control ------------------------------------------------------------------
 
@@ -121,6 +131,7 @@ class Run:
                 AgentOutcome(),
             )
         finally:
+            await self.secret_scope.close()
             with contextlib.suppress(Exception):
                 await self.deps.tokens.revoke(hash_token(token))
             if self.sandbox is not None:
@@ -189,6 +200,14 @@ class Run:
         await deps.runs.update(
             self.trajectory_id, lambda s: s.model_copy(update={"token_hash": hash_token(token)})
         )
+        try:
+            await self.secret_scope.load(self.event.secret_names)
+        except SecretsUnavailable as exc:
+            await self._end_failed(
+                _error(503, "server_error", "secrets_unavailable", f"Secrets not available: {exc}"),
+                AgentOutcome(),
+            )
+            return
         layout = deps.backend.layout
         command = adapter.command(
             AgentSpec(
@@ -202,13 +221,15 @@ class Run:
                 agents_dir=layout.agents_dir,
             )
         )
+        command = self.secret_scope.apply(command)
         settings = deps.settings
         spec = SandboxSpec(
             trajectory_id=self.trajectory_id,
             collection=self.collection,
             task=self.event.task,
             command=command,
-            inputs=[InputFile(p, f"{self.collection}/{p}") for p in self.event.file_paths],
+            inputs=[InputFile(p, f"{self.collection}/{p}") for p in self.event.file_paths]
+            + [InputFile(item.path, item.key) for item in self.event.inputs],
             limits=Limits(
                 timeout_s=self.event.timeout_s,
                 memory_mb=settings.runner_memory_mb,
@@ -219,6 +240,7 @@ class Run:
             artifact_prefix=f"{self.collection}/{self.event.task}/{self.trajectory_id}/",
             labels={"trajectory-id": self.trajectory_id, "agent": self.event.agent},
         )
+        self.spec = spec
         try:
             self.sandbox = await deps.backend.start(spec)
         except SandboxError as exc:
@@ -250,6 +272,9 @@ class Run:
                 await watcher
         outcome = parser.outcome(result.exit_code)
         await self._store_artifacts(self.sandbox)
+        if self.event.evaluation is not None:
+            evaluation = Evaluation(self, self.event.evaluation, token)
+            result, outcome = await evaluation.rounds(result, outcome)
         await self._finish(result, outcome)
 
     async def _pump(self, sandbox: Sandbox, parser: StreamParser) -> None:
@@ -313,6 +338,7 @@ class Run:
             log.warning("run %s: outputs not collected: %r", self.trajectory_id, exc)
             return
         for out in outputs:
+            self.outputs[out.path] = out.key
             await self.deps.publisher.publish(
                 self.collection,
                 self.trajectory_id,
@@ -326,6 +352,11 @@ class Run:
                     stored_at=_now(),
                 ),
             )
+
+    # What an evaluation's retry rounds reuse (services/runner/evaluation.py).
+    pump = _pump
+    watch_state = _watch_state
+    store_artifacts = _store_artifacts
 
     async def _finish(self, result: SandboxExit, outcome: AgentOutcome) -> None:
         agent = self.event.agent

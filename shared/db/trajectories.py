@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -84,6 +84,10 @@ class ErrorView(_View):
 
 def _is_empty(value: list[Any]) -> bool:
     return not value
+
+
+def _is_false(value: object) -> bool:
+    return value is False
 
 
 def _is_none(value: object) -> bool:
@@ -171,6 +175,18 @@ class RunbookView(_View):
     #: why a cancelled run stopped
     cancel_reason: str | None
     error: ErrorView | None
+    #: workspace paths the result shows first (front matter or jetty.primary_outputs)
+    primary_outputs: list[str] = Field(default_factory=list)
+    #: where the agent came from: request, front_matter or model (inferred)
+    agent_source: str | None = None
+    #: the stored file the runbook was read from (jetty.runbook_path)
+    runbook_path: str | None = Field(default=None, exclude_if=_is_none)
+    #: files-API inputs: ``{path, key, file_id}`` each
+    inputs: list[dict[str, Any]] = Field(default_factory=list, exclude_if=_is_empty)
+    #: ``{routine_id, slot}`` when a routine started the run
+    routine: dict[str, Any] | None = Field(default=None, exclude_if=_is_none)
+    #: ``{verdict, rounds, checks, history}`` when the runbook has an evaluation
+    evaluation: dict[str, Any] | None = Field(default=None, exclude_if=_is_none)
 
 
 class TimingView(_View):
@@ -184,6 +200,13 @@ class TimingView(_View):
     agent_ms: float | None
     #: requested -> ended
     total_ms: float | None
+
+
+class LabelView(_View):
+    key: str
+    value: str
+    author: str | None
+    at: datetime
 
 
 class TrajectorySummary(_View):
@@ -201,11 +224,18 @@ class TrajectorySummary(_View):
     error: ErrorView | None
     # US dollars as a JSON number (docs/events.md): null when unknown, never 0.
     cost_usd: float | None = None
+    # Left out of the JSON when empty / false, like the other optional parts.
+    labels: list[LabelView] = Field(default_factory=list, exclude_if=_is_empty)
+    #: hidden from lists unless asked for (``?archived=true``); kept whole
+    archived: bool = Field(default=False, exclude_if=_is_false)
 
 
 class TrajectoryView(TrajectorySummary):
     steps: list[StepView]
     artifacts: list[ArtifactView] = Field(default_factory=list)
+    #: the artifacts named by the run's primary_outputs, in that order (also in
+    #: ``artifacts``); runbooks only
+    primary_outputs: list[ArtifactView] = Field(default_factory=list, exclude_if=_is_empty)
     # Runbooks only; left out of a passthrough trajectory's JSON.
     agent: str | None = Field(default=None, exclude_if=_is_none)
     runbook: RunbookView | None = Field(default=None, exclude_if=_is_none)
@@ -237,7 +267,12 @@ class TrajectoryPage(_View):
 _SUMMARY_COLUMNS = """
     t.trajectory_id, t.collection, t.task, t.mode, t.status, t.model, t.created_at,
     t.completed_at, t.latency_ms, t.ttft_ms, t.prompt_tokens, t.completion_tokens,
-    t.total_tokens, t.error::text AS error, t.cost_usd
+    t.total_tokens, t.error::text AS error, t.cost_usd,
+    (SELECT jsonb_agg(jsonb_build_object('key', l.key, 'value', l.value, 'author', l.author,
+                                         'at', l.at) ORDER BY l.key)
+     FROM labels l WHERE l.trajectory_id = t.trajectory_id AND NOT l.removed)::text AS labels,
+    coalesce((SELECT a.archived FROM archives a WHERE a.trajectory_id = t.trajectory_id),
+             false) AS archived
 """
 
 # Extra keys of a runbook's steps: status and times, and the agent step's detail.
@@ -275,7 +310,12 @@ SELECT {_SUMMARY_COLUMNS},
     r.outcome::text AS run_outcome, r.file_paths::text AS run_file_paths,
     r.budget::text AS run_budget, r.timeout_s AS run_timeout_s, r.runner AS run_runner,
     r.backend AS run_backend, r.sandbox_id AS run_sandbox_id,
-    r.cancel_reason AS run_cancel_reason, r.error::text AS run_error
+    r.cancel_reason AS run_cancel_reason, r.error::text AS run_error,
+    r.extra::text AS run_extra,
+    (SELECT jsonb_agg(jsonb_build_object('round', e.round, 'passed', e.passed,
+                                         'will_retry', e.will_retry, 'checks', e.checks,
+                                         'evaluated_at', e.evaluated_at) ORDER BY e.round)
+     FROM evaluations e WHERE e.trajectory_id = t.trajectory_id)::text AS run_evaluations
 FROM trajectories t
 LEFT JOIN runbooks r ON r.trajectory_id = t.trajectory_id
 WHERE t.trajectory_id = $1 AND t.collection = $2
@@ -322,7 +362,8 @@ def with_artifact_urls(view: TrajectoryView, base: str | Callable[[str], str]) -
         return f"{base.rstrip('/')}/{quote(path, safe='/')}"
 
     artifacts = [a.model_copy(update={"url": url(a.path)}) for a in view.artifacts]
-    return view.model_copy(update={"artifacts": artifacts})
+    primary = [a.model_copy(update={"url": url(a.path)}) for a in view.primary_outputs]
+    return view.model_copy(update={"artifacts": artifacts, "primary_outputs": primary})
 
 
 def _view(row: Any) -> TrajectoryView:
@@ -335,10 +376,12 @@ def _view(row: Any) -> TrajectoryView:
     if not row["is_runbook"]:
         return TrajectoryView(**fields, steps=steps, artifacts=artifacts)
     run = _runbook(row)
+    by_path = {a.path: a for a in artifacts}
     return TrajectoryView(
         **fields,
         steps=steps,
         artifacts=artifacts,
+        primary_outputs=[by_path[p] for p in run.primary_outputs if p in by_path],
         agent=run.agent,
         runbook=run,
         timing=TimingView(
@@ -353,6 +396,7 @@ def _view(row: Any) -> TrajectoryView:
 def _runbook(row: Any) -> RunbookView:
     outcome = orjson.loads(row["run_outcome"]) if row["run_outcome"] else {}
     error = row["run_error"]
+    extra = orjson.loads(row["run_extra"]) if row["run_extra"] else {}
     return RunbookView(
         agent=row["run_agent"],
         status=row["run_status"],
@@ -372,6 +416,12 @@ def _runbook(row: Any) -> RunbookView:
         sandbox_id=row["run_sandbox_id"],
         cancel_reason=row["run_cancel_reason"],
         error=None if error is None else ErrorView.model_validate_json(error),
+        primary_outputs=extra.get("primary_outputs") or [],
+        agent_source=extra.get("agent_source"),
+        runbook_path=extra.get("runbook_path"),
+        inputs=extra.get("inputs") or [],
+        routine=extra.get("routine"),
+        evaluation=evaluation_summary(orjson.loads(row["run_evaluations"] or "null")),
     )
 
 
@@ -391,13 +441,16 @@ async def list_trajectories(
     since: datetime | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    labels: Sequence[tuple[str, str]] = (),
+    archived: bool | None = False,
 ) -> TrajectoryPage:
     """One page of ``collection``'s trajectories, newest first (created_at, then
     trajectory_id, descending). Each filter is served by an index; ``cursor`` is the
     ``next_cursor`` of the previous page and keeps its filters' meaning."""
     query, args = build_list_query(
-        collection, task=task, status=status, model=model, since=since, limit=limit, cursor=cursor
-    )
+        collection, task=task, status=status, model=model, since=since, limit=limit,
+        cursor=cursor, labels=labels, archived=archived,
+    )  # fmt: skip
     rows = await pool.fetch(query, *args)
     has_more = len(rows) > limit
     page = [TrajectorySummary(**_summary_fields(r)) for r in rows[:limit]]
@@ -414,6 +467,8 @@ def build_list_query(
     since: datetime | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    labels: Sequence[tuple[str, str]] = (),
+    archived: bool | None = False,
 ) -> tuple[str, list[Any]]:
     """The SQL and arguments :func:`list_trajectories` runs (public so its plan can
     be checked); fetches ``limit + 1`` rows to know whether there is a next page."""
@@ -436,6 +491,18 @@ def build_list_query(
         clauses.append(f"t.model = {bind(model)}")
     if since is not None:
         clauses.append(f"t.created_at >= {bind(_aware(since))}")
+    for key, value in labels:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM labels l WHERE l.trajectory_id = t.trajectory_id"
+            f" AND l.key = {bind(key)} AND l.value = {bind(value)} AND NOT l.removed)"
+        )
+    if archived is not None:
+        # Archived trajectories are hidden unless asked for (None: both).
+        clauses.append(
+            ("" if archived else "NOT ")
+            + "EXISTS (SELECT 1 FROM archives a WHERE a.trajectory_id = t.trajectory_id"
+            " AND a.archived)"
+        )
     if cursor is not None:
         after_time, after_id = decode_cursor(cursor)
         # Row comparison: matches the (created_at DESC, trajectory_id DESC) indexes.
@@ -495,6 +562,10 @@ def _summary_fields(row: Any) -> dict[str, Any]:
         "usage": usage,
         "error": None if error is None else ErrorView.model_validate_json(error),
         "cost_usd": _dollars(row["cost_usd"]),
+        "labels": [LabelView(**raw) for raw in orjson.loads(row["labels"])]
+        if row["labels"]
+        else [],
+        "archived": row["archived"],
     }
 
 
@@ -521,3 +592,21 @@ def _step(raw: dict[str, Any]) -> StepView:
         }
     attempts = response.get("attempts") if isinstance(response, dict) else None
     return StepView.model_validate({**raw, "response": response, "attempts": attempts or []})
+
+
+# For other query modules (shared/db/parity.py) that list trajectory summaries.
+SUMMARY_COLUMNS = _SUMMARY_COLUMNS
+summary_fields = _summary_fields
+
+
+def evaluation_summary(history: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """A run's evaluation as the API shows it: the last round decides the verdict."""
+    if not history:
+        return None
+    last = history[-1]
+    return {
+        "verdict": "passed" if last["passed"] else "failed",
+        "rounds": len(history),
+        "checks": last["checks"],
+        "history": history,
+    }

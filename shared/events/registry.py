@@ -6,6 +6,12 @@ from typing import Annotated, Any, Final, Literal, cast
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from shared.events.annotations import (
+    LabelRemoved,
+    LabelSet,
+    TrajectoryArchived,
+    TrajectoryUnarchived,
+)
 from shared.events.completion import (
     CompletionCancelled,
     CompletionFailed,
@@ -17,6 +23,7 @@ from shared.events.runbook import (
     ArtifactStored,
     RunbookCancelled,
     RunbookCompleted,
+    RunbookEvaluated,
     RunbookFailed,
     RunbookRequested,
     RunbookStarted,
@@ -33,7 +40,12 @@ RUNBOOK_COMPLETED: Final = "runbook.completed"
 RUNBOOK_FAILED: Final = "runbook.failed"
 RUNBOOK_CANCELLED: Final = "runbook.cancelled"
 RUNBOOK_STEP: Final = "runbook.step"
+RUNBOOK_EVALUATED: Final = "runbook.evaluated"
 ARTIFACT_STORED: Final = "artifact.stored"
+LABEL_SET: Final = "label.set"
+LABEL_REMOVED: Final = "label.removed"
+TRAJECTORY_ARCHIVED: Final = "trajectory.archived"
+TRAJECTORY_UNARCHIVED: Final = "trajectory.unarchived"
 
 CompletionData = CompletionRequested | CompletionFinished | CompletionFailed | CompletionCancelled
 RunbookData = (
@@ -43,9 +55,11 @@ RunbookData = (
     | RunbookFailed
     | RunbookCancelled
     | RunbookStep
+    | RunbookEvaluated
     | ArtifactStored
 )
-EventData = CompletionData | RunbookData
+AnnotationData = LabelSet | LabelRemoved | TrajectoryArchived | TrajectoryUnarchived
+EventData = CompletionData | RunbookData | AnnotationData
 
 PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     COMPLETION_REQUESTED: CompletionRequested,
@@ -58,7 +72,12 @@ PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     RUNBOOK_FAILED: RunbookFailed,
     RUNBOOK_CANCELLED: RunbookCancelled,
     RUNBOOK_STEP: RunbookStep,
+    RUNBOOK_EVALUATED: RunbookEvaluated,
     ARTIFACT_STORED: ArtifactStored,
+    LABEL_SET: LabelSet,
+    LABEL_REMOVED: LabelRemoved,
+    TRAJECTORY_ARCHIVED: TrajectoryArchived,
+    TRAJECTORY_UNARCHIVED: TrajectoryUnarchived,
 }
 
 TYPE_OF: Final[dict[type[BaseModel], str]] = {model: name for name, model in PAYLOADS.items()}
@@ -107,8 +126,28 @@ class RunbookStepEnvelope(TypedEnvelope[RunbookStep]):
     type: Literal["runbook.step"]
 
 
+class RunbookEvaluatedEnvelope(TypedEnvelope[RunbookEvaluated]):
+    type: Literal["runbook.evaluated"]
+
+
 class ArtifactStoredEnvelope(TypedEnvelope[ArtifactStored]):
     type: Literal["artifact.stored"]
+
+
+class LabelSetEnvelope(TypedEnvelope[LabelSet]):
+    type: Literal["label.set"]
+
+
+class LabelRemovedEnvelope(TypedEnvelope[LabelRemoved]):
+    type: Literal["label.removed"]
+
+
+class TrajectoryArchivedEnvelope(TypedEnvelope[TrajectoryArchived]):
+    type: Literal["trajectory.archived"]
+
+
+class TrajectoryUnarchivedEnvelope(TypedEnvelope[TrajectoryUnarchived]):
+    type: Literal["trajectory.unarchived"]
 
 
 AnyEnvelope = (
@@ -122,7 +161,12 @@ AnyEnvelope = (
     | RunbookFailedEnvelope
     | RunbookCancelledEnvelope
     | RunbookStepEnvelope
+    | RunbookEvaluatedEnvelope
     | ArtifactStoredEnvelope
+    | LabelSetEnvelope
+    | LabelRemovedEnvelope
+    | TrajectoryArchivedEnvelope
+    | TrajectoryUnarchivedEnvelope
 )
 
 _ENVELOPES: Final[TypeAdapter[AnyEnvelope]] = TypeAdapter(

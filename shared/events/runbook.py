@@ -18,12 +18,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.events.completion import COST_PATTERN, ErrorRecord
 
-AgentName = Literal["claude-code", "codex", "gemini-cli"]
-AGENTS: tuple[str, ...] = ("claude-code", "codex", "gemini-cli")
+AgentName = Literal["claude-code", "codex", "gemini-cli", "opencode"]
+AGENTS: tuple[str, ...] = ("claude-code", "codex", "gemini-cli", "opencode")
 
 RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -43,6 +43,52 @@ class Budget(_Frozen):
     max_cost_usd: str | None = Field(default=None, pattern=COST_PATTERN)
 
 
+class InputObject(_Frozen):
+    """A workspace input that is not at its own path in the collection: a file of
+    the files API (``jetty.files``) or an entry of an unpacked zip."""
+
+    #: where it goes, relative to the workspace (``uploads/data.csv``)
+    path: str
+    #: its object key in the bucket
+    key: str
+    #: the ``file-…`` id it came from
+    file_id: str | None = None
+
+
+class RoutineLink(_Frozen):
+    """The routine whose firing started a run."""
+
+    routine_id: str
+    #: the scheduled time this run fills (epoch seconds); None: run now, by hand
+    slot: float | None = None
+
+
+class EvaluationCheck(_Frozen):
+    """One check run after the agent: a ``command`` (passes on exit code 0) or a
+    ``rubric`` scored by a judge model (passes at ``threshold`` or above)."""
+
+    name: str = Field(min_length=1, max_length=100)
+    command: str | None = Field(default=None, min_length=1, max_length=8192)
+    rubric: str | None = Field(default=None, min_length=1, max_length=16384)
+    #: the judge model (default: the run's model)
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    threshold: float = Field(default=0.7, ge=0, le=1)
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> EvaluationCheck:
+        if (self.command is None) == (self.rubric is None):
+            raise ValueError("a check has either 'command' or 'rubric'")
+        return self
+
+
+class EvaluationSpec(_Frozen):
+    checks: list[EvaluationCheck] = Field(min_length=1, max_length=20)
+    #: agent rounds in all, the first included: a failed evaluation retries the
+    #: agent with the feedback while rounds are left
+    max_rounds: int = Field(default=3, ge=1, le=10)
+
+
 class RunbookRequested(_Frozen):
     """The gateway accepted a runbook; the runner's work queue holds it (pending)."""
 
@@ -56,6 +102,21 @@ class RunbookRequested(_Frozen):
     #: object paths inside the collection (``uploads/data.csv``), each checked to
     #: exist before this event was published; placed in the workspace at that path
     file_paths: list[str] = Field(default_factory=list)
+    #: inputs from the files API (``jetty.files``, unpacked with ``jetty.unzip``)
+    inputs: list[InputObject] = Field(default_factory=list)
+    #: workspace paths the result shows first (front matter or ``jetty.primary_outputs``)
+    primary_outputs: list[str] = Field(default_factory=list)
+    #: where the agent came from: the request, the runbook's front matter, or the model
+    agent_source: Literal["request", "front_matter", "model"] = "request"
+    #: the stored Markdown file the runbook was read from (``jetty.runbook_path``)
+    runbook_path: str | None = None
+    #: names of the secrets the sandbox gets as environment variables (values are
+    #: sealed in the run's secrets entry, never in an event)
+    secret_names: list[str] = Field(default_factory=list)
+    #: set when a routine started the run
+    routine: RoutineLink | None = None
+    #: checks after the agent, and its retry rounds (front matter or jetty.evaluation)
+    evaluation: EvaluationSpec | None = None
     budget: Budget = Budget()
     #: wall-clock limit of the agent's run, seconds
     timeout_s: float = Field(gt=0)
@@ -136,3 +197,31 @@ class ArtifactStored(_Frozen):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     content_type: str
     stored_at: datetime
+
+
+class CheckResult(_Frozen):
+    name: str
+    kind: Literal["command", "rubric"]
+    passed: bool
+    #: the judge's score (rubric), 0 to 1
+    score: float | None = None
+    #: the command's exit code (command); None when it was killed
+    exit_code: int | None = None
+    #: the command's output, or the judge's answer (clipped)
+    output: str | None = None
+    #: what the agent is told when it retries
+    feedback: str | None = None
+    duration_ms: float = Field(ge=0)
+
+
+class RunbookEvaluated(_Frozen):
+    """One round of a run's evaluation, after the agent of that round ended."""
+
+    task: str
+    #: 1 for the agent's first attempt
+    round: int = Field(ge=1)
+    passed: bool
+    checks: list[CheckResult]
+    #: whether the agent runs again with the feedback
+    will_retry: bool
+    evaluated_at: datetime

@@ -1,0 +1,1 @@
+"""Per-collection secrets (``/api/v1/secrets``) and ``jetty.secret_params``."""
