@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -149,8 +149,6 @@ class Deliverer:
 
 
 def _signed_headers(secret: str, msg_id: str, timestamp: float, body: bytes) -> dict[str, str]:
-    from datetime import UTC, datetime
-
     moment = datetime.fromtimestamp(int(timestamp), UTC)
     signature = Signer(secret).sign(msg_id, moment, body.decode())
     return {

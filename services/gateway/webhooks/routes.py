@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from services.gateway.state import GATEWAY, auth_of
 from shared.errors import InvalidRequest, NotFound
@@ -45,8 +45,8 @@ def _store(request: web.Request) -> WebhookStore:
     return store
 
 
-def _json(model: object, status: int = 200) -> web.Response:
-    body = model.model_dump_json(exclude_none=False).encode()  # type: ignore[attr-defined]
+def _json(model: BaseModel, status: int = 200) -> web.Response:
+    body = model.model_dump_json().encode()
     return web.Response(body=body, status=status, content_type="application/json")
 
 
