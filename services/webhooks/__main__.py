@@ -73,8 +73,13 @@ async def serve(settings: WebhookSettings) -> None:
                 task.add_done_callback(_log_failure)
         if in_flight:
             await asyncio.wait(in_flight, timeout=settings.webhook_timeout + 5)
+    # Every ack went out with its event's handling; a pull subscription's drain
+    # can wait for ever, so: flush what is written, then close.
     with contextlib.suppress(Exception):
-        await nc.drain()
+        await sub.unsubscribe()
+        await asyncio.wait_for(nc.flush(), 5.0)
+    with contextlib.suppress(Exception):
+        await nc.close()
     log.info("webhook delivery stopped")
 
 
