@@ -34,7 +34,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from bench import runbook, translation
+from bench import governance, runbook, translation
 from bench.loadgen import Result, run
 from jetty_cli import procs
 from jetty_cli.embedded import EmbeddedPostgres
@@ -278,6 +278,8 @@ def main() -> None:
     print(section)
     if not args.no_write:
         _write_doc(section)
+    # Keys, limits and metrics on the hot path; the retention sweeper's rate.
+    governance.main(write=not args.no_write)
 
 
 if __name__ == "__main__":

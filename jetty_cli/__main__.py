@@ -1,7 +1,9 @@
 """The ``jetty`` command line.
 
     jetty up                                   run the whole stack in the foreground
-    jetty tokens create --collection C [--name N]
+    jetty tokens create --collection C [--name N] [--admin] [--scope S]...
+                        [--expires-at T] [--allowed-model GLOB]... [--rpm N] [--tpm N]
+                        [--budget-usd X [--budget-period total|month]] [--meta K=V]...
     jetty tokens revoke TOKEN
     jetty replay --database-url DSN [...]      rebuild the projection from the stream
     jetty schemas [--out DIR]                  JSON Schemas of the events
@@ -36,6 +38,30 @@ UP_ENVIRONMENT = (
 )
 
 
+def add_key_arguments(create: argparse.ArgumentParser) -> None:
+    """The key's policy (the same fields as the admin API's, docs/operations.md)."""
+    create.add_argument(
+        "--admin", action="store_true", help="add the 'admin' scope (manage the collection's keys)"
+    )
+    create.add_argument(
+        "--scope",
+        action="append",
+        choices=("api", "read", "admin"),
+        help="a scope of the key (repeatable; default api)",
+    )
+    create.add_argument("--expires-at", help="RFC 3339 time after which the key is refused")
+    create.add_argument(
+        "--allowed-model", action="append", metavar="GLOB", help="a model pattern (repeatable)"
+    )
+    create.add_argument("--rpm", type=int, help="requests per minute")
+    create.add_argument("--tpm", type=int, help="tokens per minute")
+    create.add_argument("--budget-usd", help="spend limit in US dollars")
+    create.add_argument("--budget-period", choices=("total", "month"), default="total")
+    create.add_argument(
+        "--meta", action="append", metavar="KEY=VALUE", help="a metadata entry (repeatable)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jetty", description="Jetty Flows: run the embedded stack and manage it."
@@ -54,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = actions.add_parser("create", help="create a token and print it")
     create.add_argument("--collection", required=True, help="the collection the token belongs to")
     create.add_argument("--name", default="", help="a label to recognise the token by")
+    add_key_arguments(create)
     create.set_defaults(handler="jetty_cli.tokens_cmd:run_create")
     revoke = actions.add_parser("revoke", help="revoke a token")
     revoke.add_argument("token", help="the token, or - to read it from stdin")

@@ -78,6 +78,9 @@ class StackConfig:
     s3: S3Config | None = None
     python: str = sys.executable
     cwd: Path | None = None
+    # JETTY_HEALTH_PORT of the services without an HTTP API (their /healthz,
+    # /readyz and /metrics); a service not named here serves none.
+    health_ports: Mapping[str, int] = field(default_factory=dict)
 
 
 class ServiceProcess:
@@ -186,6 +189,8 @@ class Stack:
             # Only the gateway listens on JETTY_PORT; keep the others off it.
             env.pop("JETTY_HOST", None)
             env.pop("JETTY_PORT", None)
+        if name in cfg.health_ports:
+            env["JETTY_HEALTH_PORT"] = str(cfg.health_ports[name])
         env.update(cfg.extra_env)
         return env
 

@@ -15,14 +15,19 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from nats.aio.client import Client as NATS
+from pydantic import ValidationError
 
 from jetty_cli import procs
 from jetty_cli.embedded import EmbeddedNats
 from jetty_cli.home import Home
-from shared.bus import connect
-from shared.tokens import TokenStore, hash_token, valid_collection
+from shared.bus import EventPublisher, connect, ensure_streams, source_name
+from shared.keys import KeyBudget, KeyCreated, KeyLimits
+from shared.tokens import TokenStore, generate_token, hash_token, valid_collection
 
 CONNECT_TIMEOUT = 5.0
 WRITE_TIMEOUT = 15.0
@@ -44,14 +49,65 @@ async def _connect(nats_url: str) -> NATS:
     )
 
 
-async def create_token(nats_url: str, collection: str, name: str = "") -> str:
-    """Create, store (hash only) and return a new token for ``collection``."""
+async def create_token(nats_url: str, collection: str, name: str = "", **policy: Any) -> str:
+    """Create, store (hash only) and return a new token for ``collection``; with a
+    ``policy`` (scopes, limits, ...), also publish its ``key.created`` event."""
     nc = await _connect(nats_url)
     try:
-        store = TokenStore(nc.jetstream())
-        return await asyncio.wait_for(store.create(collection, name), WRITE_TIMEOUT)
+        js = nc.jetstream()
+        store = TokenStore(js)
+        token = generate_token()
+        record = await asyncio.wait_for(
+            store.register(token, collection, name, **policy), WRITE_TIMEOUT
+        )
+        await asyncio.wait_for(ensure_streams(js), WRITE_TIMEOUT)
+        publisher = EventPublisher(nc, js, source_name("jetty-cli"), 256 * 1024)
+        await publisher.publish(collection, record.id, KeyCreated(key=record.info()))
+        await publisher.flush(WRITE_TIMEOUT)
+        return token
     finally:
         await nc.close()
+
+
+def key_policy(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~shared.tokens.TokenRecord` fields the options ask for; raises
+    ValueError naming the bad option."""
+    scopes: list[str] = list(getattr(args, "scope", None) or [])
+    if getattr(args, "admin", False):
+        scopes = [*(scopes or ["api"]), "admin"]
+    policy: dict[str, Any] = {}
+    if scopes:
+        policy["scopes"] = tuple(dict.fromkeys(scopes))
+    if getattr(args, "expires_at", None):
+        try:
+            expires = datetime.fromisoformat(args.expires_at)
+        except ValueError:
+            raise ValueError(f"--expires-at: not an RFC 3339 time: {args.expires_at!r}") from None
+        if expires.tzinfo is None:
+            raise ValueError("--expires-at needs a time zone (e.g. 2027-01-01T00:00:00Z)")
+        policy["expires_at"] = expires
+    if getattr(args, "allowed_model", None):
+        policy["allowed_models"] = tuple(args.allowed_model)
+    rpm, tpm = getattr(args, "rpm", None), getattr(args, "tpm", None)
+    if rpm is not None or tpm is not None:
+        try:
+            policy["limits"] = KeyLimits(requests_per_minute=rpm, tokens_per_minute=tpm)
+        except ValidationError:
+            raise ValueError("--rpm and --tpm must be at least 1") from None
+    if getattr(args, "budget_usd", None):
+        try:
+            policy["budget"] = KeyBudget(usd=Decimal(args.budget_usd), period=args.budget_period)
+        except (ValidationError, ArithmeticError):
+            raise ValueError(f"--budget-usd: not a positive amount: {args.budget_usd!r}") from None
+    meta: dict[str, str] = {}
+    for item in getattr(args, "meta", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--meta wants KEY=VALUE, got {item!r}")
+        meta[key] = value
+    if meta:
+        policy["metadata"] = meta
+    return policy
 
 
 async def register_token(nats_url: str, token: str, collection: str, name: str = "") -> bool:
@@ -129,8 +185,13 @@ def run_create(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        policy = key_policy(args)
+    except ValueError as exc:
+        print(f"jetty: {exc}", file=sys.stderr)
+        return 2
     with nats_for_cli(Home()) as (url, gateway):
-        token = asyncio.run(create_token(url, args.collection, args.name))
+        token = asyncio.run(create_token(url, args.collection, args.name, **policy))
         if gateway is not None:
             try:
                 wait_accepted(gateway, token)

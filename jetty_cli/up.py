@@ -177,6 +177,7 @@ class Up:
                 nats_monitor_url=monitor_url,
                 s3=s3,
                 cwd=checkout_root(),
+                health_ports={name: procs.free_port() for name in ("proxy", "recorder", "runner")},
                 # Secrets work out of the box; an operator's own key wins.
                 extra_env={}
                 if os.environ.get("JETTY_SECRETS_KEY")
@@ -219,7 +220,8 @@ class Up:
             f"  URL:        {url}\n"
             f"  Token:      {token}\n"
             f"  Collection: {collection}  (token {where})\n"
-            f"  State:      {self.home.root}\n\n"
+            f"  State:      {self.home.root}\n"
+            f"  Metrics:    {url}/metrics  (Prometheus; {self._metrics_elsewhere()})\n\n"
             f"Try it:\n"
             f"  curl -s {url}/v1/chat/completions \\\n"
             f"    -H 'Authorization: Bearer {token}' \\\n"
@@ -229,6 +231,11 @@ class Up:
             f"More tokens: jetty tokens create --collection my-org.  Ctrl-C stops everything.\n",
             flush=True,
         )
+
+    def _metrics_elsewhere(self) -> str:
+        assert self.stack is not None
+        ports = self.stack.config.health_ports
+        return ", ".join(f"{name} :{port}/metrics" for name, port in ports.items())
 
     # -- supervise ---------------------------------------------------------
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,10 +36,11 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from pydantic import BaseModel
 
-from shared import subjects
+from shared import metrics, subjects
 from shared.events.envelope import PAYLOAD_VERSION, Envelope
 from shared.events.registry import AnyEnvelope, EventData, parse_data_json, type_name
 from shared.ids import new_event_id
+from shared.key_usage import ensure_key_rates_bucket, ensure_key_usage_bucket
 from shared.runs import ensure_runs_bucket
 from shared.secrets import MaskRegistry
 
@@ -99,8 +101,15 @@ async def connect_until_up(url: str, name: str) -> NATS:
             delay = min(delay * 2, 5.0)
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
-    """Declare the events stream and the buckets (idempotent; safe from every service)."""
+async def ensure_streams(
+    js: JetStreamContext, replicas: int = 1, retention_days: float | None = None
+) -> None:
+    """Declare the events stream and the buckets (idempotent; safe from every service).
+
+    ``retention_days`` (``JETTY_RETENTION_DAYS``) becomes the stream's ``max_age``;
+    ``None`` leaves whatever age limit the stream has (a tool that does not know
+    the setting must not lift it)."""
+    max_age = retention_days * 86400.0 if retention_days else None
     config = StreamConfig(
         name=subjects.EVENTS_STREAM,
         subjects=[subjects.EVENTS_ALL],
@@ -112,13 +121,17 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
         description="Jetty trajectory events: the source of truth",
     )
     try:
-        await js.stream_info(subjects.EVENTS_STREAM)
+        info = await js.stream_info(subjects.EVENTS_STREAM)
+        config.max_age = max_age if max_age is not None else info.config.max_age
         await js.update_stream(config)
     except NotFoundError:
+        config.max_age = max_age
         await js.add_stream(config)
     await ensure_object_store(js, replicas)
     await ensure_tokens_bucket(js, replicas)
     await ensure_runs_bucket(js, replicas)
+    await ensure_key_usage_bucket(js, replicas)
+    await ensure_key_rates_bucket(js, replicas)
 
 
 async def ensure_object_store(js: JetStreamContext, replicas: int = 1) -> Any:
@@ -230,6 +243,7 @@ class EventPublisher:
         self._threshold = claim_threshold
         self._ack_timeout = ack_timeout
         self._pending: set[asyncio.Task[None]] = set()
+        metrics.PENDING_ACKS.set_function(lambda: len(self._pending))
         #: secret masks of the runs this process serves (shared/secrets.py); every
         #: event of such a trajectory is masked before it leaves
         self.masks = MaskRegistry()
@@ -289,7 +303,9 @@ class EventPublisher:
     async def _attempt(self, subject: str, payload: bytes, eid: str, timeout: float) -> None:
         if not self._nc.is_connected:
             raise BusUnavailable("not connected")
+        start = time.perf_counter()
         await self._js.publish(subject, payload, headers={"Nats-Msg-Id": eid}, timeout=timeout)
+        metrics.PUBLISH_SECONDS.observe(time.perf_counter() - start)
 
     async def _deliver_now(self, subject: str, payload: bytes, eid: str) -> None:
         """Deliver from the caller's task for up to ``ack_timeout``, then hand over to

@@ -24,7 +24,7 @@ every proxy listens and the one running it stops the upstream call.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Final
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -48,6 +48,13 @@ class ChatCall(BaseModel):
     include_usage: bool = False
     ingress: str = "chat.completions"
     body_ref: str | None = None
+    # The key that made the call: the proxy adds the call's cost and tokens to its
+    # usage (shared/key_usage.py) and records it on the end event.
+    key_id: str | None = None
+    # The key has a budget or a token limit: its usage is added before the last frame.
+    key_metered: bool = False
+    # What the trajectory keeps of the bodies (shared/storage_policy.py).
+    store: Literal["full", "redacted", "none"] = "full"
 
 
 class Frame(bytes, Enum):

@@ -56,6 +56,8 @@ class ApiError(Exception):
         # Set once a trajectory exists for the failed call, so the error response
         # still names it.
         self.trajectory_id: str | None = None
+        # More response headers (the rate-limit ones on a 429).
+        self.extra_headers: dict[str, str] = {}
 
     def body(self) -> ErrorBody:
         return ErrorBody(
@@ -67,8 +69,8 @@ class ApiError(Exception):
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(0, round(self.retry_after)))}
+            return dict(self.extra_headers)
+        return {"Retry-After": str(max(0, round(self.retry_after))), **self.extra_headers}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -99,6 +99,8 @@ class JettyBlock(BaseModel):
     # Runbook only: limits of this run (the server's defaults apply when absent).
     budget: RunBudgetIn | None = None
     timeout_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    # false: keep no messages and no output of this call (metadata only).
+    store: StrictBool | None = None
     # Runbook only, from the hosted product's surface (docs/jetty-parity.md).
     files: Annotated[list[str], Field(max_length=100)] | None = None
     unzip: StrictBool = False

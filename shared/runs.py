@@ -73,6 +73,10 @@ class RunState(BaseModel):
     #: SHA-256 of the run-scoped token the agent holds (revoked when the run ends)
     token_hash: str | None = None
     updated_at: datetime
+    #: W3C trace context of the request that started the run, and of the runner's
+    #: ``invoke_agent`` span (the parent of the agent's model calls); tracing only
+    traceparent: str | None = None
+    agent_traceparent: str | None = None
 
     def over_budget(self) -> bool:
         """True once the recorded spend reached a limit: the next call is refused."""

@@ -6,6 +6,8 @@ Each service extends :class:`CommonSettings` with its own fields in its own
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,6 +29,10 @@ class CommonSettings(BaseSettings):
     # through the JetStream object store instead of inline on NATS (default limit 1 MiB).
     claim_threshold_bytes: int = 256 * 1024
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    # The health port of proxy, recorder and runner (/healthz, /readyz; see
+    # shared/health.py). Unset: no health port (several services on one host).
+    health_host: str = "127.0.0.1"
+    health_port: int | None = Field(default=None, ge=0, le=65535)
     # The S3-compatible object store (MinIO in production; `jetty up` and the tests
     # start a local one). The endpoint is ``host:port``, as the minio SDK takes it.
     s3_endpoint: str = "127.0.0.1:9000"
@@ -42,3 +48,8 @@ class CommonSettings(BaseSettings):
     # The store as clients outside reach it, for presigned URLs (``host:port``, or a
     # URL with its scheme); by default the endpoint above.
     s3_public_endpoint: str | None = None
+    # What trajectories keep of the bodies by default: full | redacted | none
+    # (a request's jetty.store: false asks for none). shared/storage_policy.py.
+    store_bodies: Literal["full", "redacted", "none"] = "full"
+    # Days of events, projection rows and artifacts kept; None keeps them for ever.
+    retention_days: float | None = Field(default=None, gt=0)

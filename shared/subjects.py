@@ -19,6 +19,10 @@ RECORDER_DURABLE = "jetty-recorder"
 TOKENS_BUCKET = "jetty_tokens"
 CLAIMS_BUCKET = "jetty_claims"
 RUNS_BUCKET = "jetty_runs"
+# Keys (shared/keys.py): what each key has used (spend, tokens this minute), and
+# each gateway replica's request count per key this minute (shared rate limits).
+KEY_USAGE_BUCKET = "jetty_key_usage"
+KEY_RATES_BUCKET = "jetty_key_rates"
 
 # Webhooks (shared/webhooks.py): endpoints, delivery records, and the delivery
 # service's durable consumer on the events stream.

@@ -1,6 +1,6 @@
-"""API tokens. Only the SHA-256 of a token is ever stored (in a JetStream KV
+"""API tokens (keys). Only the SHA-256 of a token is ever stored (in a JetStream KV
 bucket, so the gateway's hot path never reads Postgres); each token belongs to
-one collection."""
+one collection and carries its key's policy (:mod:`shared.keys`)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import nats.errors
 import orjson
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from shared.bus import ensure_tokens_bucket
+from shared.keys import KeyInfo, KeyPolicy, legacy_key_id, new_key_id
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ MAX_REMEMBERED_MISSES = 10_000
 COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-class TokenRecord(BaseModel):
+class TokenRecord(KeyPolicy):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     collection: str
@@ -40,6 +41,25 @@ class TokenRecord(BaseModel):
     #: set for a run-scoped token (handed to a runbook's agent): it reaches only
     #: the model endpoints, and every call it makes is a step of this trajectory
     trajectory_id: str | None = None
+    # The key's identity and policy (KeyPolicy, shared/keys.py). A record written
+    # before keys existed has none of them: it is an "api" key without limits,
+    # whose id is derived from its hash when it is loaded.
+    id: str = ""
+    #: set on the old secret of a rotated key: it works until ``expires_at``
+    #: (the grace period) and is not listed
+    superseded: bool = False
+
+    def info(self) -> KeyInfo:
+        return KeyInfo(
+            id=self.id,
+            collection=self.collection,
+            name=self.name,
+            created_at=self.created_at,
+            **self.policy(),
+        )
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 def generate_token() -> str:
@@ -71,29 +91,58 @@ class TokenStore:
         return self._kv
 
     async def register(
-        self, token: str, collection: str, name: str = "", *, trajectory_id: str | None = None
+        self,
+        token: str,
+        collection: str,
+        name: str = "",
+        *,
+        trajectory_id: str | None = None,
+        **policy: Any,
     ) -> TokenRecord:
+        """Store ``token`` (its hash) as a key of ``collection``; ``policy`` holds
+        the other :class:`TokenRecord` fields (scopes, limits, ...)."""
         if not valid_collection(collection):
             raise ValueError(f"invalid collection name {collection!r}")
+        policy.setdefault("id", new_key_id())
         record = TokenRecord(
             collection=collection,
             name=name,
             created_at=datetime.now(UTC),
             trajectory_id=trajectory_id,
+            **policy,
         )
-        kv = await self._bucket()
-        await kv.put(hash_token(token), record.model_dump_json().encode())
-        self._cache[hash_token(token)] = record
+        await self.put(hash_token(token), record)
         return record
 
-    async def create(self, collection: str, name: str = "") -> str:
+    async def put(self, token_hash: str, record: TokenRecord) -> None:
+        kv = await self._bucket()
+        await kv.put(token_hash, record.model_dump_json().encode())
+        self._cache[token_hash] = record
+
+    async def create(self, collection: str, name: str = "", **policy: Any) -> str:
         token = generate_token()
-        await self.register(token, collection, name)
+        await self.register(token, collection, name, **policy)
         return token
+
+    def by_id(self, key_id: str) -> list[tuple[str, TokenRecord]]:
+        """Every stored secret of one key (more than one during a rotation's grace)."""
+        return [(h, r) for h, r in self._cache.items() if r.id == key_id]
+
+    def in_collection(self, collection: str) -> list[TokenRecord]:
+        """The listed keys of a collection (no run-scoped or superseded secrets)."""
+        return [
+            r
+            for r in self._cache.values()
+            if r.collection == collection
+            and r.trajectory_id is None
+            and not r.superseded
+            and not r.revoked
+        ]
 
     async def revoke(self, token_hash: str) -> None:
         kv = await self._bucket()
         await kv.delete(token_hash)
+        self._cache.pop(token_hash, None)
 
     async def fetch(self, token_hash: str) -> TokenRecord | None:
         kv = await self._bucket()
@@ -103,7 +152,7 @@ class TokenStore:
             return None
         if not entry.value:
             return None
-        return TokenRecord.model_validate(orjson.loads(entry.value))
+        return _decode(token_hash, entry.value)
 
     def lookup(self, token: str) -> TokenRecord | None:
         """Memory only: no I/O on the request path."""
@@ -154,9 +203,7 @@ class TokenStore:
                     if entry.operation in ("DEL", "PURGE") or not entry.value:
                         self._cache.pop(entry.key, None)
                     else:
-                        self._cache[entry.key] = TokenRecord.model_validate(
-                            orjson.loads(entry.value)
-                        )
+                        self._cache[entry.key] = _decode(entry.key, entry.value)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -168,3 +215,10 @@ class TokenStore:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
+
+
+def _decode(token_hash: str, value: bytes) -> TokenRecord:
+    record = TokenRecord.model_validate(orjson.loads(value))
+    if not record.id:
+        record = record.model_copy(update={"id": legacy_key_id(token_hash)})
+    return record

@@ -64,7 +64,8 @@ def test_tokens_create_with_stack_stopped_then_running(jetty_home: Path, tmp_pat
     env = {**hermetic_env(), "JETTY_HOME": str(jetty_home)}
 
     # No stack: the command starts the embedded NATS on the same store for the write.
-    created = jetty("tokens", "create", "--collection", "org-a", "--name", "ci", env=env)
+    # --admin: the key also manages the collection's secrets (below).
+    created = jetty("tokens", "create", "--collection", "org-a", "--name", "ci", "--admin", env=env)
     assert created.returncode == 0, created.stderr
     offline_token = created.stdout.strip()
     assert offline_token.startswith("jt_")

@@ -462,11 +462,15 @@ async def test_unparseable_events_are_poison() -> None:
 def test_one_pass_decoding_matches_the_registry() -> None:
     """Every registered type decodes in one pass to its payload model, exactly as
     the two-step decoding (Envelope, then parse_data) does; anything else fails."""
-    from tests.test_projection_annotations import annotations
+    from tests.test_data_controls import deletion_event
+    from tests.test_key_projection import key_events_of_each
+    from tests.test_projection_annotations import annotation_events
     from tests.test_projection_runbook import one_of_each
 
     events = [requested("tr_d"), finished("tr_d"), failed("tr_d"), cancelled("tr_d"), quick("tr_d")]
-    events += one_of_each("tr_d") + annotations("tr_d")
+    events += one_of_each("tr_d") + annotation_events("tr_d")
+    events += key_events_of_each("tr_d")
+    events += [deletion_event("tr_d")]
     assert {e.type for e in events} == set(PAYLOADS)
     for event in events:
         typed = decode_envelope(encode_event(event))

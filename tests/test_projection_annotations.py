@@ -59,7 +59,7 @@ def evaluated(tid: str, round_no: int, passed: bool, event_id: str | None = None
     )  # fmt: skip
 
 
-def annotations(tid: str) -> list[Envelope]:
+def annotation_events(tid: str) -> list[Envelope]:
     """One event of every type added for Jetty parity."""
     return [
         note(LabelSet(key="k", value="v", at=at(1)), tid),

@@ -40,7 +40,7 @@ def test_readme_has_the_examples() -> None:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_shell_example(stack: TestStack, index: int) -> None:
     script = _runnable_shell()[index]
     result = subprocess.run(

@@ -7,11 +7,13 @@ from aiohttp import web
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from shared.logs import setup_logging, use_uvloop
+from shared.tracing import setup_tracing, shutdown_tracing
 
 
 def main() -> None:
     settings = GatewaySettings()
     setup_logging("gateway", settings.log_level)
+    setup_tracing("gateway")
     use_uvloop()
     web.run_app(
         create_app(settings),
@@ -24,6 +26,7 @@ def main() -> None:
         shutdown_timeout=10,
         print=lambda *_: None,
     )
+    shutdown_tracing()
 
 
 if __name__ == "__main__":

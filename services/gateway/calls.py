@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from nats.errors import Error as NatsError
 
+from services.gateway.policy import check_model
 from services.gateway.state import Gateway
 from shared.chatwire import ChatCall, Frame
 from shared.errors import ApiError, PayloadTooLarge, Unavailable
@@ -60,6 +61,8 @@ class OpenCall:
     gw: Gateway
     call: ChatCall
     body: bytes
+    #: trace headers for the proxy instead of the current span's (runbook calls)
+    trace: dict[str, str] | None = None
 
     @property
     def trajectory_id(self) -> str:
@@ -70,7 +73,7 @@ class OpenCall:
         upstream call if the client disconnects (the handler is cancelled) or a
         write finds it gone."""
         try:
-            async for item in self.gw.relay.call(self.call, self.body):
+            async for item in self.gw.relay.call(self.call, self.body, self.trace):
                 yield item
         except ApiError as exc:
             exc.trajectory_id = self.trajectory_id
@@ -105,10 +108,17 @@ async def open_call(
 
     ``body`` is the OpenAI chat request JSON the proxy will read; ``req`` its
     validated form."""
+    trace: dict[str, str] | None = None
     if auth.trajectory_id is not None:
-        trajectory_id, collection, task, step_index = await _run_step(gw, auth.trajectory_id)
+        state = await _run_step(gw, auth.trajectory_id)
+        trajectory_id, collection, task = state.trajectory_id, state.collection, state.task
+        step_index = state.next_step - 1
+        if state.agent_traceparent is not None:
+            # The agent's calls are children of the runner's invoke_agent span.
+            trace = {"traceparent": state.agent_traceparent}
         mode: Mode = "runbook"
     else:
+        check_model(auth, req.model)
         trajectory_id, collection, task, step_index = (
             new_trajectory_id(),
             auth.collection,
@@ -131,11 +141,16 @@ async def open_call(
         include_usage=req.include_usage,
         ingress=ingress,
         body_ref=body_ref,
+        key_id=auth.id or None,
+        key_metered=auth.budget is not None or auth.limits.tokens_per_minute is not None,
+        store="none"
+        if req.jetty is not None and req.jetty.store is False
+        else gw.settings.store_bodies,
     )
-    return OpenCall(gw, call, body)
+    return OpenCall(gw, call, body, trace)
 
 
-async def _run_step(gw: Gateway, trajectory_id: str) -> tuple[str, str, str, int]:
+async def _run_step(gw: Gateway, trajectory_id: str) -> RunState:
     """A runbook agent's call: check that its run is live and within budget, and
     draw the step index the call is recorded under (one compare-and-set)."""
 
@@ -171,7 +186,7 @@ async def _run_step(gw: Gateway, trajectory_id: str) -> tuple[str, str, str, int
             error_type="permission_error",
             code="budget_exceeded",
         )
-    return state.trajectory_id, state.collection, state.task, state.next_step - 1
+    return state
 
 
 class _RunClosed(Exception):

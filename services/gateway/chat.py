@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 from aiohttp import web
 
 from services.gateway.calls import SSE_HEADERS, OpenCall, open_call, read_body
@@ -14,6 +15,7 @@ from services.gateway.state import GATEWAY, auth_of
 from shared import subjects
 from shared.chatwire import Frame
 from shared.errors import ApiError
+from shared.keys import model_allowed
 from shared.openai_chat import ChatCompletionRequest, parse_chat_request
 
 
@@ -74,4 +76,10 @@ async def _relay_stream(
 
 async def list_models(request: web.Request) -> web.Response:
     data = await request.app[GATEWAY].relay.request_json(subjects.MODELS_LIST)
+    allowed = auth_of(request).allowed_models
+    if allowed is not None:
+        # A key with an allow-list sees the models it may use.
+        listing = orjson.loads(data)
+        listing["data"] = [m for m in listing.get("data", []) if model_allowed(allowed, m["id"])]
+        data = orjson.dumps(listing)
     return web.Response(body=data, content_type="application/json")

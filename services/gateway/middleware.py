@@ -12,12 +12,15 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from services.gateway import policy, scopes
 from services.gateway.state import AUTH, GATEWAY
+from shared import metrics
 from shared.errors import ApiError, Unauthorized
+from shared.logs import bind
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/openapi.json", "/docs"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/metrics", "/openapi.json", "/docs"})
 # The API reference page's script and assets (services/gateway/openapi/reference.py).
 PUBLIC_PREFIXES = ("/docs/",)
 TRAJECTORY_HEADER = "X-Jetty-Trajectory-Id"
@@ -138,15 +141,31 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise Unauthorized(
             "Missing API token: send 'Authorization: Bearer <token>'.", code="missing_api_key"
         )
-    record = await request.app[GATEWAY].tokens.resolve(token)
+    gw = request.app[GATEWAY]
+    record = await gw.tokens.resolve(token)
     if record is None:
         raise Unauthorized("Invalid API token.", code="invalid_api_key")
-    if record.trajectory_id is not None and not request.path.startswith(RUN_TOKEN_PATHS):
-        raise ApiError(
-            "This token belongs to a runbook's sandbox: it reaches only the model endpoints.",
-            status=403,
-            error_type="permission_error",
-            code="token_scope",
+    bind(collection=record.collection, key_id=record.id)
+    if record.expires_at is not None and record.expired(policy.time_now()):
+        metrics.KEY_REFUSALS.labels("expired").inc()
+        raise Unauthorized(
+            f"This API key expired at {record.expires_at.isoformat()}.", code="invalid_api_key"
         )
+    if record.trajectory_id is not None:
+        if not request.path.startswith(RUN_TOKEN_PATHS):
+            raise ApiError(
+                "This token belongs to a runbook's sandbox: it reaches only the model endpoints.",
+                status=403,
+                error_type="permission_error",
+                code="token_scope",
+            )
+        request[AUTH] = record
+        return await handler(request)
     request[AUTH] = record
+    needed = scopes.default_scopes(request)
+    if needed is not None and not any(s in record.scopes for s in needed):
+        metrics.KEY_REFUSALS.labels("scope").inc()
+        raise scopes.scope_error(needed)
+    if scopes.is_model_call(request):
+        policy.check_call(gw, request, record)
     return await handler(request)

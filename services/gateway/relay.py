@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared import subjects
+from shared import subjects, tracing
 from shared.chatwire import TERMINAL, BadFrame, ChatCall, Frame, encode_call, parse_frame
 from shared.errors import ApiError, Unavailable, UpstreamError, UpstreamTimeout
 
@@ -60,7 +60,9 @@ class ProxyRelay:
                 "The event bus is unavailable; please retry shortly.", code="bus_unavailable"
             )
 
-    async def call(self, call: ChatCall, body: bytes) -> AsyncIterator[tuple[Frame, bytes]]:
+    async def call(
+        self, call: ChatCall, body: bytes, trace: dict[str, str] | None = None
+    ) -> AsyncIterator[tuple[Frame, bytes]]:
         """Yield the call's frames (keep-alives are absorbed) until a terminal one."""
         self._check_connected()
         self._counter += 1
@@ -69,7 +71,10 @@ class ProxyRelay:
         self._waiting[key] = queue
         try:
             await self._nc.publish(
-                subjects.CHAT_REQUEST, encode_call(call, body), reply=f"{self._prefix}.{key}"
+                subjects.CHAT_REQUEST,
+                encode_call(call, body),
+                reply=f"{self._prefix}.{key}",
+                headers=trace or tracing.inject() or None,
             )
             while True:
                 try:

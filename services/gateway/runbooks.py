@@ -24,6 +24,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import KeyWrongLastSequenceError
 from pydantic import ValidationError
 
+from services.gateway import policy
 from services.gateway.files import object_store, store_unavailable
 from services.gateway.files_api.inputs import file_inputs, read_runbook_file
 from services.gateway.middleware import TRAJECTORY_HEADER
@@ -38,7 +39,7 @@ from services.gateway.secrets_api.runs import gather as gather_secrets
 from services.gateway.secrets_api.runs import scrub_request
 from services.gateway.secrets_api.runs import store_for_run as store_secrets
 from services.gateway.state import Gateway
-from shared import subjects
+from shared import subjects, tracing
 from shared.chatwire import Frame, parse_frame
 from shared.errors import ApiError, InvalidRequest, Unavailable
 from shared.events.runbook import (
@@ -220,6 +221,7 @@ async def plan_runbook(
         max_tokens=max_tokens,
         max_cost_usd=format(Decimal(str(max_cost)).quantize(Decimal("0.0000000001")), "f"),
     )
+    policy.check_model(auth, model)
     await check_model(gw, model)
     file_paths = list(dict.fromkeys(jetty.file_paths or []))
     await _check_files(gw, collection, file_paths)
@@ -279,6 +281,7 @@ async def queue_run(gw: Gateway, plan: RunbookPlan, *, event_id: str | None = No
                     model=event.model,
                     budget=event.budget,
                     updated_at=event.requested_at,
+                    traceparent=tracing.inject().get("traceparent"),
                 )
             )
         except KeyWrongLastSequenceError:

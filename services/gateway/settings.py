@@ -51,3 +51,5 @@ class GatewaySettings(CommonSettings):
     routines_min_interval: float = Field(default=60.0, ge=1)
     # Base URL of artifact links in answers; by default the request's own origin.
     public_url: str | None = None
+    # Prometheus counters on every request (GET /metrics); off only to measure them.
+    metrics_enabled: bool = True

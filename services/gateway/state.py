@@ -11,9 +11,11 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from services.gateway.ratelimit import RateLimiter
 from services.gateway.relay import ProxyRelay
 from services.gateway.settings import GatewaySettings
 from shared.bus import ClaimStore, EventPublisher
+from shared.key_usage import KeyUsageStore
 from shared.objectstore import ObjectStore
 from shared.runs import RunStates
 from shared.tokens import TokenRecord, TokenStore
@@ -29,6 +31,8 @@ class Gateway:
     claims: ClaimStore
     runs: RunStates
     publisher: EventPublisher
+    key_usage: KeyUsageStore
+    limiter: RateLimiter
     pool: asyncpg.Pool | None = None
     objects: ObjectStore | None = None  # created on first upload
     background: set[asyncio.Future[None]] = field(default_factory=set)

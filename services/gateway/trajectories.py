@@ -11,9 +11,11 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from aiohttp import web
+from multidict import MultiMapping
 from nats.js.errors import NotFoundError
 
 from services.gateway.state import GATEWAY, Gateway, auth_of
@@ -90,9 +92,16 @@ async def _load(gw: Gateway, collection: str, trajectory_id: str) -> TrajectoryV
 
 async def get_trajectory(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "otlp"):
+        raise InvalidRequest("Invalid value for 'format': json or otlp.", param="format")
     view = await read_trajectory(
         gw, auth_of(request).collection, request.match_info["trajectory_id"]
     )
+    if fmt == "otlp":
+        from services.gateway.export import otlp_response  # export imports this module
+
+        return otlp_response(view)
     return view_response(request, view)
 
 
@@ -189,39 +198,42 @@ def parse_archived(raw: str | None) -> bool | None:
     )
 
 
-async def list_trajectories(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    collection = auth_of(request).collection
-    q = request.query
+def list_filters(q: MultiMapping[str], *, default_limit: int, max_limit: int) -> dict[str, Any]:
+    """The list filters of a query string (``task``, ``status``, ``model``,
+    ``since``, ``limit``, ``label``, ``archived``), validated; 400 naming the bad one."""
     status = q.get("status")
     if status is not None and status not in STATUSES:
         raise InvalidRequest(
             f"Invalid value for 'status': one of {', '.join(sorted(STATUSES))}.", param="status"
         )
     try:
-        limit = int(q.get("limit", "50"))
+        limit = int(q.get("limit", str(default_limit)))
     except ValueError:
         limit = -1
-    if not 1 <= limit <= MAX_LIMIT:
+    if not 1 <= limit <= max_limit:
         raise InvalidRequest(
-            f"Invalid value for 'limit': an integer from 1 to {MAX_LIMIT}.", param="limit"
+            f"Invalid value for 'limit': an integer from 1 to {max_limit}.", param="limit"
         )
     since = parse_since(q["since"]) if "since" in q else None
-    labels = parse_labels(q.getall("label", []))
-    archived = parse_archived(q.get("archived"))
+    return {
+        "task": q.get("task"),
+        "status": status,
+        "model": q.get("model"),
+        "since": since,
+        "limit": limit,
+        "labels": parse_labels(q.getall("label", [])),
+        "archived": parse_archived(q.get("archived")),
+    }
+
+
+async def list_trajectories(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    collection = auth_of(request).collection
+    filters = list_filters(request.query, default_limit=50, max_limit=MAX_LIMIT)
     pool = await open_pool(gw)
     try:
         page = await queries.list_trajectories(
-            pool,
-            collection,
-            task=q.get("task"),
-            status=status,
-            model=q.get("model"),
-            since=since,
-            limit=limit,
-            cursor=q.get("cursor"),
-            labels=labels,
-            archived=archived,
+            pool, collection, **filters, cursor=request.query.get("cursor")
         )
     except queries.InvalidCursor:
         raise InvalidRequest("Invalid value for 'cursor'.", param="cursor") from None

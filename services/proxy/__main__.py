@@ -16,9 +16,13 @@ from services.proxy.run_masks import RunMasks
 from services.proxy.settings import ProxySettings
 from services.proxy.worker import Worker
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
+from shared.health import start_health_server
+from shared.key_usage import KeyUsageStore
 from shared.logs import setup_logging, use_uvloop
+from shared.metrics import metrics_route
 from shared.runs import RunStates
 from shared.secrets import RunSecrets, SecretBox
+from shared.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger("services.proxy")
 
@@ -39,14 +43,16 @@ async def main(settings: ProxySettings) -> None:
     router = build_router(settings)
     nc = await connect(settings.nats_url, name=source_name("proxy"))
     js = nc.jetstream()
-    await ensure_streams(js, settings.stream_replicas)
+    await ensure_streams(js, settings.stream_replicas, settings.retention_days)
     publisher = EventPublisher(nc, js, source_name("proxy"), settings.claim_threshold_bytes)
+    key_usage = KeyUsageStore(js)
     worker = Worker(
         nc,
         publisher,
         ClaimStore(js),
         router,
         runs=RunStates(js),
+        key_usage=key_usage,
         run_masks=RunMasks(RunSecrets(js, SecretBox.from_setting(settings.secrets_key)), publisher)
         if settings.secrets_key
         else None,
@@ -65,6 +71,14 @@ async def main(settings: ProxySettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await worker.start()
+    health = None
+    if settings.health_port is not None:
+        health = await start_health_server(
+            settings.health_host,
+            settings.health_port,
+            {"nats": lambda: nc.is_connected},
+            routes=[metrics_route()],
+        )
     log.info(
         "proxy ready; models: %s",
         ", ".join(card.id for card in router.model_cards()),
@@ -73,8 +87,11 @@ async def main(settings: ProxySettings) -> None:
         await stop.wait()
     finally:
         log.info("stopping: finishing in-flight calls")
+        if health is not None:
+            await health.stop()
         await worker.stop(settings.proxy_shutdown_grace)
         await publisher.flush()
+        await key_usage.close()
         await nc.drain()
         log.info("proxy stopped")
 
@@ -82,12 +99,15 @@ async def main(settings: ProxySettings) -> None:
 def run() -> None:
     settings = ProxySettings()
     setup_logging("proxy", settings.log_level)
+    setup_tracing("proxy")
     use_uvloop()
     try:
         asyncio.run(main(settings))
     except RoutesError as exc:
         log.error("cannot start: %s", exc)
         raise SystemExit(2) from None
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from nats.errors import MaxPayloadError
 
 from services.proxy import pricing
 from services.proxy.accumulate import Accumulator, usage_record
+from services.proxy.metrics import observe_end, trace_end
 from services.proxy.providers.base import (
     ChatChunk,
     CompletionUsage,
@@ -43,6 +44,7 @@ from services.proxy.providers.base import (
 from services.proxy.retry import RetryPolicy
 from services.proxy.router import Route, Router
 from services.proxy.run_masks import RunMasks
+from shared import storage_policy, tracing
 from shared.bus import ClaimStore, EventPublisher
 from shared.chatwire import ChatCall, Frame
 from shared.errors import ApiError, NotFound, Unavailable, UpstreamError, UpstreamTimeout
@@ -55,6 +57,7 @@ from shared.events.completion import (
     ErrorRecord,
     Usage,
 )
+from shared.key_usage import KeyUsageStore
 from shared.openai_chat import ChatCompletionRequest, parse_chat_request
 from shared.redact import recorded_request
 from shared.runs import RunStateError, RunStates
@@ -84,6 +87,10 @@ class CallDeps:
     # Live state of runbook runs: a runbook agent's call adds its spend there before
     # its last frame, so the gateway sees it when it checks the next call's budget.
     runs: RunStates | None = None
+    # What each API key has used: every call adds its cost and tokens to its key's
+    # entry (before the last frame when the key has a budget or token limit, so
+    # the gateway's next check sees it; gathered and added once a second otherwise).
+    key_usage: KeyUsageStore | None = None
     # Secret masks of runbook runs (None: secrets are not configured).
     run_masks: RunMasks | None = None
 
@@ -106,6 +113,9 @@ class CallRun:
         self.closed = False
         self.cancel_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
+        # The gateway's trace context (from the call's NATS headers), when tracing.
+        self.trace_parent: Any = None
+        self._span: Any = None
         self._acc = Accumulator()
         self._request: ChatCompletionRequest | None = None
         self._model = "unknown"
@@ -148,14 +158,16 @@ class CallRun:
     # --- the lifecycle ------------------------------------------------------------------
 
     async def run(self) -> None:
-        masks = self.deps.run_masks if self.call.mode == "runbook" else None
-        if masks is not None and await masks.acquire(self.call.trajectory_id):
-            try:
-                await self._run_recorded()
-            finally:
-                masks.release(self.call.trajectory_id)
-            return
-        await self._run_recorded()
+        with tracing.span("chat", kind="CLIENT", parent=self.trace_parent) as current:
+            self._span = current
+            masks = self.deps.run_masks if self.call.mode == "runbook" else None
+            if masks is not None and await masks.acquire(self.call.trajectory_id):
+                try:
+                    await self._run_recorded()
+                finally:
+                    masks.release(self.call.trajectory_id)
+                return
+            await self._run_recorded()
 
     async def _run_recorded(self) -> None:
         try:
@@ -184,7 +196,11 @@ class CallRun:
         request = parse_chat_request(body)
         self._request = request
         self._model = request.model
-        self._recorded = recorded_request(orjson.loads(body))
+        if self._span is not None:
+            self._span.update_name(f"chat {request.model}")
+        self._recorded = storage_policy.apply_to_request(
+            recorded_request(orjson.loads(body)), self.call.store
+        )
         try:
             plan = self.deps.router.plan(request.model)
         except NotFound:
@@ -448,7 +464,9 @@ class CallRun:
             "step_index": self.call.step_index,
             "model": self._model,
             "provider": self._provider,
-            "response": self._acc.response_record(),
+            "response": storage_policy.apply_to_response(
+                self._acc.response_record(), self.call.store
+            ),
             "usage": usage,
             "attempts": self._attempts,
             "cost_usd": None if usage is None else self._cost(usage),
@@ -456,6 +474,7 @@ class CallRun:
             "ttft_ms": max(0.0, (first - received) * 1000) if first is not None else None,
             "received_at": datetime.fromtimestamp(received, UTC),
             "ended_at": datetime.fromtimestamp(ended, UTC),
+            "key_id": self.call.key_id,
         }
 
     def _cost(self, usage: Usage) -> str | None:
@@ -480,8 +499,38 @@ class CallRun:
         await self.deps.publisher.publish(
             self.call.collection, self.call.trajectory_id, data, wait=True
         )
+        observe_end(data, self.call.ingress, self._provider != "none")
+        if self._span is not None:
+            trace_end(self._span, self.call, data)
         if self.call.mode == "runbook" and data.usage is not None:
             await self._add_run_spend(data.usage, data.cost_usd)
+        if self.call.key_id is not None and self.deps.key_usage is not None:
+            if self.call.key_metered:
+                await self._add_key_usage(data)
+            else:
+                tokens = data.usage.total_tokens if data.usage is not None else 0
+                self.deps.key_usage.add_later(
+                    self.call.key_id,
+                    tokens=tokens,
+                    cost_usd=data.cost_usd if data.usage is not None else "0",
+                    at=data.ended_at,
+                )
+
+    async def _add_key_usage(
+        self, data: CompletionFinished | CompletionFailed | CompletionCancelled
+    ) -> None:
+        assert self.deps.key_usage is not None and self.call.key_id is not None
+        tokens = data.usage.total_tokens if data.usage is not None else 0
+        cost = data.cost_usd if data.usage is not None else "0"
+        try:
+            await asyncio.wait_for(
+                self.deps.key_usage.add(
+                    self.call.key_id, tokens=tokens, cost_usd=cost, at=data.ended_at
+                ),
+                timeout=2.0,
+            )
+        except Exception as exc:  # the event is the record; this only feeds limits
+            log.warning("usage of %s not added to its key: %r", self.call.trajectory_id, exc)
 
     async def _add_run_spend(self, usage: Usage, cost_usd: str | None) -> None:
         """Count a runbook agent's call against its run's budget (bounded: the event

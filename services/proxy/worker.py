@@ -35,10 +35,11 @@ from services.proxy.call import CLIENT_DISCONNECTED, PROXY_SHUTDOWN, CallDeps, C
 from services.proxy.retry import RetryPolicy
 from services.proxy.router import Router
 from services.proxy.run_masks import RunMasks
-from shared import subjects
+from shared import subjects, tracing
 from shared.bus import ClaimStore, EventPublisher
 from shared.chatwire import KEEPALIVE_INTERVAL, BadFrame, Frame, decode_call, frame
 from shared.errors import ApiError, InvalidRequest, Unavailable
+from shared.key_usage import KeyUsageStore
 from shared.runs import RunStates
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class Worker:
         requested_delay: float = 0.25,
         retry: RetryPolicy | None = None,
         runs: RunStates | None = None,
+        key_usage: KeyUsageStore | None = None,
         run_masks: RunMasks | None = None,
     ) -> None:
         self._nc = nc
@@ -74,6 +76,7 @@ class Worker:
             requested_delay=requested_delay,
             retry=retry if retry is not None else RetryPolicy.none(),
             runs=runs,
+            key_usage=key_usage,
             run_masks=run_masks,
         )
         self._max_in_flight = max_in_flight
@@ -192,6 +195,8 @@ class Worker:
             await self._reject(msg.reply, InvalidRequest(f"Malformed call from the gateway: {exc}"))
             return
         run = CallRun(self._deps, call, body, msg.reply)
+        if msg.headers:
+            run.trace_parent = tracing.extract(msg.headers)
         task = asyncio.create_task(run.run(), name=f"call-{call.trajectory_id}")
         run.task = task
         self._in_flight += 1

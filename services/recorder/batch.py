@@ -186,6 +186,7 @@ async def commit(
     try:
         async with conn.transaction():
             await apply_parsed([d.event for d in decoded], conn)
+            await record_positions(decoded, conn)
             await record_dead(dead, conn)
         return list(dead)
     except Exception as exc:
@@ -214,6 +215,22 @@ async def commit(
     async with conn.transaction():
         await record_dead(all_dead, conn)
     return all_dead
+
+
+async def record_positions(decoded: Sequence[Decoded], conn: Connection) -> None:
+    """Each event's stream sequence, so a deletion can remove its message."""
+    if not decoded:
+        return
+    await conn.execute(
+        """
+        INSERT INTO event_positions (event_id, trajectory_id, stream_seq)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+        ON CONFLICT (event_id) DO NOTHING
+        """,
+        [d.event.id for d in decoded],
+        [d.event.trajectory_id for d in decoded],
+        [d.delivery.stream_seq for d in decoded],
+    )
 
 
 async def record_dead(dead: Sequence[DeadEvent], conn: Connection) -> None:

@@ -34,7 +34,7 @@ from services.recorder.batch import (
     decode,
 )
 from services.recorder.settings import RecorderSettings
-from shared import subjects
+from shared import metrics, subjects
 from shared.bus import recorder_consumer_config
 from shared.db.pool import is_transient
 
@@ -152,6 +152,9 @@ class Recorder:
         self.applied_batches += 1
         self.acked += len(by_seq) - len(dead_seqs)
         self.dead += len(dead_seqs)
+        metrics.RECORDER_EVENTS.labels("projected").inc(len(by_seq) - len(dead_seqs))
+        if dead_seqs:
+            metrics.RECORDER_EVENTS.labels("dead").inc(len(dead_seqs))
         log.debug("batch of %d committed (%d dead)", len(by_seq), len(dead_seqs))
 
     async def _commit_with_retry(
@@ -165,7 +168,8 @@ class Recorder:
                 async with self._pool.acquire(
                     timeout=self._settings.recorder_db_acquire_timeout
                 ) as conn:
-                    return await commit(conn, decoded, dead)
+                    with metrics.Timer(metrics.RECORDER_BATCH_SECONDS.observe):
+                        return await commit(conn, decoded, dead)
             except Exception as exc:
                 if not is_transient(exc):
                     raise

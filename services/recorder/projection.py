@@ -38,6 +38,8 @@ from services.recorder.annotation_projection import (
     apply_annotation_events,
     is_annotation_event,
 )
+from services.recorder.deletion_projection import apply_deletions, is_deletion, tombstoned
+from services.recorder.key_projection import apply_key_events, is_key_event
 from services.recorder.runbook_projection import (
     MODE_RUNBOOK,
     apply_runbook_events,
@@ -118,8 +120,21 @@ async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
         fresh = await _claim_new(list(unique.values()), conn)
         if not fresh:
             return 0
+        claimed = len(fresh)
+        deletions = [e for e in fresh if is_deletion(e)]
+        gone = await apply_deletions(deletions, conn) if deletions else set()
+        gone |= await tombstoned(sorted({e.trajectory_id for e in fresh} - gone), conn)
+        if gone:
+            fresh = [e for e in fresh if e.trajectory_id not in gone]
+            if not fresh:
+                return claimed
         calls = [e for e in fresh if isinstance(e.data, _COMPLETION_EVENTS)]
-        others = [e for e in fresh if not isinstance(e.data, _COMPLETION_EVENTS)]
+        keys = [e for e in fresh if is_key_event(e)]
+        if keys:
+            await apply_key_events(keys, conn)
+        others = [
+            e for e in fresh if not isinstance(e.data, _COMPLETION_EVENTS) and not is_key_event(e)
+        ]
         if calls:
             rows = [_step_row(facts) for _, facts in sorted(_fold(calls).items())]
             # Key order (sorted above and in the statement), so that two recorders
@@ -138,10 +153,12 @@ async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
         }
         if passthrough:
             await conn.execute(_RECOMPUTE_TRAJECTORIES, sorted(passthrough))
-        runbooks = {e.trajectory_id for e in fresh if not is_annotation_event(e)} - passthrough
+        runbooks = {
+            e.trajectory_id for e in fresh if not is_key_event(e) and not is_annotation_event(e)
+        } - passthrough
         if runbooks:
             await recompute_runbook_trajectories(runbooks, conn)
-    return len(fresh)
+    return claimed
 
 
 async def _claim_new(events: list[Event], conn: Connection) -> list[Event]:

@@ -33,3 +33,7 @@ class RecorderSettings(CommonSettings):
     recorder_db_command_timeout: float = Field(default=30.0, gt=0)
     recorder_db_acquire_timeout: float = Field(default=10.0, gt=0)
     recorder_nats_timeout: float = Field(default=5.0, gt=0)
+    # The retention sweeper (JETTY_RETENTION_DAYS set): how often it runs and how
+    # many trajectories one of its transactions deletes.
+    retention_interval: float = Field(default=300.0, gt=0)
+    retention_batch: int = Field(default=500, ge=1, le=10_000)

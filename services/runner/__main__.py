@@ -13,11 +13,15 @@ from services.runner.registry import build_adapters
 from services.runner.run import RunDeps
 from services.runner.settings import RunnerSettings
 from services.runner.worker import RunnerWorker
+from shared import metrics, subjects
 from shared.bus import EventPublisher, connect, ensure_streams, source_name
+from shared.health import start_health_server
 from shared.logs import setup_logging, use_uvloop
+from shared.metrics import metrics_route
 from shared.runs import RunStates
 from shared.secrets import RunSecrets, SecretBox
 from shared.tokens import TokenStore
+from shared.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger("services.runner")
 
@@ -30,7 +34,7 @@ async def main(settings: RunnerSettings) -> None:
     name = source_name("runner")
     nc = await connect(settings.nats_url, name)
     js = nc.jetstream()
-    await ensure_streams(js, settings.stream_replicas)
+    await ensure_streams(js, settings.stream_replicas, settings.retention_days)
     publisher = EventPublisher(nc, js, name, settings.claim_threshold_bytes)
     backend = build_backend(settings)
     deps = RunDeps(
@@ -51,6 +55,19 @@ async def main(settings: RunnerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     work = asyncio.create_task(worker.run(), name="runner-worker")
+    queue = asyncio.create_task(
+        metrics.track_consumer_backlog(
+            js, subjects.EVENTS_STREAM, subjects.RUNNER_DURABLE, metrics.RUNBOOK_QUEUE
+        )
+    )
+    health = None
+    if settings.health_port is not None:
+        health = await start_health_server(
+            settings.health_host,
+            settings.health_port,
+            {"nats": lambda: nc.is_connected},
+            routes=[metrics_route()],
+        )
     log.info("runner ready (backend %s)", backend.name)
     stop_wait = asyncio.create_task(stopping.wait())
     await asyncio.wait({work, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -63,6 +80,9 @@ async def main(settings: RunnerSettings) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(work, SHUTDOWN_GRACE)
     stop_wait.cancel()
+    queue.cancel()
+    if health is not None:
+        await health.stop()
     await backend.close()
     await publisher.flush()
     await nc.drain()
@@ -72,8 +92,12 @@ async def main(settings: RunnerSettings) -> None:
 def run() -> None:
     settings = RunnerSettings()
     setup_logging("runner", settings.log_level)
+    setup_tracing("runner")
     use_uvloop()
-    asyncio.run(main(settings))
+    try:
+        asyncio.run(main(settings))
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

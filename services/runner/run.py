@@ -34,6 +34,7 @@ from services.runner.sandbox.base import (
 )
 from services.runner.secrets import RunSecretScope, SecretsUnavailable
 from services.runner.settings import RunnerSettings
+from shared import metrics, tracing
 from shared.bus import EventPublisher
 from shared.events.completion import ErrorRecord
 from shared.events.runbook import (
@@ -89,6 +90,7 @@ class Run:
         self.trajectory_id = trajectory_id
         self.collection = collection
         self.event = event
+        self._span: Any = None  # the invoke_agent span, when tracing
         self.sandbox: Sandbox | None = None
         self.stop_reason: str | None = None  # "cancel" | "budget" | "superseded"
         self.agent_started_at: datetime | None = None
@@ -122,6 +124,28 @@ class Run:
             )
             return
         token = generate_token()
+        with tracing.span(
+            f"invoke_agent {self.event.agent}",
+            parent=tracing.extract({"traceparent": state.traceparent})
+            if state.traceparent
+            else None,
+            gen_ai__operation__name="invoke_agent",
+            gen_ai__agent__name=self.event.agent,
+            gen_ai__request__model=self.event.model,
+            jetty__trajectory_id=self.trajectory_id,
+            jetty__collection=self.collection,
+        ) as span:
+            self._span = span
+            if span is not None:
+                parent = tracing.traceparent_of(span)
+                with contextlib.suppress(Exception):
+                    state = await self.deps.runs.update(
+                        self.trajectory_id,
+                        lambda s: s.model_copy(update={"agent_traceparent": parent}),
+                    )
+            await self._execute_once(state, token)
+
+    async def _execute_once(self, state: RunState, token: str) -> None:
         try:
             await self._execute(state, token)
         except Exception as exc:  # our own failure must still end the run
@@ -242,7 +266,8 @@ class Run:
         )
         self.spec = spec
         try:
-            self.sandbox = await deps.backend.start(spec)
+            with metrics.Timer(metrics.SANDBOX_START.labels(deps.backend.name).observe):
+                self.sandbox = await deps.backend.start(spec)
         except SandboxError as exc:
             await self._end_failed(
                 _error(503, "server_error", "sandbox_failed", f"The sandbox did not start: {exc}"),
@@ -292,6 +317,19 @@ class Run:
         limit = self.deps.settings.runner_step_text_limit
         text, progress = _clip(step.text, limit), _clip(progress, limit)
         index = await self.deps.runs.allocate_steps(self.trajectory_id)
+        if step.kind == "tool_call":
+            tracing.record_span(
+                f"execute_tool {step.tool_name or ''}".strip(),
+                self._span,
+                step.started,
+                step.ended,
+                {
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": step.tool_name,
+                    "gen_ai.tool.call.id": step.tool_call_id,
+                    "jetty.step_index": index,
+                },
+            )
         await self.deps.publisher.publish(
             self.collection,
             self.trajectory_id,
@@ -452,6 +490,10 @@ class Run:
         except Exception as exc:  # the event below is the record either way
             log.warning("run %s: final state not stored: %r", self.trajectory_id, exc)
         await self.deps.publisher.publish(self.collection, self.trajectory_id, data)
+        tracing.set_attributes(self._span, {"jetty.status": str(status)})
+        if isinstance(data, RunbookFailed):
+            tracing.set_error(self._span, data.error.code or data.error.type, data.error.message)
+        metrics.RUNBOOK_OUTCOMES.labels(self.event.agent, str(status)).inc()
 
 
 def _clip(text: str | None, limit: int) -> str | None:

@@ -32,7 +32,7 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from services.runner.run import Run, RunDeps
-from shared import subjects
+from shared import metrics, subjects
 from shared.bus import ClaimStore, event_data
 from shared.events.registry import RunbookRequestedEnvelope, decode_envelope
 from shared.events.runbook import RunbookRequested
@@ -64,6 +64,7 @@ class RunnerWorker:
         self._cancel_sub: Subscription | None = None
         self._stopping = asyncio.Event()
         self._claims = ClaimStore(js)
+        metrics.RUNBOOK_ACTIVE.set_function(lambda: len(self._runs))
 
     async def run(self) -> None:
         """Take runs until :meth:`stop`; returns once in-flight runs have ended."""

@@ -126,6 +126,9 @@ class _CompletionEnded(_Frozen):
     # Every upstream try in order (retries, then fallbacks); the last one served the
     # answer or gave the error. Empty when no upstream was tried (an unroutable model).
     attempts: list[AttemptRecord] = Field(default_factory=list)
+    # The id of the API key that made the call (never its secret); its spend is
+    # the sum of the cost of its calls.
+    key_id: str | None = None
 
 
 class CompletionFinished(_CompletionEnded):

@@ -18,6 +18,7 @@ from shared.events.completion import (
     CompletionFinished,
     CompletionRequested,
 )
+from shared.events.deletion import TrajectoryDeleted
 from shared.events.envelope import TypedEnvelope
 from shared.events.runbook import (
     ArtifactStored,
@@ -29,6 +30,7 @@ from shared.events.runbook import (
     RunbookStarted,
     RunbookStep,
 )
+from shared.keys import KeyCreated, KeyRevoked, KeyRotated, KeyUpdated
 
 COMPLETION_REQUESTED: Final = "completion.requested"
 COMPLETION_FINISHED: Final = "completion.finished"
@@ -42,6 +44,12 @@ RUNBOOK_CANCELLED: Final = "runbook.cancelled"
 RUNBOOK_STEP: Final = "runbook.step"
 RUNBOOK_EVALUATED: Final = "runbook.evaluated"
 ARTIFACT_STORED: Final = "artifact.stored"
+# Key events: ``trajectory_id`` holds the key's id (shared/keys.py).
+KEY_CREATED: Final = "key.created"
+KEY_UPDATED: Final = "key.updated"
+KEY_ROTATED: Final = "key.rotated"
+KEY_REVOKED: Final = "key.revoked"
+TRAJECTORY_DELETED: Final = "trajectory.deleted"
 LABEL_SET: Final = "label.set"
 LABEL_REMOVED: Final = "label.removed"
 TRAJECTORY_ARCHIVED: Final = "trajectory.archived"
@@ -58,8 +66,9 @@ RunbookData = (
     | RunbookEvaluated
     | ArtifactStored
 )
+KeyData = KeyCreated | KeyUpdated | KeyRotated | KeyRevoked
 AnnotationData = LabelSet | LabelRemoved | TrajectoryArchived | TrajectoryUnarchived
-EventData = CompletionData | RunbookData | AnnotationData
+EventData = CompletionData | RunbookData | AnnotationData | KeyData | TrajectoryDeleted
 
 PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     COMPLETION_REQUESTED: CompletionRequested,
@@ -74,6 +83,11 @@ PAYLOADS: Final[dict[str, type[BaseModel]]] = {
     RUNBOOK_STEP: RunbookStep,
     RUNBOOK_EVALUATED: RunbookEvaluated,
     ARTIFACT_STORED: ArtifactStored,
+    KEY_CREATED: KeyCreated,
+    KEY_UPDATED: KeyUpdated,
+    KEY_ROTATED: KeyRotated,
+    KEY_REVOKED: KeyRevoked,
+    TRAJECTORY_DELETED: TrajectoryDeleted,
     LABEL_SET: LabelSet,
     LABEL_REMOVED: LabelRemoved,
     TRAJECTORY_ARCHIVED: TrajectoryArchived,
@@ -134,6 +148,26 @@ class ArtifactStoredEnvelope(TypedEnvelope[ArtifactStored]):
     type: Literal["artifact.stored"]
 
 
+class KeyCreatedEnvelope(TypedEnvelope[KeyCreated]):
+    type: Literal["key.created"]
+
+
+class KeyUpdatedEnvelope(TypedEnvelope[KeyUpdated]):
+    type: Literal["key.updated"]
+
+
+class KeyRotatedEnvelope(TypedEnvelope[KeyRotated]):
+    type: Literal["key.rotated"]
+
+
+class KeyRevokedEnvelope(TypedEnvelope[KeyRevoked]):
+    type: Literal["key.revoked"]
+
+
+class TrajectoryDeletedEnvelope(TypedEnvelope[TrajectoryDeleted]):
+    type: Literal["trajectory.deleted"]
+
+
 class LabelSetEnvelope(TypedEnvelope[LabelSet]):
     type: Literal["label.set"]
 
@@ -163,6 +197,11 @@ AnyEnvelope = (
     | RunbookStepEnvelope
     | RunbookEvaluatedEnvelope
     | ArtifactStoredEnvelope
+    | KeyCreatedEnvelope
+    | KeyUpdatedEnvelope
+    | KeyRotatedEnvelope
+    | KeyRevokedEnvelope
+    | TrajectoryDeletedEnvelope
     | LabelSetEnvelope
     | LabelRemovedEnvelope
     | TrajectoryArchivedEnvelope

@@ -1,9 +1,6 @@
-"""Who may manage a collection's secrets.
-
-Until API keys carry scopes, the admin of a collection is the holder of one of
-its own (collection) tokens; a run-scoped token — what an agent holds — never is.
-Swap :func:`require_admin` for the key-scope check once keys have an ``admin``
-scope.
+"""Who may manage a collection's secrets: a key of the collection with the
+``admin`` scope (services/gateway/scopes.py); a run-scoped token — what an agent
+holds — never.
 """
 
 from __future__ import annotations
@@ -13,7 +10,7 @@ from shared.tokens import TokenRecord
 
 
 def require_admin(auth: TokenRecord) -> None:
-    if auth.trajectory_id is not None:
+    if auth.trajectory_id is not None or "admin" not in auth.scopes:
         raise ApiError(
             "Managing secrets needs an admin key of the collection.",
             status=403,

@@ -1,8 +1,7 @@
 """``/api/v1/webhooks``: register a URL for a collection's events, list and
 delete them, and list a webhook's delivery attempts.
 
-Who may: an admin of the collection. Until API keys carry scopes, that is any
-token of the collection (:func:`require_admin`, the one place to change).
+Who may: a key of the collection with the ``admin`` scope (:func:`require_admin`).
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from services.gateway.scopes import require_scope
 from services.gateway.state import GATEWAY, auth_of
 from shared.errors import InvalidRequest, NotFound
 from shared.webhooks import (
@@ -32,8 +32,8 @@ STORE = web.AppKey("webhook_store", WebhookStore)
 
 
 def require_admin(request: web.Request) -> str:
-    """The collection the caller administers. For now every token of a collection
-    is its admin; with scoped keys this checks for the admin scope."""
+    """The collection the caller administers (403 without the ``admin`` scope)."""
+    require_scope(request, "admin")
     return auth_of(request).collection
 
 

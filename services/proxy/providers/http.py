@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from services.proxy.providers.sse import SSEDecoder, SSEEvent
+from shared import tracing
 from shared.errors import ApiError, UpstreamError, UpstreamTimeout
 
 #: (status, body, headers) of an upstream HTTP error → what our client should see
@@ -89,6 +90,9 @@ class UpstreamHttp:
             await self.start()
         assert self._session is not None
         timeouts = self._timeouts
+        trace_headers = tracing.inject()
+        if trace_headers:
+            headers = {**headers, **trace_headers}
         try:
             async with asyncio.timeout(timeouts.first_byte):
                 response = await self._session.post(
