@@ -172,3 +172,15 @@ async def test_bad_registrations_are_refused(
     assert status == 400, error
     assert error["error"]["param"] == param
     validate_answer("post", "/api/v1/webhooks", status, error)
+
+
+async def test_only_admin_keys_manage_webhooks(stack: TestStack) -> None:
+    api_key = await stack.create_token(stack.collection)  # scope 'api' only
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            stack.base_url + "/api/v1/webhooks", headers={"Authorization": f"Bearer {api_key}"}
+        ) as response,
+    ):
+        assert response.status == 403
+        assert (await response.json())["error"]["code"] == "insufficient_scope"
