@@ -11,7 +11,27 @@ AGENTS_STAMP := agents/node_modules/.installed
 DOCS_VENDOR := services/gateway/openapi/vendor
 DOCS_STAMP := $(DOCS_VENDOR)/node_modules/.installed
 
-.PHONY: up test lint bench install clean
+# The console's browser tests drive Debian's Chromium through Playwright for Python
+# (pinned in pyproject.toml; `playwright install` downloads and cannot be used).
+# apt is shared with other installs on the machine: one at a time, behind a lock.
+CHROMIUM := /usr/lib/chromium/chromium
+
+# Debian packages the local sandbox needs: libseccomp's Python binding compiles
+# its seccomp filter (for the system python3). apt is shared by whoever else
+# installs at the same time: the lock serialises us.
+SYSDEPS_STAMP := $(VENV)/.sysdeps
+SYSDEPS := python3-seccomp
+
+.PHONY: up test lint bench install clean console-vendor
+
+$(SYSDEPS_STAMP): | $(STAMP)
+	@if ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    flock /tmp/jetty-apt.lock sh -c 'apt-get install -y -q $(SYSDEPS) || \
+	      (apt-get update -q && apt-get install -y -q $(SYSDEPS))'; \
+	  else echo "install $(SYSDEPS) (Debian) for the local sandbox's seccomp filter"; exit 1; fi; \
+	fi
+	touch $(SYSDEPS_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,12 +48,17 @@ $(DOCS_STAMP): $(DOCS_VENDOR)/package.json $(DOCS_VENDOR)/package-lock.json
 	npm ci --prefix $(DOCS_VENDOR) --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $(DOCS_STAMP)
 
-install: $(STAMP) $(AGENTS_STAMP) $(DOCS_STAMP)
+$(CHROMIUM):
+	flock /tmp/jetty-apt.lock sh -c 'export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends chromium \
+	  || { apt-get update && apt-get install -y --no-install-recommends chromium; }'
 
-up: $(STAMP) $(AGENTS_STAMP) $(DOCS_STAMP)
+install: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP) $(DOCS_STAMP)
+
+up: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP) $(DOCS_STAMP)
 	$(BIN)/jetty up
 
-test: $(STAMP) $(AGENTS_STAMP) $(DOCS_STAMP)
+test: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP) $(CHROMIUM) $(DOCS_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -41,8 +66,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check shared services jetty_cli tests bench examples
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP)
 	$(BIN)/python -m bench.run
+
+# Refresh the console's vendored htmx + SSE extension from npm (versions pinned in
+# the script; it rewrites static/vendor/SHA256SUMS).
+console-vendor:
+	sh services/gateway/console/vendor.sh
 
 clean:
 	rm -rf $(VENV) .jetty .pytest_cache .mypy_cache .ruff_cache agents/node_modules

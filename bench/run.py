@@ -11,7 +11,8 @@ measures on the same machine in the same run:
 * requests/s at concurrency 32, every call recorded (the run checks that every
   call it made is in PostgreSQL afterwards);
 * runbooks (:mod:`bench.runbook`, :mod:`bench.sandbox`): the local sandbox's start
-  time, and a claude-code run through the platform against the same run bare.
+  time, and a claude-code run through the platform against the same run bare;
+* the soak (:mod:`bench.soak`): 20 runbooks, 4 at a time, one hostile.
 
 Results are printed and written into docs/benchmarks.md between markers.
 """
@@ -34,7 +35,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from bench import governance, runbook, translation
+from bench import console, governance, runbook, soak, translation
 from bench.loadgen import Result, run
 from jetty_cli import procs
 from jetty_cli.embedded import EmbeddedPostgres
@@ -255,6 +256,9 @@ def main() -> None:
         runbooks = runbook.run_all(
             factory, n=3 if args.quick else 8, sandbox_runs=10 if args.quick else 30
         )
+        console_rows = int(os.environ.get("JETTY_BENCH_CONSOLE_ROWS", "1000000"))
+        console_section = console.section(factory, 100_000 if args.quick else console_rows)
+        soaked = soak.run_soak(factory)
     finally:
         factory.close_all()
         for fake in fakes:
@@ -273,11 +277,17 @@ def main() -> None:
         "Runbooks (claude-code, the scripted read-summarise-write conversation; the "
         "overhead is the platform run minus the same run bare, i.e. total time minus "
         "the agent's and the fake upstream's):\n\n"
-        f"{runbooks}\n"
+        f"{runbooks}\n\n"
+        "The soak (`bench/soak.py`): 20 claude-code runbooks, 4 at a time; the hostile "
+        "one floods its gateway socket, then goes past its memory (1024 MB) and disk "
+        "(512 MB) limits from its Bash tool:\n\n"
+        f"{soaked}\n"
     )
     print(section)
+    print(console_section)
     if not args.no_write:
         _write_doc(section)
+        console.write_doc(console_section)
     # Keys, limits and metrics on the hot path; the retention sweeper's rate.
     governance.main(write=not args.no_write)
 

@@ -218,6 +218,7 @@ class Up:
         print(
             f"\nJetty Flows is up.\n"
             f"  URL:        {url}\n"
+            f"  Console:    {url}/ui/  (sign in with the token)\n"
             f"  Token:      {token}\n"
             f"  Collection: {collection}  (token {where})\n"
             f"  State:      {self.home.root}\n"

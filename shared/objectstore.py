@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -159,6 +160,19 @@ class ObjectStore:
                         raise
 
         await self._call(make)
+
+    async def ensure_bucket_retrying(self, log: logging.Logger, max_delay: float = 5.0) -> None:
+        """:meth:`ensure_bucket`, retried until the store answers (what a service
+        calls at start: the store may come up after it)."""
+        delay = 0.2
+        while True:
+            try:
+                await self.ensure_bucket()
+                return
+            except ObjectStoreError as exc:
+                log.warning("object store not ready (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
 
     async def put_stream(
         self,

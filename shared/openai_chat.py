@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from shared.errors import InvalidRequest
+from shared.limits import RunLimits
 
 TASK_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"
 DEFAULT_TASK = "_chat"
@@ -101,6 +102,8 @@ class JettyBlock(BaseModel):
     timeout_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
     # false: keep no messages and no output of this call (metadata only).
     store: StrictBool | None = None
+    # Runbook only: the sandbox's limits (shared/limits.py), within the operator's.
+    limits: RunLimits | None = None
     # Runbook only, from the hosted product's surface (docs/jetty-parity.md).
     files: Annotated[list[str], Field(max_length=100)] | None = None
     unzip: StrictBool = False

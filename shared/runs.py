@@ -69,6 +69,9 @@ class RunState(BaseModel):
     cancel_requested: bool = False
     #: set by the gateway when it refused a call for the budget
     budget_exceeded: bool = False
+    #: set by the proxy when it refused a call in a way that ends the run (the
+    #: model has no price and the run a dollar budget): the run's error message
+    refused_call: str | None = None
     runner: str | None = None
     #: SHA-256 of the run-scoped token the agent holds (revoked when the run ends)
     token_hash: str | None = None

@@ -23,6 +23,8 @@ RUNS_BUCKET = "jetty_runs"
 # each gateway replica's request count per key this minute (shared rate limits).
 KEY_USAGE_BUCKET = "jetty_key_usage"
 KEY_RATES_BUCKET = "jetty_key_rates"
+# The console's sign-in sessions (session id hash -> token hash), with a TTL.
+CONSOLE_SESSIONS_BUCKET = "jetty_console_sessions"
 
 # Webhooks (shared/webhooks.py): endpoints, delivery records, and the delivery
 # service's durable consumer on the events stream.

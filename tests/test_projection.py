@@ -198,9 +198,10 @@ async def test_passthrough_trajectory_view(conn: asyncpg.Connection[asyncpg.Reco
     [step] = body["steps"]
     assert set(step) == {
         "index", "kind", "request", "response", "usage", "latency_ms", "ttft_ms",
-        "provider", "model", "error", "cost_usd", "ingress",
+        "provider", "model", "error", "cost_usd", "ingress", "origin",
     }  # fmt: skip
     assert (step["index"], step["kind"], step["provider"]) == (0, "completion", "mock")
+    assert step["origin"] == "gateway"  # the gateway made this call itself
     assert step["request"]["messages"] == [{"role": "user", "content": "hello"}]
     assert step["request"]["temperature"] == 0.5
     assert step["response"] == {

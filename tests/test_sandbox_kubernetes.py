@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -453,3 +454,20 @@ async def test_an_archive_escaping_the_prefix_is_refused(
     with pytest.raises(SandboxError, match="outputs archive was refused: refused path"):
         await backend.unpack_outputs(backend.archive_key(spec), spec)
     assert await store.stat("acme/summarise/tr_other/evil.md") is None
+
+
+def test_a_runs_limits_map_to_the_containers_requests_and_limits(
+    backend: KubernetesSandboxBackend,
+) -> None:
+    """The same concepts as the local backend: memory and CPUs become the
+    container's limits, the disk quota its ephemeral-storage limit; unset ones
+    keep the backend's settings."""
+    spec = dataclasses.replace(
+        _spec(), limits=Limits(timeout_s=60, memory_mb=3072, cpus=1.5, disk_mb=2048)
+    )
+    [container] = backend.job_manifest(spec)["spec"]["template"]["spec"]["containers"]
+    limits = container["resources"]["limits"]
+    assert limits == {"cpu": "1500m", "memory": "3072Mi", "ephemeral-storage": "2048Mi"}
+    [default] = backend.job_manifest(_spec())["spec"]["template"]["spec"]["containers"]
+    assert default["resources"]["limits"]["cpu"] == backend.settings.cpu_limit
+    assert default["resources"]["limits"]["ephemeral-storage"] == "8Gi"

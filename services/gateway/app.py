@@ -12,6 +12,7 @@ from aiohttp import web
 from services.gateway import (
     admin,
     chat,
+    console,
     deletion,
     export,
     files,
@@ -83,7 +84,11 @@ async def _connect_forever(settings: GatewaySettings) -> Gateway:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     gw = await _connect_forever(app[SETTINGS])
     app[GATEWAY] = gw
+    # The bucket is made at start (in the background: chat is served while the
+    # object store is down); the first upload or artifact never finds it missing.
+    store_ready = asyncio.create_task(files.prepare_object_store(gw))
     yield
+    store_ready.cancel()
     await gw.relay.stop()
     await gw.publisher.flush(timeout=5)
     await gw.tokens.close()
@@ -114,7 +119,12 @@ def create_app(settings: GatewaySettings) -> web.Application:
     # The body limit is enforced by chat.read_body with an OpenAI-shaped 413;
     # aiohttp's own limit only backs it up.
     app = web.Application(
-        middlewares=[observe.observe_middleware, errors_middleware, auth_middleware],
+        middlewares=[
+            observe.observe_middleware,
+            errors_middleware,
+            console.console_middleware,
+            auth_middleware,
+        ],
         client_max_size=settings.max_body_bytes + 1024,
     )
     app[SETTINGS] = settings
@@ -146,4 +156,5 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/api/v1/trajectories/{trajectory_id}", trajectories.get_trajectory)
     app.router.add_delete("/api/v1/trajectories/{trajectory_id}", deletion.delete_trajectory)
     app.router.add_get("/api/v1/export/trajectories", export.export_trajectories)
+    console.setup(app)  # the web console under /ui/ (services/gateway/console)
     return app

@@ -101,6 +101,14 @@ async def object_store(gw: Gateway) -> ObjectStore:
     return gw.objects
 
 
+async def prepare_object_store(gw: Gateway) -> None:
+    """At start: make the bucket as soon as the store answers."""
+    store = ObjectStore.from_settings(gw.settings)
+    await store.ensure_bucket_retrying(log)
+    if gw.objects is None:
+        gw.objects = store
+
+
 def store_unavailable(exc: BaseException) -> Unavailable:
     log.warning("object store unavailable: %s", exc)
     return Unavailable(

@@ -262,6 +262,7 @@ class RunWatch:
 def _step_json(step: RunbookStep) -> dict[str, Any]:
     doc = step.model_dump(mode="json", exclude={"task", "progress"}, exclude_none=True)
     doc["duration_ms"] = _ms(step.started_at, step.ended_at)
+    doc["origin"] = "agent"  # the agent's own account (model calls: the gateway's record)
     return doc
 
 

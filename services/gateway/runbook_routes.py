@@ -172,6 +172,8 @@ async def get_by_task(request: web.Request) -> web.Response:
 def routes() -> list[web.RouteDef]:
     return [
         web.post("/api/v1/trajectories/{trajectory_id}/cancel", cancel_run),
-        web.get("/api/v1/trajectories/{trajectory_id}/artifacts/{path:.+}", download_artifact),
+        web.get(
+            "/api/v1/trajectories/{trajectory_id}/artifacts/{path:[\\s\\S]+}", download_artifact
+        ),
         web.get("/api/v1/db/trajectory/{collection}/{task}/{trajectory_id}", get_by_task),
     ]

@@ -51,6 +51,7 @@ from shared.events.runbook import (
     RunbookRequested,
 )
 from shared.ids import new_trajectory_id
+from shared.limits import RunLimits
 from shared.objectstore import ObjectStoreError
 from shared.openai_chat import ChatCompletionRequest, Message
 from shared.redact import recorded_request
@@ -214,6 +215,13 @@ async def plan_runbook(
             param="jetty.timeout_s",
             code="invalid_value",
         )
+    limits = jetty.limits or RunLimits()
+    for name, maximum in settings.over(limits):
+        raise InvalidRequest(
+            f"'jetty.limits.{name}' may be at most {maximum:g} here.",
+            param=f"jetty.limits.{name}",
+            code="invalid_value",
+        )
     asked = jetty.budget
     max_tokens = asked.max_tokens if asked and asked.max_tokens else settings.runbook_max_tokens
     max_cost = asked.max_cost_usd if asked and asked.max_cost_usd else settings.runbook_max_cost_usd
@@ -255,6 +263,7 @@ async def plan_runbook(
         evaluation=evaluation,
         budget=budget,
         timeout_s=timeout,
+        limits=limits,
         requested_at=datetime.now(UTC),
         request=recorded_request(scrub_request(req.model_dump(mode="json", exclude_none=True))),
     )

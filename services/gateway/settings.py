@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from shared.limits import LimitMaxima
 from shared.settings import CommonSettings
 
 
-class GatewaySettings(CommonSettings):
+class GatewaySettings(CommonSettings, LimitMaxima):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     bootstrap_token: str | None = Field(default=None, repr=False)

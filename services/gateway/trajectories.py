@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,10 +83,15 @@ async def projection_caught_up(gw: Gateway) -> bool:
         return False
 
 
-async def _load(gw: Gateway, collection: str, trajectory_id: str) -> TrajectoryView | None:
+Loader = Callable[[asyncpg.Pool, str, str], Awaitable[TrajectoryView | None]]
+
+
+async def _load(
+    gw: Gateway, collection: str, trajectory_id: str, load: Loader = queries.get_trajectory
+) -> TrajectoryView | None:
     pool = await open_pool(gw)
     try:
-        return await queries.get_trajectory(pool, collection, trajectory_id)
+        return await load(pool, collection, trajectory_id)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise db_unavailable(exc) from None
 
@@ -115,18 +121,21 @@ def view_response(request: web.Request, view: TrajectoryView) -> web.Response:
     return web.Response(body=view.model_dump_json(), content_type="application/json")
 
 
-async def read_trajectory(gw: Gateway, collection: str, trajectory_id: str) -> TrajectoryView:
-    """The trajectory as the API shows it, read-your-writes; 404 / 503 as errors."""
+async def read_trajectory(
+    gw: Gateway, collection: str, trajectory_id: str, load: Loader = queries.get_trajectory
+) -> TrajectoryView:
+    """The trajectory as the API shows it, read-your-writes; 404 / 503 as errors.
+    ``load`` reads it (the console passes its outline read)."""
     if not is_trajectory_id(trajectory_id):
         raise not_found(trajectory_id)
-    view = await _load(gw, collection, trajectory_id)
+    view = await _load(gw, collection, trajectory_id, load)
     if view is None:
-        view = await _wait_if_fresh(gw, collection, trajectory_id)
+        view = await _wait_if_fresh(gw, collection, trajectory_id, load)
     if view is None or view.status not in TERMINAL:
         # Read-your-writes: events published before this request (the end of the
         # call the client just saw) may still be on their way to Postgres.
         caught_up = await projection_caught_up(gw)
-        view = await _load(gw, collection, trajectory_id)
+        view = await _load(gw, collection, trajectory_id, load)
         if view is None:
             if not caught_up:
                 raise Unavailable(
@@ -138,7 +147,9 @@ async def read_trajectory(gw: Gateway, collection: str, trajectory_id: str) -> T
     return view
 
 
-async def _wait_if_fresh(gw: Gateway, collection: str, trajectory_id: str) -> TrajectoryView | None:
+async def _wait_if_fresh(
+    gw: Gateway, collection: str, trajectory_id: str, load: Loader
+) -> TrajectoryView | None:
     """An id made moments ago names a call whose first event may still be on its
     way (a proxy publishes a quick call's only event when it ends): wait for it,
     bounded by the id's age, rather than answer 404 for an id we just handed out."""
@@ -147,7 +158,7 @@ async def _wait_if_fresh(gw: Gateway, collection: str, trajectory_id: str) -> Tr
     while time.time() < deadline:
         await asyncio.sleep(min(delay, max(0.0, deadline - time.time())))
         delay = min(delay * 2, 0.1)
-        view = await _load(gw, collection, trajectory_id)
+        view = await _load(gw, collection, trajectory_id, load)
         if view is not None:
             return view
     return None

@@ -31,7 +31,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
 
-from services.proxy import pricing
+from services.proxy import pricing, run_budget
 from services.proxy.accumulate import Accumulator, usage_record
 from services.proxy.metrics import observe_end, trace_end
 from services.proxy.providers.base import (
@@ -209,6 +209,10 @@ class CallRun:
             if self.deps.requested_delay <= 0:
                 await self._publish_requested()
             raise
+        if self.call.mode == "runbook":
+            plan = await run_budget.priced_plan(
+                self.deps.runs, self.call.trajectory_id, request.model, plan
+            )
         self._use(plan[0])
         await self._schedule_requested()
         deadline = asyncio.timeout(self.deps.total_timeout)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 
 from services.runner.backends import build_backend
@@ -18,6 +19,7 @@ from shared.bus import EventPublisher, connect, ensure_streams, source_name
 from shared.health import start_health_server
 from shared.logs import setup_logging, use_uvloop
 from shared.metrics import metrics_route
+from shared.objectstore import ObjectStore
 from shared.runs import RunStates
 from shared.secrets import RunSecrets, SecretBox
 from shared.tokens import TokenStore
@@ -30,13 +32,27 @@ log = logging.getLogger("services.runner")
 SHUTDOWN_GRACE = 10.0
 
 
+def _raise_open_file_limit() -> None:
+    """The runner's own descriptors (two per relayed connection) up to the hard
+    limit: a sandbox's flood is held by its relay's bound, and this leaves room."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def main(settings: RunnerSettings) -> None:
+    _raise_open_file_limit()
     name = source_name("runner")
     nc = await connect(settings.nats_url, name)
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas, settings.retention_days)
     publisher = EventPublisher(nc, js, name, settings.claim_threshold_bytes)
-    backend = build_backend(settings)
+    # Every resource a run needs exists before the first run is taken: the first
+    # run on a fresh stack must not lose its artifacts to a missing bucket.
+    store = ObjectStore.from_settings(settings)
+    await store.ensure_bucket_retrying(log)
+    backend = build_backend(settings, store)
+    await backend.open()
     deps = RunDeps(
         settings=settings,
         runner=name,

@@ -9,8 +9,8 @@ from services.runner.settings import RunnerSettings
 from shared.objectstore import ObjectStore
 
 
-def build_backend(settings: RunnerSettings) -> SandboxBackend:
-    store = ObjectStore.from_settings(settings)
+def build_backend(settings: RunnerSettings, store: ObjectStore | None = None) -> SandboxBackend:
+    store = store or ObjectStore.from_settings(settings)
     if settings.runner_backend == "kubernetes":
         # Imported only here: the official client is heavy and the local backend
         # does not need it.
@@ -27,6 +27,10 @@ def build_backend(settings: RunnerSettings) -> SandboxBackend:
             agents_dir=settings.runner_agents_dir,
             gateway_host=gateway.hostname or "127.0.0.1",
             gateway_port=gateway.port or (443 if gateway.scheme == "https" else 80),
+            max_output_files=settings.runner_max_artifacts,
+            relay_max_connections=settings.runner_relay_max_connections,
+            cgroups=settings.runner_cgroups,
+            disk_quota=settings.runner_disk_quota,
         ),
         store,
     )

@@ -22,8 +22,11 @@ from typing import Any
 from nats.errors import Error as NatsError
 
 from services.runner.agents.base import AgentAdapter, AgentSpec, ParsedStep, StreamParser
+from services.runner.bounds import bound_outcome, bound_step, clip
 from services.runner.evaluation import Evaluation
+from services.runner.run_limits import artifacts_incomplete, resource_exhausted, run_limits
 from services.runner.sandbox.base import (
+    ArtifactError,
     InputFile,
     Limits,
     Sandbox,
@@ -92,6 +95,9 @@ class Run:
         self.event = event
         self._span: Any = None  # the invoke_agent span, when tracing
         self.sandbox: Sandbox | None = None
+        self.limits: Limits | None = None
+        #: files of the agent that could not be stored (the run then fails)
+        self.lost_artifacts: list[ArtifactError] = []
         self.stop_reason: str | None = None  # "cancel" | "budget" | "superseded"
         self.agent_started_at: datetime | None = None
         self._stopped = asyncio.Event()
@@ -254,17 +260,12 @@ class Run:
             command=command,
             inputs=[InputFile(p, f"{self.collection}/{p}") for p in self.event.file_paths]
             + [InputFile(item.path, item.key) for item in self.event.inputs],
-            limits=Limits(
-                timeout_s=self.event.timeout_s,
-                memory_mb=settings.runner_memory_mb,
-                max_processes=settings.runner_max_processes,
-                cpu_seconds=settings.runner_cpu_seconds,
-                max_file_mb=settings.runner_max_file_mb,
-            ),
+            limits=run_limits(settings, self.event.timeout_s, self.event.limits),
             artifact_prefix=f"{self.collection}/{self.event.task}/{self.trajectory_id}/",
             labels={"trajectory-id": self.trajectory_id, "agent": self.event.agent},
         )
         self.spec = spec
+        self.limits = spec.limits
         try:
             with metrics.Timer(metrics.SANDBOX_START.labels(deps.backend.name).observe):
                 self.sandbox = await deps.backend.start(spec)
@@ -295,7 +296,9 @@ class Run:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        outcome = parser.outcome(result.exit_code)
+        outcome = bound_outcome(
+            parser.outcome(result.exit_code), deps.settings.runner_step_text_limit
+        )
         await self._store_artifacts(self.sandbox)
         if self.event.evaluation is not None:
             evaluation = Evaluation(self, self.event.evaluation, token)
@@ -310,12 +313,13 @@ class Run:
             except Exception:  # a parser bug must not lose the run
                 log.exception("run %s: agent output not understood", self.trajectory_id)
                 continue
-            for step in steps:
-                await self._publish_step(step, parser.progress_text(step))
+            limit = self.deps.settings.runner_step_text_limit
+            for parsed in steps:
+                # Every field of the agent's own account is bounded before use.
+                step = bound_step(parsed, limit)
+                await self._publish_step(step, clip(parser.progress_text(step), limit))
 
     async def _publish_step(self, step: ParsedStep, progress: str | None) -> None:
-        limit = self.deps.settings.runner_step_text_limit
-        text, progress = _clip(step.text, limit), _clip(progress, limit)
         index = await self.deps.runs.allocate_steps(self.trajectory_id)
         if step.kind == "tool_call":
             tracing.record_span(
@@ -339,10 +343,10 @@ class Run:
                 kind=step.kind,
                 started_at=datetime.fromtimestamp(step.started, UTC),
                 ended_at=datetime.fromtimestamp(max(step.ended, step.started), UTC),
-                text=text,
+                text=step.text,
                 tool_name=step.tool_name,
                 tool_call_id=step.tool_call_id,
-                tool_input=_bounded(step.tool_input, limit),
+                tool_input=step.tool_input,
                 is_error=step.is_error,
                 progress=progress,
             ),
@@ -361,7 +365,9 @@ class Run:
                 # Ended elsewhere: another runner took this run for lost (this one
                 # missed its heartbeats). Its end stands; stop the agent.
                 self.request_stop("superseded")
-            elif state is not None and (state.cancel_requested or state.budget_exceeded):
+            elif state is not None and (
+                state.cancel_requested or state.budget_exceeded or state.refused_call
+            ):
                 self.request_stop("cancel" if state.cancel_requested else "budget")
             if self.stop_reason is not None and self.sandbox is not None:
                 await self.sandbox.kill()
@@ -370,10 +376,13 @@ class Run:
                 await asyncio.wait_for(self._stopped.wait(), poll)
 
     async def _store_artifacts(self, sandbox: Sandbox) -> None:
+        """Publish each stored file; keep the files that were not stored (those of
+        the last round count) for the run's end."""
         try:
             outputs = await sandbox.collect_outputs()
         except Exception as exc:
             log.warning("run %s: outputs not collected: %r", self.trajectory_id, exc)
+            self.lost_artifacts = [ArtifactError("*", f"the outputs were not collected: {exc}")]
             return
         for out in outputs:
             self.outputs[out.path] = out.key
@@ -390,6 +399,7 @@ class Run:
                     stored_at=_now(),
                 ),
             )
+        self.lost_artifacts = list(sandbox.artifact_errors)
 
     # What an evaluation's retry rounds reuse (services/runner/evaluation.py).
     pump = _pump
@@ -403,7 +413,7 @@ class Run:
             # before the state watch saw the refusal: the refusal is the cause.
             with contextlib.suppress(NatsError, TimeoutError):
                 state = await self.deps.runs.get(self.trajectory_id)
-                if state is not None and state.budget_exceeded:
+                if state is not None and (state.budget_exceeded or state.refused_call):
                     self.stop_reason = "budget"
         if self.stop_reason == "cancel":
             await self._end(
@@ -416,8 +426,12 @@ class Run:
                 "cancelled",
             )
             return
+        state = None
         if self.stop_reason == "budget":
             state = await self.deps.runs.get(self.trajectory_id)
+        if state is not None and state.refused_call:
+            error = _error(402, "budget_exceeded", "model_price_unknown", state.refused_call)
+        elif self.stop_reason == "budget":
             spent = f" (spent {state.spent_tokens} tokens, ${state.spent_usd})" if state else ""
             error = _error(
                 402,
@@ -425,6 +439,8 @@ class Run:
                 "budget_exceeded",
                 f"The run's budget was exhausted{spent}; the agent's next model call was refused.",
             )
+        elif result.exhausted:
+            error = resource_exhausted(result.exhausted, self.limits)
         elif result.timed_out:
             error = _error(
                 504,
@@ -440,6 +456,8 @@ class Run:
                 "agent_failed",
                 f"{agent} exited with code {result.exit_code}" + (f": {detail}" if detail else "."),
             )
+        elif self.lost_artifacts:
+            error = artifacts_incomplete(self.lost_artifacts)
         else:
             await self._end(
                 RunbookCompleted(
@@ -494,18 +512,3 @@ class Run:
         if isinstance(data, RunbookFailed):
             tracing.set_error(self._span, data.error.code or data.error.type, data.error.message)
         metrics.RUNBOOK_OUTCOMES.labels(self.event.agent, str(status)).inc()
-
-
-def _clip(text: str | None, limit: int) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return text[:limit] + f"\n… [{len(text) - limit} more characters]"
-
-
-def _bounded(value: dict[str, Any] | None, limit: int) -> dict[str, Any] | None:
-    """Tool inputs are kept whole unless a string in them is huge (a written file)."""
-    if value is None:
-        return None
-    return {
-        key: _clip(item, limit) if isinstance(item, str) else item for key, item in value.items()
-    }

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 if TYPE_CHECKING:
     from shared.db.pool import Executor
@@ -135,6 +135,15 @@ class StepView(_View):
     tool_input: dict[str, Any] | None = Field(default=None, exclude_if=_is_none)
     is_error: bool | None = Field(default=None, exclude_if=_is_none)
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def origin(self) -> Literal["gateway", "agent"]:
+        """Who says this step happened. ``gateway``: a model call the gateway made
+        itself (the audit record: its request, answer, usage and cost were seen,
+        not told). ``agent``: the agent's own account of its messages and tool
+        calls, read from its output — what it reports, not what was observed."""
+        return "gateway" if self.kind == "completion" else "agent"
+
 
 class ArtifactView(_View):
     """A file a runbook produced (none for passthrough). ``url`` is where the
@@ -224,6 +233,8 @@ class TrajectorySummary(_View):
     error: ErrorView | None
     # US dollars as a JSON number (docs/events.md): null when unknown, never 0.
     cost_usd: float | None = None
+    # A runbook's agent (the list reads it; left out of the JSON when None).
+    agent: str | None = Field(default=None, exclude_if=_is_none)
     # Left out of the JSON when empty / false, like the other optional parts.
     labels: list[LabelView] = Field(default_factory=list, exclude_if=_is_empty)
     #: hidden from lists unless asked for (``?archived=true``); kept whole
@@ -275,26 +286,38 @@ _SUMMARY_COLUMNS = """
              false) AS archived
 """
 
+_AGENT = "(SELECT r.agent FROM runbooks r WHERE r.trajectory_id = t.trajectory_id) AS agent"
+
 # Extra keys of a runbook's steps: status and times, and the agent step's detail.
+_DETAIL = "coalesce(s.detail, '{}'::jsonb)"
 _RUNBOOK_STEP_KEYS = """
     || CASE WHEN s.mode = 'runbook' THEN jsonb_strip_nulls(jsonb_build_object(
             'status', s.status,
             'started_at', to_char(s.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
             'ended_at', to_char(s.ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')))
-            || coalesce(s.detail, '{}'::jsonb)
-       ELSE '{}'::jsonb END
+            || {detail}
+       ELSE '{{}}'::jsonb END
 """
 
-# One statement, so the trajectory, its steps, its run and its artifacts come from
-# the same snapshot even when ``conn_or_pool`` is a pool.
-_GET = f"""
+# A step as the API shows it: every column, bodies included.
+_STEP_FIELDS = """
+    'index', s.step_index, 'kind', s.kind, 'request', s.request,
+    'response', s.response, 'usage', s.usage, 'latency_ms', s.latency_ms,
+    'ttft_ms', s.ttft_ms, 'provider', s.provider, 'model', s.model,
+    'error', s.error, 'cost_usd', s.cost_usd, 'ingress', s.ingress
+"""
+
+
+def get_query(step_fields: str = _STEP_FIELDS, detail: str = _DETAIL) -> str:
+    """The statement :func:`get_trajectory` runs, with ``step_fields`` (pairs for
+    ``jsonb_build_object`` over ``steps s``) as each step's object; the console's
+    outline passes a lighter set (and a trimmed ``detail``). One statement, so
+    the trajectory, its steps, its run and its artifacts come from the same
+    snapshot even on a pool."""
+    return f"""
 SELECT {_SUMMARY_COLUMNS},
-    (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                'index', s.step_index, 'kind', s.kind, 'request', s.request,
-                'response', s.response, 'usage', s.usage, 'latency_ms', s.latency_ms,
-                'ttft_ms', s.ttft_ms, 'provider', s.provider, 'model', s.model,
-                'error', s.error, 'cost_usd', s.cost_usd, 'ingress', s.ingress)
-                {_RUNBOOK_STEP_KEYS}
+    (SELECT coalesce(jsonb_agg(jsonb_build_object({step_fields})
+                {_RUNBOOK_STEP_KEYS.format(detail=detail)}
                 ORDER BY s.step_index),
                 '[]'::jsonb)
      FROM steps s WHERE s.trajectory_id = t.trajectory_id)::text AS steps,
@@ -322,13 +345,16 @@ WHERE t.trajectory_id = $1 AND t.collection = $2
 """
 
 
+_GET = get_query()
+
+
 async def get_trajectory(
     conn_or_pool: Executor, collection: str, trajectory_id: str
 ) -> TrajectoryView | None:
     """The trajectory with its steps (and, for a runbook, its run, timing and
     artifacts), or ``None`` if unknown *or of another collection*."""
     row = await conn_or_pool.fetchrow(_GET, trajectory_id, collection)
-    return None if row is None else _view(row)
+    return None if row is None else view_of_row(row)
 
 
 async def get_artifact(
@@ -366,7 +392,8 @@ def with_artifact_urls(view: TrajectoryView, base: str | Callable[[str], str]) -
     return view.model_copy(update={"artifacts": artifacts, "primary_outputs": primary})
 
 
-def _view(row: Any) -> TrajectoryView:
+def view_of_row(row: Any) -> TrajectoryView:
+    """The view of one row of :func:`get_query`'s statement."""
     steps = [_step(raw) for raw in orjson.loads(row["steps"])]
     artifacts = [
         ArtifactView(name=raw["path"].rsplit("/", 1)[-1], **raw)
@@ -443,14 +470,23 @@ async def list_trajectories(
     cursor: str | None = None,
     labels: Sequence[tuple[str, str]] = (),
     archived: bool | None = False,
+    **more: Any,
 ) -> TrajectoryPage:
     """One page of ``collection``'s trajectories, newest first (created_at, then
     trajectory_id, descending). Each filter is served by an index; ``cursor`` is the
     ``next_cursor`` of the previous page and keeps its filters' meaning."""
     query, args = build_list_query(
-        collection, task=task, status=status, model=model, since=since, limit=limit,
-        cursor=cursor, labels=labels, archived=archived,
-    )  # fmt: skip
+        collection,
+        task=task,
+        status=status,
+        model=model,
+        since=since,
+        limit=limit,
+        cursor=cursor,
+        labels=labels,
+        archived=archived,
+        **more,
+    )
     rows = await pool.fetch(query, *args)
     has_more = len(rows) > limit
     page = [TrajectorySummary(**_summary_fields(r)) for r in rows[:limit]]
@@ -469,6 +505,12 @@ def build_list_query(
     cursor: str | None = None,
     labels: Sequence[tuple[str, str]] = (),
     archived: bool | None = False,
+    mode: str | None = None,
+    agent: str | None = None,
+    until: datetime | None = None,
+    min_cost: Decimal | None = None,
+    id_prefix: str | None = None,
+    ids: list[str] | None = None,
 ) -> tuple[str, list[Any]]:
     """The SQL and arguments :func:`list_trajectories` runs (public so its plan can
     be checked); fetches ``limit + 1`` rows to know whether there is a next page."""
@@ -503,15 +545,37 @@ def build_list_query(
             + "EXISTS (SELECT 1 FROM archives a WHERE a.trajectory_id = t.trajectory_id"
             " AND a.archived)"
         )
+    # The console's filters (migration 009 indexes mode and agent).
+    if mode is not None:
+        clauses.append(f"t.mode = {bind(mode)}")
+    if agent is not None:
+        clauses.append(
+            "t.trajectory_id IN (SELECT r.trajectory_id FROM runbooks r"
+            f" WHERE r.collection = $1 AND r.agent = {bind(agent)})"
+        )
+    if until is not None:
+        clauses.append(f"t.created_at < {bind(_aware(until))}")
+    if min_cost is not None:
+        clauses.append(f"t.cost_usd >= {bind(min_cost)}")
+    if ids is not None:
+        clauses.append(f"t.trajectory_id = ANY({bind(ids)}::text[])")
+    if id_prefix is not None:
+        # A prefix of the id: matched on the collection's rows in list order.
+        clauses.append(f"t.trajectory_id LIKE {bind(_like_prefix(id_prefix))}")
     if cursor is not None:
         after_time, after_id = decode_cursor(cursor)
         # Row comparison: matches the (created_at DESC, trajectory_id DESC) indexes.
         clauses.append(f"(t.created_at, t.trajectory_id) < ({bind(after_time)}, {bind(after_id)})")
     query = (
-        f"SELECT {_SUMMARY_COLUMNS} FROM trajectories t WHERE {' AND '.join(clauses)}"
+        f"SELECT {_SUMMARY_COLUMNS}, {_AGENT} FROM trajectories t WHERE {' AND '.join(clauses)}"
         f" ORDER BY t.created_at DESC, t.trajectory_id DESC LIMIT {bind(limit + 1)}"
     )
     return query, args
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
 
 
 def encode_cursor(created_at: datetime, trajectory_id: str) -> str:
@@ -566,6 +630,7 @@ def _summary_fields(row: Any) -> dict[str, Any]:
         if row["labels"]
         else [],
         "archived": row["archived"],
+        **({"agent": row.get("agent")} if row.get("agent") else {}),
     }
 
 

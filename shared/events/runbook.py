@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.events.completion import COST_PATTERN, ErrorRecord
+from shared.limits import RunLimits
 
 AgentName = Literal["claude-code", "codex", "gemini-cli", "opencode"]
 AGENTS: tuple[str, ...] = ("claude-code", "codex", "gemini-cli", "opencode")
@@ -120,6 +121,9 @@ class RunbookRequested(_Frozen):
     budget: Budget = Budget()
     #: wall-clock limit of the agent's run, seconds
     timeout_s: float = Field(gt=0)
+    #: the sandbox's limits the request asked for (``jetty.limits``; unset: the
+    #: runner's defaults), already checked against the operator's maxima
+    limits: RunLimits = RunLimits()
     requested_at: datetime
     #: the original request, recorded as sent (minus the jetty block's secrets: none)
     request: dict[str, Any] = Field(default_factory=dict)

@@ -31,13 +31,28 @@ class InputFile:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """What one run may use, as a whole (every process of its sandbox together).
+
+    The same concepts on both backends: ``local`` enforces them with a cgroup per
+    sandbox, a size-limited filesystem per run and rlimits; ``kubernetes`` maps
+    ``memory_mb`` / ``cpus`` to the container's limits and ``disk_mb`` to its
+    ``ephemeral-storage`` limit."""
+
     #: wall-clock limit of the agent, seconds (the backend kills it past this)
     timeout_s: float
+    #: memory of all its processes and its in-memory files together, MB
     memory_mb: int = 4096
     max_processes: int = 512
+    #: CPU time of one process, seconds (None: no limit)
     cpu_seconds: int | None = None
     #: largest file the agent may write, MB
     max_file_mb: int = 1024
+    #: CPUs the whole run may use at once (None: the backend's default)
+    cpus: float | None = None
+    #: workspace, home and /tmp together, MB (None: the backend's default)
+    disk_mb: int | None = None
+    #: open files per process
+    max_open_files: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,15 @@ class OutputFile:
 
 
 @dataclass(frozen=True, slots=True)
+class ArtifactError:
+    """A file the agent made that could not be stored, and why."""
+
+    #: the file's name as the catalogue would show it
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class SandboxExit:
     #: the agent's exit code; None when it was killed (timeout, cancel)
     exit_code: int | None
@@ -72,11 +96,15 @@ class SandboxExit:
     killed: bool = False
     #: the tail of the agent's stderr, for the error message of a failed run
     stderr_tail: str = ""
+    #: the run's limits it hit: ``memory``, ``processes``, ``disk``
+    exhausted: tuple[str, ...] = ()
 
 
 class Sandbox(Protocol):
     #: a name for logs and the runbook.started event (bwrap pid, Job name)
     sandbox_id: str
+    #: after collect_outputs(): the files it could not store (the others are kept)
+    artifact_errors: list[ArtifactError]
 
     def lines(self) -> AsyncIterator[str]:
         """The agent's stdout, line by line (no newline), until it exits."""
@@ -109,6 +137,10 @@ class SandboxLayout:
 class SandboxBackend(Protocol):
     name: str
     layout: SandboxLayout
+
+    async def open(self) -> None:
+        """At the runner's start, before the first run: find what the host allows,
+        clean up what runners before it left."""
 
     async def start(self, spec: SandboxSpec) -> Sandbox: ...
 

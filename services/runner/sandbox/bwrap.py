@@ -2,16 +2,20 @@
 
 What the agent gets:
 
-* a root built from pieces: ``/usr`` read-only, ``/bin`` ``/lib`` ``/lib64``
+* a root built from pieces: the parts of ``/usr`` the agents and their tools use,
+  read-only (never ``/usr/local``, ``/usr/src``: what the host added), ``/bin`` ``/lib`` ``/lib64``
   ``/sbin`` as on the host (symlinks into ``/usr`` on Debian), a handful of
   ``/etc`` files the CLIs need (TLS roots, name service, time zone, the linker
   cache) and a ``passwd``/``group`` naming only the sandbox's user — never the
   whole ``/etc``, the host's home folders, ``/work``, the project or its data;
-* a private ``/tmp`` (tmpfs), ``/dev`` and ``/proc`` (own pid namespace);
+* a private ``/tmp`` (on the run's own size-limited filesystem, or a tmpfs of
+  an explicit size), ``/dev`` with a size-limited ``/dev/shm``, and ``/proc``
+  (own pid namespace);
 * ``/workspace`` and ``/home/agent`` read-write, the agents' ``node_modules``
   read-only at ``/opt/agents``, the relay's socket at ``/run/jetty`` and the
   launcher at ``/opt/jetty`` read-only;
-* every namespace unshared (so the network is loopback only), a new session
+* every namespace unshared (so the network is loopback only), no further user
+  namespace inside, the seccomp filter of :mod:`.seccomp`, a new session
   (no terminal to push input into), killed with its parent, uid/gid 1000,
   an environment that is exactly the command's.
 """
@@ -42,6 +46,9 @@ ETC = (
 )  # fmt: skip
 #: top-level folders that Debian makes symlinks into /usr ("merged /usr")
 USR_LINKS = ("bin", "lib", "lib32", "lib64", "libx32", "sbin")
+#: what of /usr is visible (those that exist): the distribution's programs,
+#: libraries and data; not /usr/local or /usr/src (what the host added)
+USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libexec", "share", "include")
 
 PASSWD = (
     f"agent:x:{UID}:{GID}:agent:{HOME}:/bin/sh\n"
@@ -63,13 +70,22 @@ class Mounts:
     #: the folder of the relay's socket
     jetty: Path
     agents: Path
+    #: the run's /tmp on its own filesystem; None: a tmpfs of ``tmp_bytes``
+    tmp: Path | None
+    tmp_bytes: int
+    shm_bytes: int
+    #: the compiled seccomp filter (:mod:`.seccomp`)
+    seccomp: int
     passwd: int
     group: int
     launcher: int
 
 
 def root_pieces(host_root: str = "/") -> list[str]:
-    args = ["--ro-bind", "/usr", "/usr"]
+    args = []
+    for name in USR:
+        if os.path.isdir(os.path.join(host_root, "usr", name)):
+            args += ["--ro-bind", f"/usr/{name}", f"/usr/{name}"]
     for name in USR_LINKS:
         path = os.path.join(host_root, name)
         if os.path.islink(path):
@@ -95,6 +111,7 @@ def limit_args(limits: Limits) -> list[str]:
         # WebAssembly memory (gemini-cli fails under any sane AS limit), while the
         # data limit counts only memory that can actually be written.
         "--data", str(limits.memory_mb * mib),
+        "--nofile", str(limits.max_open_files),
     ]  # fmt: skip
     if limits.cpu_seconds is not None:
         args += ["--cpu", str(limits.cpu_seconds)]
@@ -105,14 +122,22 @@ def options(mounts: Mounts, env: Mapping[str, str]) -> list[str]:
     """bwrap's options (it reads them NUL-separated from ``--args FD``, so the
     token in the environment never shows in ``ps``)."""
     args = [
-        "--unshare-all", "--die-with-parent", "--new-session",
+        # A user namespace of its own in which no further one can be made (what
+        # `unshare -Urm` would need), and the seccomp filter over everything.
+        "--unshare-all", "--unshare-user", "--disable-userns", "--seccomp", str(mounts.seccomp),
+        "--die-with-parent", "--new-session",
         "--uid", str(UID), "--gid", str(GID), "--hostname", "sandbox",
         *root_pieces(),
         "--ro-bind-data", str(mounts.passwd), "/etc/passwd",
         "--ro-bind-data", str(mounts.group), "/etc/group",
         "--ro-bind-data", str(mounts.launcher), LAUNCHER,
-        "--tmpfs", "/tmp",
+        *(
+            ["--bind", str(mounts.tmp), "/tmp"]
+            if mounts.tmp is not None
+            else ["--size", str(mounts.tmp_bytes), "--tmpfs", "/tmp"]
+        ),
         "--dev", "/dev",
+        "--size", str(mounts.shm_bytes), "--tmpfs", "/dev/shm",
         "--proc", "/proc",
         "--bind", str(mounts.workspace), WORKSPACE,
         "--bind", str(mounts.home), HOME,

@@ -5,7 +5,8 @@ Run by the sandbox's own ``/usr/bin/python3`` (standard library only, nothing of
 the project is importable in there)::
 
     python3 -I -S inner_relay.py --port 18080 --socket /run/jetty/gw.sock \\
-        --nproc 512 --fsize 1073741824 --data 4294967296 [--cpu 600] -- AGENT ARGV...
+        --nproc 512 --fsize 1073741824 --data 4294967296 --nofile 1024 [--cpu 600] \\
+        -- AGENT ARGV...
 
 The sandbox has no network but loopback. The relay listens on
 ``127.0.0.1:<port>`` and forwards every connection to the unix socket the runner
@@ -44,15 +45,13 @@ class Options:
         if len(pairs) % 2 or not self.command:
             raise SystemExit(f"inner_relay.py: bad arguments {argv!r}")
         given = {pairs[i].removeprefix("--"): pairs[i + 1] for i in range(0, len(pairs), 2)}
-        unknown = set(given) - {"port", "socket", "nproc", "fsize", "data", "cpu", "unset-ctype"}
+        unknown = set(given) - {"port", "socket", "unset-ctype", *_RLIMITS}
         if unknown or not {"port", "socket"} <= set(given):
             raise SystemExit(f"inner_relay.py: bad options {sorted(given)}")
         self.port = int(given["port"])
         self.socket = given["socket"]
         self.unset_ctype = given.get("unset-ctype") == "1"
-        self.limits = {
-            name: int(given[name]) for name in ("nproc", "fsize", "data", "cpu") if name in given
-        }
+        self.limits = {name: int(given[name]) for name in _RLIMITS if name in given}
 
 
 def _serve(listener: socket.socket, target: str) -> None:
@@ -117,6 +116,7 @@ _RLIMITS = {
     "fsize": resource.RLIMIT_FSIZE,
     "data": resource.RLIMIT_DATA,
     "cpu": resource.RLIMIT_CPU,
+    "nofile": resource.RLIMIT_NOFILE,
 }
 
 

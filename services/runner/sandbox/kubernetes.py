@@ -40,6 +40,7 @@ from minio.error import MinioException
 
 from services.runner.sandbox import k8s_manifests as manifests
 from services.runner.sandbox.base import (
+    ArtifactError,
     OutputFile,
     SandboxError,
     SandboxExit,
@@ -98,6 +99,7 @@ class KubernetesSandbox:
         self._api = backend.api
         self._spec = spec
         self.sandbox_id = job
+        self.artifact_errors: list[ArtifactError] = []
         self._job = job
         self._secret = secret
         self._archive_key = archive_key
@@ -411,17 +413,24 @@ class KubernetesSandboxBackend:
                 ttl_after_finished_s=s.ttl_seconds_after_finished,
                 service_account=s.service_account,
                 cpu_request=s.cpu_request,
-                cpu_limit=s.cpu_limit,
+                cpu_limit=s.cpu_limit
+                if spec.limits.cpus is None
+                else f"{round(spec.limits.cpus * 1000)}m",
                 memory_request=s.memory_request,
                 memory_limit=f"{spec.limits.memory_mb}Mi",
                 workspace=self.layout.workspace,
                 home=self.layout.home,
                 workspace_size=s.workspace_size,
-                ephemeral_storage_limit=s.ephemeral_storage_limit,
+                ephemeral_storage_limit=s.ephemeral_storage_limit
+                if spec.limits.disk_mb is None
+                else f"{spec.limits.disk_mb}Mi",
                 runtime_class=s.runtime_class,
                 extra_labels=spec.labels,
             )
         )
+
+    async def open(self) -> None:
+        pass  # Jobs left by a runner end by their own deadline and TTL
 
     async def start(self, spec: SandboxSpec) -> KubernetesSandbox:
         api = self.api

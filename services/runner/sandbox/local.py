@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -31,8 +32,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from services.runner.sandbox import bwrap, outputs
+from services.runner.sandbox import bwrap, outputs, seccomp
 from services.runner.sandbox.base import (
+    ArtifactError,
     Limits,
     OutputFile,
     SandboxError,
@@ -41,7 +43,8 @@ from services.runner.sandbox.base import (
     SandboxSpec,
 )
 from services.runner.sandbox.relay import GatewayRelay
-from services.runner.sandbox.workspace import RunDir, blocked_by
+from services.runner.sandbox.resources import HostResources, RunResources
+from services.runner.sandbox.workspace import blocked_by
 from shared.objectstore import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,17 @@ class LocalSandboxSettings:
     max_line_bytes: int = 16 * 1024 * 1024
     #: after SIGTERM, how long before SIGKILL
     kill_grace_s: float = 2.0
+    #: a cgroup per sandbox (memory, processes, CPU as a whole) where the host allows
+    cgroups: bool = True
+    #: a size-limited filesystem per run (``Limits.disk_mb``) where the host allows
+    disk_quota: bool = True
+    #: /tmp's size when it cannot be on the run's filesystem; /dev/shm's
+    tmp_mb: int = 1024
+    shm_mb: int = 64
+    #: connections a sandbox may hold open to the gateway at once
+    relay_max_connections: int = 64
+    #: how often run folders and cgroups left by dead runners are swept
+    sweep_interval_s: float = 60.0
 
     @property
     def agents_mount(self) -> Path:
@@ -96,21 +110,25 @@ class LocalSandbox:
         spec: SandboxSpec,
         settings: LocalSandboxSettings,
         store: ObjectStore,
-        run: RunDir,
+        resources: RunResources,
         inputs: dict[str, str],
         relay: GatewayRelay,
         proc: asyncio.subprocess.Process,
+        stdout: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         on_destroy: Callable[[LocalSandbox], None] = lambda _sandbox: None,
     ) -> None:
         self.spec = spec
         self._on_destroy = on_destroy
         self.settings = settings
         self.store = store
-        self.run = run
+        self.resources = resources
+        self.run = resources.run
         self.inputs = inputs
         self.relay = relay
         self.proc = proc
+        self._stdout, self._stdout_socket = stdout
         self.sandbox_id = f"bwrap-{proc.pid}"
+        self.artifact_errors: list[ArtifactError] = []
         self.started_at = time.monotonic()
         self._lines: asyncio.Queue[str | None] = asyncio.Queue(maxsize=4096)
         self._lines_taken = False
@@ -143,8 +161,7 @@ class LocalSandbox:
             stdin.close()
 
     async def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        reader, pending, dropping = self.proc.stdout, b"", False
+        reader, pending, dropping = self._stdout, b"", False
         limit = self.settings.max_line_bytes
         try:
             while chunk := await reader.read(READ_CHUNK):
@@ -219,6 +236,7 @@ class LocalSandbox:
             timed_out=self._timed_out,
             killed=self._killed and not self._timed_out,
             stderr_tail=self.stderr_tail(),
+            exhausted=self.resources.exhausted(),
         )
 
     async def _drain_lines(self) -> None:
@@ -245,6 +263,7 @@ class LocalSandbox:
             max_files=self.settings.max_output_files,
             max_bytes=self.settings.max_output_bytes,
         )
+        self.artifact_errors = collected.errors
         return collected.files
 
     async def destroy(self) -> None:
@@ -257,8 +276,9 @@ class LocalSandbox:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, self._exit, return_exceptions=True)
+        self._stdout_socket.close()
         await self.relay.stop()
-        await asyncio.to_thread(self.run.remove)
+        await self.resources.release()
         self._on_destroy(self)
 
 
@@ -275,6 +295,49 @@ class LocalSandboxBackend:
             gateway_url=f"http://127.0.0.1:{settings.inner_port}",
         )
         self._live: set[LocalSandbox] = set()
+        self._seccomp: bytes | None = None
+        self._host: HostResources | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        await self._host_resources()
+
+    async def _host_resources(self) -> HostResources:
+        """What this host allows (found once), the first sweep, the sweeper."""
+        if self._host is None:
+            settings = self.settings
+            host = await asyncio.to_thread(
+                HostResources,
+                settings.root,
+                use_cgroups=settings.cgroups and os.geteuid() == 0,
+                use_disk=settings.disk_quota,
+            )
+            settings.root.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(host.sweep)
+            log.info("local sandboxes: %s", host.describe())
+            self._host = host
+            self._sweeper = asyncio.create_task(self._sweep_forever(host))
+        return self._host
+
+    async def _sweep_forever(self, host: HostResources) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                await asyncio.to_thread(host.sweep)
+            except Exception:  # a sweep that failed is retried next time
+                log.exception("sweep of %s failed", self.settings.root)
+
+    def _bwrap_link(self) -> Path:
+        """bwrap is started through a link in the runs' root (its path is what the
+        sandbox's pid 1 shows in /proc/1/cmdline: not the host's venv)."""
+        link = self.settings.root / "bwrap"
+        if not (link.is_symlink() and link.resolve() == self.settings.bwrap.resolve()):
+            tmp = link.with_name(f".bwrap-{os.getpid()}")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            tmp.symlink_to(self.settings.bwrap.resolve())
+            tmp.replace(link)
+        return link
 
     @property
     def _owner(self) -> int | None:
@@ -286,31 +349,70 @@ class LocalSandboxBackend:
             raise SandboxError(f"bwrap not found at {settings.bwrap}")
         if not (settings.agents_mount / "node_modules").is_dir():
             raise SandboxError(f"no node_modules in {settings.agents_mount}")
+        if self._seccomp is None:
+            self._seccomp = await asyncio.to_thread(seccomp.compile_filter)
         owner = self._owner
         if owner is not None and (blocked := blocked_by(settings.agents_mount, owner)):
             raise SandboxError(f"the sandbox's host user {owner} cannot pass through {blocked}")
-        run = await asyncio.to_thread(
-            RunDir.create, settings.root, _safe_name(spec.trajectory_id), owner
+        host = await self._host_resources()
+        try:
+            resources = await asyncio.to_thread(
+                host.prepare, _safe_name(spec.trajectory_id), spec.limits, owner
+            )
+        except OSError as exc:
+            raise SandboxError(f"cannot make the run's folder: {exc}") from exc
+        run = resources.run
+        relay = GatewayRelay(
+            run.jetty / "gw.sock",
+            settings.gateway_host,
+            settings.gateway_port,
+            max_connections=settings.relay_max_connections,
         )
-        relay = GatewayRelay(run.jetty / "gw.sock", settings.gateway_host, settings.gateway_port)
         try:
             inputs = await run.place_inputs(self.store, spec.inputs, settings.max_input_bytes)
             run.write_home_files(spec.command.home_files)
             await relay.start(owner=owner)
-            proc = await self._spawn(spec, run, owner)
+            proc, stdout = await self._spawn(spec, resources, owner, self._seccomp)
         except BaseException:
             await relay.stop()
-            await asyncio.to_thread(run.remove)
+            await resources.release()
             raise
+        resources.start_watching()
         sandbox = LocalSandbox(
-            spec, settings, self.store, run, inputs, relay, proc, self._live.discard
+            spec, settings, self.store, resources, inputs, relay, proc, stdout, self._live.discard
         )
         self._live.add(sandbox)
         return sandbox
 
     async def _spawn(
-        self, spec: SandboxSpec, run: RunDir, owner: int | None
+        self, spec: SandboxSpec, run: RunResources, owner: int | None, seccomp_filter: bytes
+    ) -> tuple[asyncio.subprocess.Process, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        """Start bwrap. The agent's stdout — its event stream, the agent-reported
+        steps — is one end of a socket pair, not a pipe: a socket cannot be
+        reopened through ``/proc/<pid>/fd`` (a pipe can, by any process of the same
+        user), and taking the descriptor itself (``pidfd_getfd``, ``ptrace``) is
+        what the seccomp filter denies, so only the processes the agent hands it
+        to can write there."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = await self._spawn_with(spec, run, owner, seccomp_filter, theirs.fileno())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.shutdown(socket.SHUT_WR)
+        return proc, await asyncio.open_unix_connection(sock=ours, limit=READ_CHUNK * 4)
+
+    async def _spawn_with(
+        self,
+        spec: SandboxSpec,
+        resources: RunResources,
+        owner: int | None,
+        seccomp_filter: bytes,
+        stdout: int,
     ) -> asyncio.subprocess.Process:
+        run = resources.run
         with contextlib.ExitStack() as fds:
 
             def data(name: str, content: bytes) -> int:
@@ -325,9 +427,13 @@ class LocalSandboxBackend:
                 home=run.home,
                 jetty=run.jetty,
                 agents=self.settings.agents_mount,
+                tmp=run.tmp,
+                tmp_bytes=self.settings.tmp_mb << 20,
+                shm_bytes=self.settings.shm_mb << 20,
                 passwd=data("passwd", bwrap.PASSWD.encode()),
                 group=data("group", bwrap.GROUP.encode()),
                 launcher=data("launcher", LAUNCHER_SOURCE.read_bytes()),
+                seccomp=data("seccomp", seccomp_filter),
             )
             # The options (with the environment, hence the token) travel in an
             # anonymous memory file: never on a command line (ps), never on disk.
@@ -335,33 +441,42 @@ class LocalSandboxBackend:
             args_fd = data("bwrap-args", b"".join(a.encode() + b"\0" for a in options))
             command = spec.command
             argv = bwrap.command(command.argv, command.env, spec.limits, self.settings.inner_port)
-            passed = (mounts.passwd, mounts.group, mounts.launcher, args_fd)
+            passed = (mounts.passwd, mounts.group, mounts.launcher, mounts.seccomp, args_fd)
             try:
+                link = self._bwrap_link()
                 return await asyncio.create_subprocess_exec(
-                    str(self.settings.bwrap), "--args", str(args_fd), "--", *argv,
+                    f"./{link.name}", "--args", str(args_fd), "--", *argv,
                     stdin=asyncio.subprocess.PIPE
                     if spec.command.stdin is not None
                     else asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
+                    stdout=stdout,
                     stderr=asyncio.subprocess.PIPE,
                     pass_fds=passed,
                     start_new_session=True,
                     env={},
-                    cwd="/",
+                    # Started as ./bwrap from the runs' root: the sandbox's pid 1
+                    # shows that in /proc/1/cmdline, no host path at all.
+                    cwd=str(link.parent),
                     # Not user=/group=: uvloop (the services' loop) refuses them.
-                    preexec_fn=None if owner is None else partial(_drop_to, owner),
+                    preexec_fn=partial(_enter, resources, owner),
                 )  # fmt: skip
             except OSError as exc:
                 raise SandboxError(f"cannot start bwrap: {exc}") from exc
 
     async def close(self) -> None:
         """Destroy every sandbox this backend started that is still there."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         live, self._live = list(self._live), set()
         await asyncio.gather(*(s.destroy() for s in live), return_exceptions=True)
 
 
-def _drop_to(uid: int) -> None:
-    """In the child, before exec: become the unprivileged sandbox owner."""
+def _enter(resources: RunResources, uid: int | None) -> None:
+    """In the child, before exec: join the run's cgroup (every process of the
+    sandbox is then in it), become the unprivileged sandbox owner."""
+    resources.join()
+    if uid is None:
+        return
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
@@ -369,4 +484,4 @@ def _drop_to(uid: int) -> None:
 
 def _safe_name(trajectory_id: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in trajectory_id)
-    return cleaned[:64] or "run"
+    return cleaned[:40] or "run"  # the relay's socket path must stay short

@@ -6,6 +6,11 @@ passed on.
 The sandbox sees nothing but loopback; the relay inside it
 (:mod:`services.runner.sandbox.inner_relay`) forwards ``127.0.0.1:<port>`` to this
 socket, so the gateway is the one host the agent can reach.
+
+At most ``max_connections`` are open at once: one past it is closed as soon as it
+is accepted. A sandbox that floods its socket so spends its own connections, not
+the runner's descriptors (each open connection costs the runner two), and the
+other sandboxes' relays go on as before.
 """
 
 from __future__ import annotations
@@ -35,11 +40,22 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 class GatewayRelay:
     """Serve ``path`` and forward each connection to ``host:port``."""
 
-    def __init__(self, path: Path, host: str, port: int, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float = 10.0,
+        max_connections: int = 64,
+    ) -> None:
         self.path = path
         self.host = host
         self.port = port
         self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        #: connections closed at once for being past the bound
+        self.refused = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -52,6 +68,15 @@ class GatewayRelay:
         os.chmod(self.path, 0o600)
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.max_connections:
+            if self.refused % 1000 == 0:
+                log.warning(
+                    "relay %s: past %d connections; closing new ones (%d so far)",
+                    self.path, self.max_connections, self.refused + 1,
+                )  # fmt: skip
+            self.refused += 1
+            writer.transport.abort()
+            return
         task = asyncio.create_task(self._forward(reader, writer))
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)

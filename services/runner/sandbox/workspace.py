@@ -2,10 +2,17 @@
 
 Layout (every run its own, under the backend's root)::
 
-    <root>/<trajectory>-<random>/     0700, the sandbox's host user
-        workspace/                    -> /workspace    (read-write)
-        home/                         -> /home/agent   (read-write)
-        jetty/                        -> /run/jetty    (read-only: the relay's socket)
+    <root>/<runner pid>.<trajectory>-<random>/   0700, the sandbox's host user
+        disk.img                      the run's own filesystem (with a disk quota)
+        fs/                           ... mounted here (:mod:`.rundisk`)
+            workspace/                -> /workspace    (read-write)
+            home/                     -> /home/agent   (read-write)
+            tmp/                      -> /tmp          (read-write)
+            jetty/                    -> /run/jetty    (read-only: the relay's socket)
+
+Without a disk quota the four folders are in the run's folder itself and ``/tmp``
+is a size-limited tmpfs instead. The runner's pid in the name lets a runner
+sweep the folders of runners that died (:func:`sweep`).
 
 When the runner is root the sandbox runs as another, unprivileged host user
 (``owner``), which must own what it may write; when the runner is not root the
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -25,7 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from services.runner.sandbox.base import InputFile, SandboxError
+from services.runner.sandbox.rundisk import MOUNTPOINT, RunDisk, unmount
 from shared.objectstore import ObjectStore, ObjectStoreError
+
+log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1024 * 1024
 
@@ -84,9 +95,12 @@ class RunDir:
     jetty: Path
     #: the host uid (and gid) the sandbox runs as, when it is not ours
     owner: int | None
+    #: the run's /tmp on its own filesystem (None: a tmpfs)
+    tmp: Path | None = None
+    disk: RunDisk | None = None
 
     @classmethod
-    def create(cls, base: Path, name: str, owner: int | None) -> RunDir:
+    def create(cls, base: Path, name: str, owner: int | None, disk_mb: int | None = None) -> RunDir:
         base.mkdir(parents=True, exist_ok=True)
         os.chmod(base, 0o711)  # others may pass through, not list the runs
         if owner is not None and (blocked := blocked_by(base, owner)) is not None:
@@ -94,15 +108,29 @@ class RunDir:
                 f"the sandbox's host user {owner} cannot pass through {blocked}: "
                 "put the sandbox root where every user may pass (e.g. under /tmp or /var/lib)"
             )
-        root = base / f"{name}-{secrets.token_hex(4)}"
+        root = base / f"{os.getpid()}.{name}-{secrets.token_hex(4)}"
         root.mkdir(mode=0o700)
-        run = cls(root, root / "workspace", root / "home", root / "jetty", owner)
-        for private in (run.workspace, run.home):
-            private.mkdir(mode=0o700)
-        run.jetty.mkdir(mode=0o755)
-        if owner is not None:
-            for private in (root, run.workspace, run.home):
-                os.chown(private, owner, owner)
+        disk = None
+        try:
+            if disk_mb is not None:
+                disk = RunDisk.create(root, disk_mb, owner)
+            data = root if disk is None else disk.mountpoint
+            run = cls(
+                root, data / "workspace", data / "home", data / "jetty", owner,
+                tmp=None if disk is None else data / "tmp", disk=disk,
+            )  # fmt: skip
+            private = [run.workspace, run.home] + ([run.tmp] if run.tmp else [])
+            for folder in private:
+                folder.mkdir(mode=0o700)
+            if run.tmp is not None:
+                os.chmod(run.tmp, 0o1777)
+            run.jetty.mkdir(mode=0o755)
+            if owner is not None:
+                for folder in (root, *private):
+                    os.chown(folder, owner, owner)
+        except BaseException:
+            remove_folder(root)
+            raise
         return run
 
     def _own(self, path: Path) -> None:
@@ -143,10 +171,50 @@ class RunDir:
             self._own(target)
 
     def remove(self) -> None:
-        if not self.root.exists():
-            return
+        remove_folder(self.root)
+
+
+def remove_folder(root: Path) -> None:
+    """Remove a run's folder (its filesystem unmounted first)."""
+    if not root.exists():
+        return
+    unmount(root / MOUNTPOINT)
+    try:
+        shutil.rmtree(root)
+    except PermissionError:
+        _open_up(root)
+        shutil.rmtree(root)
+
+
+def sweep(base: Path) -> list[Path]:
+    """Remove the run folders under ``base`` of runners that are gone (a runner
+    cleans up its own, a start that failed half-way included). Returns what was
+    removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(base.iterdir())
+    except FileNotFoundError:
+        return removed
+    for folder in entries:
+        pid_text, dot, _rest = folder.name.partition(".")
+        if not dot or not pid_text.isdigit() or not folder.is_dir():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid() or pid_alive(pid):
+            continue
         try:
-            shutil.rmtree(self.root)
-        except PermissionError:
-            _open_up(self.root)
-            shutil.rmtree(self.root)
+            remove_folder(folder)
+            removed.append(folder)
+        except OSError as exc:
+            log.warning("run folder %s not removed: %s", folder, exc)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
