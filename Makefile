@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 # from npm into agents/node_modules. Install scripts stay off; the one step that
 # matters is claude-code's: it puts its native binary where `.bin/claude` points.
 AGENTS_STAMP := agents/node_modules/.installed
+# The API reference page's assets (Swagger UI, pinned in its package.json), served at /docs.
+DOCS_VENDOR := services/gateway/openapi/vendor
+DOCS_STAMP := $(DOCS_VENDOR)/node_modules/.installed
 
 # The console's browser tests drive Debian's Chromium through Playwright for Python
 # (pinned in pyproject.toml; `playwright install` downloads and cannot be used).
@@ -41,22 +44,26 @@ $(AGENTS_STAMP): agents/package.json agents/package-lock.json
 	cd agents/node_modules/@anthropic-ai/claude-code && node install.cjs
 	touch $(AGENTS_STAMP)
 
+$(DOCS_STAMP): $(DOCS_VENDOR)/package.json $(DOCS_VENDOR)/package-lock.json
+	npm ci --prefix $(DOCS_VENDOR) --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $(DOCS_STAMP)
+
 $(CHROMIUM):
 	flock /tmp/jetty-apt.lock sh -c 'export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get install -y --no-install-recommends chromium \
 	  || { apt-get update && apt-get install -y --no-install-recommends chromium; }'
 
-install: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP)
+install: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP) $(DOCS_STAMP)
 
-up: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP)
+up: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP) $(DOCS_STAMP)
 	$(BIN)/jetty up
 
-test: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP) $(CHROMIUM)
+test: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP) $(CHROMIUM) $(DOCS_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services jetty_cli tests bench
-	$(BIN)/ruff format --check shared services jetty_cli tests bench
+	$(BIN)/ruff check shared services jetty_cli tests bench examples
+	$(BIN)/ruff format --check shared services jetty_cli tests bench examples
 	$(BIN)/mypy
 
 bench: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP)

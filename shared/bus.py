@@ -88,6 +88,19 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
     return await nats.connect(**options)
 
 
+async def connect_until_up(url: str, name: str) -> NATS:
+    """:func:`connect`, retried with backoff (saying why) until NATS answers: for
+    services that cannot work without the bus and may start before it."""
+    delay = 0.2
+    while True:
+        try:
+            return await connect(url, name)
+        except Exception as exc:  # nats-py raises several unrelated types here
+            log.warning("cannot reach NATS yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 async def ensure_streams(
     js: JetStreamContext, replicas: int = 1, retention_days: float | None = None
 ) -> None:

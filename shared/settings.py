@@ -22,6 +22,9 @@ class CommonSettings(BaseSettings):
         default="postgresql://jetty@127.0.0.1:5432/jetty", description="PostgreSQL DSN"
     )
     log_level: str = "INFO"
+    # Networks webhook targets may be in although they are loopback/private/link-local
+    # (CIDRs, comma separated; e.g. 127.0.0.0/8 for a receiver on this machine).
+    webhook_allow_networks: str = ""
     # Bodies (requests, event payloads) above this many bytes travel by claim check
     # through the JetStream object store instead of inline on NATS (default limit 1 MiB).
     claim_threshold_bytes: int = 256 * 1024

@@ -26,6 +26,12 @@ KEY_RATES_BUCKET = "jetty_key_rates"
 # The console's sign-in sessions (session id hash -> token hash), with a TTL.
 CONSOLE_SESSIONS_BUCKET = "jetty_console_sessions"
 
+# Webhooks (shared/webhooks.py): endpoints, delivery records, and the delivery
+# service's durable consumer on the events stream.
+WEBHOOKS_BUCKET = "jetty_webhooks"
+DELIVERIES_BUCKET = "jetty_webhook_deliveries"
+WEBHOOKS_DURABLE = "jetty-webhooks"
+
 # The runner's work queue: a durable pull consumer on the events stream that
 # sees only runbook.requested events (every runner instance shares it, so each
 # run is taken by one runner at a time).

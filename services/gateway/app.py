@@ -19,11 +19,13 @@ from services.gateway import (
     ingress,
     observe,
     policy,
+    runbook_follow,
     runbook_routes,
     trajectories,
 )
 from services.gateway.files_api import routes as files_api
 from services.gateway.middleware import auth_middleware, errors_middleware
+from services.gateway.openapi import reference as openapi_reference
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.relay import ProxyRelay
 from services.gateway.routines import routes as routines_api
@@ -32,7 +34,8 @@ from services.gateway.secrets_api import routes as secrets_api
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GATEWAY, Gateway
 from services.gateway.trajectory_ops import db_routes, download, labels
-from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
+from services.gateway.webhooks import routes as webhook_routes
+from shared.bus import ClaimStore, EventPublisher, connect_until_up, ensure_streams, source_name
 from shared.key_usage import KeyUsageStore
 from shared.keys import legacy_key_id
 from shared.metrics import metrics_route
@@ -45,15 +48,7 @@ SETTINGS = web.AppKey("settings", GatewaySettings)
 
 
 async def _connect_forever(settings: GatewaySettings) -> Gateway:
-    delay = 0.2
-    while True:
-        try:
-            nc = await connect(settings.nats_url, source_name("gateway"))
-            break
-        except Exception as exc:  # the bus is required: keep trying, say why
-            log.warning("cannot reach NATS yet (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    nc = await connect_until_up(settings.nats_url, source_name("gateway"))
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas, settings.retention_days)
     tokens = TokenStore(js)
@@ -152,6 +147,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_routes(secrets_api.routes())
     app.router.add_routes(routines_api.routes())
     app.router.add_routes(runbook_routes.routes())
+    app.router.add_routes(runbook_follow.routes())
+    app.router.add_routes(openapi_reference.routes())
+    app.router.add_routes(webhook_routes.routes())
     app.router.add_routes(admin.routes())
     app.on_response_prepare.append(policy.add_rate_headers)
     app.router.add_get("/api/v1/trajectories", trajectories.list_trajectories)

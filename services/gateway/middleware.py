@@ -20,8 +20,10 @@ from shared.logs import bind
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/metrics", "/ui"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/metrics", "/ui", "/openapi.json", "/docs"})
 CONSOLE_PREFIX = "/ui/"
+# The API reference page's script and assets (services/gateway/openapi/reference.py).
+DOCS_PREFIX = "/docs/"
 TRAJECTORY_HEADER = "X-Jetty-Trajectory-Id"
 
 
@@ -133,8 +135,9 @@ def api_token(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS or request.path.startswith(CONSOLE_PREFIX):
-        # The console signs people in with its own sessions (services/gateway/console).
+    if request.path in PUBLIC_PATHS or request.path.startswith((CONSOLE_PREFIX, DOCS_PREFIX)):
+        # The console signs people in with its own sessions (services/gateway/console);
+        # the API reference describes the API and exposes no data.
         return await handler(request)
     token = api_token(request)
     if token is None:

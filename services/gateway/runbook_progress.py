@@ -14,8 +14,14 @@ carries the structured event (``status`` / ``step`` / ``artifact``). The first
 chunk has ``jetty_metadata`` with the trajectory id; the last has the final
 ``jetty_metadata`` (status, artifacts, usage, cost, timing, error) and
 ``finish_reason: "stop"`` whatever the run's outcome — a failed run is a result,
-not a broken stream. An SSE comment (``: keep-alive``) goes out during quiet
-periods.
+not a broken stream. An SSE comment line (``: keep-alive``) goes out during
+quiet periods.
+
+Every chunk has an SSE ``id``: the opening chunk ``open``, each event's chunk the
+event's own id (the envelope's ``id``, the same on the bus), the last chunk
+``end``. A client that lost the stream reconnects to
+``GET /api/v1/trajectories/{id}/events`` with ``Last-Event-ID`` and gets what came
+after that chunk (:mod:`services.gateway.runbook_follow`).
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ from shared.runs import RunState
 log = logging.getLogger(__name__)
 
 _STATE_POLL = 5.0
+OPEN_ID = "open"
+END_ID = "end"
 _NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
@@ -85,6 +93,8 @@ class RunWatch:
         self._queue: asyncio.Queue[AnyEnvelope] = asyncio.Queue()
         self._subs: list[Subscription] = []
         self._marker = b'"trajectory_id":"' + trajectory_id.encode() + b'"'
+        #: the ids of the events queued so far (a follower checks Last-Event-ID here)
+        self.seen_ids: set[str] = set()
 
     @classmethod
     async def open(
@@ -112,7 +122,8 @@ class RunWatch:
         except (ValidationError, NatsError, ValueError) as exc:
             log.warning("unreadable progress event of %s: %r", self.trajectory_id, exc)
             return
-        if envelope.trajectory_id == self.trajectory_id:
+        if envelope.trajectory_id == self.trajectory_id and envelope.id not in self.seen_ids:
+            self.seen_ids.add(envelope.id)
             self._queue.put_nowait(envelope)
 
     @property
@@ -268,6 +279,7 @@ class _Chunks:
         *,
         jetty: dict[str, Any] | None = None,
         finish_reason: str | None = None,
+        event_id: str | None = None,
         **extra: Any,
     ) -> bytes:
         doc: dict[str, Any] = {
@@ -280,7 +292,8 @@ class _Chunks:
         if jetty is not None:
             doc["jetty"] = jetty
         doc.update(extra)
-        return b"data: " + orjson.dumps(doc, option=orjson.OPT_UTC_Z) + b"\n\n"
+        head = f"id: {event_id}\n".encode() if event_id else b""
+        return head + b"data: " + orjson.dumps(doc, option=orjson.OPT_UTC_Z) + b"\n\n"
 
     def for_event(self, envelope: AnyEnvelope) -> bytes | None:
         data = envelope.data
@@ -288,21 +301,23 @@ class _Chunks:
         if isinstance(data, RunbookStep):
             # The runner's progress line, in the agent's own terms.
             delta = {"content": data.progress + "\n"} if data.progress else {}
-            return self.encode(delta, jetty={"type": "step", "step": _step_json(data)})
+            step = {"type": "step", "step": _step_json(data)}
+            return self.encode(delta, jetty=step, event_id=envelope.id)
         if isinstance(data, ArtifactStored):
             line = f"Artifact: {data.path} ({data.size} bytes)\n"
-            artifact = watch.artifact_json(self.base_url, data)
-            return self.encode({"content": line}, jetty={"type": "artifact", "artifact": artifact})
+            artifact = {"type": "artifact", "artifact": watch.artifact_json(self.base_url, data)}
+            return self.encode({"content": line}, jetty=artifact, event_id=envelope.id)
         if isinstance(data, RunbookEvaluated):
             verdict = "passed" if data.passed else "failed"
             line = f"Evaluation round {data.round}: {verdict}" + (
                 ", retrying\n" if data.will_retry else "\n"
             )
             doc = data.model_dump(mode="json", exclude={"task"})
-            return self.encode({"content": line}, jetty={"type": "evaluation", **doc})
+            evaluation = {"type": "evaluation", **doc}
+            return self.encode({"content": line}, jetty=evaluation, event_id=envelope.id)
         if isinstance(data, RunbookStarted):
             status = {"status": "running", "at": data.started_at, "backend": data.backend}
-            return self.encode({}, jetty={"type": "status", **status})
+            return self.encode({}, jetty={"type": "status", **status}, event_id=envelope.id)
         return None  # the end: the caller writes the final chunk
 
 
@@ -314,8 +329,12 @@ async def stream_progress(
     base_url: str,
     *,
     include_usage: bool,
+    resume_after: str | None = None,
 ) -> web.StreamResponse:
+    """Write the run's chunks as they happen. ``resume_after`` (a Last-Event-ID)
+    leaves out every chunk up to and including that one."""
     chunks = _Chunks(watch, base_url)
+    skipping = resume_after is not None and resume_after != OPEN_ID
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
     await response.prepare(request)
     first = {
@@ -326,18 +345,30 @@ async def stream_progress(
         "status": "pending",
     }
     try:
-        await response.write(
-            chunks.encode(
-                {"role": "assistant", "content": ""},
-                jetty={"type": "status", "status": "pending", "at": watch.requested.requested_at},
-                jetty_metadata=first,
+        if resume_after is None:
+            await response.write(
+                chunks.encode(
+                    {"role": "assistant", "content": ""},
+                    jetty={
+                        "type": "status",
+                        "status": "pending",
+                        "at": watch.requested.requested_at,
+                    },
+                    event_id=OPEN_ID,
+                    jetty_metadata=first,
+                )
             )
-        )
         while not watch.done:
             envelope = await watch.next(gw.settings.runbook_keepalive)
             if envelope is None:
                 if not watch.done:
-                    await response.write(b": keep-alive\n\n")
+                    # No blank line after it: once a stream has had an ``id``, the
+                    # OpenAI SDK turns a lone blank line into an empty event it
+                    # cannot parse (a comment line alone dispatches nothing).
+                    await response.write(b": keep-alive\n")
+                continue
+            if skipping:
+                skipping = envelope.id != resume_after
                 continue
             encoded = chunks.for_event(envelope)
             if encoded is not None:
@@ -347,9 +378,16 @@ async def stream_progress(
         if include_usage:
             extra["usage"] = metadata["usage"] or _NO_USAGE
         status = {"status": watch.status, "at": watch.ended_at}
-        await response.write(
-            chunks.encode({}, jetty={"type": "status", **status}, finish_reason="stop", **extra)
-        )
+        if resume_after != END_ID:
+            await response.write(
+                chunks.encode(
+                    {},
+                    jetty={"type": "status", **status},
+                    finish_reason="stop",
+                    event_id=END_ID,
+                    **extra,
+                )
+            )
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):

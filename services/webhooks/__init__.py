@@ -1,0 +1,1 @@
+"""The webhook delivery service (``python -m services.webhooks``)."""

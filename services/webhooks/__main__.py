@@ -1,0 +1,103 @@
+"""``python -m services.webhooks``: wiring only (settings, logging, connections,
+signals); the work is in :mod:`services.webhooks.delivery`.
+
+Waits for NATS rather than failing. SIGTERM / SIGINT: stop fetching, finish the
+deliveries in hand (their events are acked or NAKed), drain NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import aiohttp
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import FetchTimeoutError, NotFoundError
+
+from services.webhooks.delivery import Deliverer
+from services.webhooks.settings import WebhookSettings
+from shared import subjects
+from shared.bus import connect_until_up, ensure_streams, source_name
+from shared.webhooks import WebhookStore
+
+log = logging.getLogger("services.webhooks")
+
+
+def consumer_config(settings: WebhookSettings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=subjects.WEBHOOKS_DURABLE,
+        filter_subject=subjects.EVENTS_ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        # New events only: registering a webhook does not replay history.
+        deliver_policy=DeliverPolicy.NEW,
+        # Time to deliver one event to all its endpoints before the stream resends it.
+        ack_wait=settings.webhook_timeout * 3 + 5,
+        max_deliver=len(settings.webhook_retry_delays) + 2,
+        max_ack_pending=1000,
+    )
+
+
+async def serve(settings: WebhookSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    nc = await connect_until_up(settings.nats_url, source_name("webhooks"))
+    js = nc.jetstream()
+    await ensure_streams(js, settings.stream_replicas)
+    try:
+        await js.consumer_info(subjects.EVENTS_STREAM, subjects.WEBHOOKS_DURABLE)
+    except NotFoundError:
+        await js.add_consumer(subjects.EVENTS_STREAM, consumer_config(settings))
+    sub = await js.pull_subscribe_bind(subjects.WEBHOOKS_DURABLE, subjects.EVENTS_STREAM)
+    log.info("webhook delivery consuming %s", settings.nats_url.split("@")[-1])
+    in_flight: set[asyncio.Task[None]] = set()
+    async with aiohttp.ClientSession() as session:
+        deliverer = Deliverer(settings, WebhookStore(js), session)
+        while not stop.is_set():
+            try:
+                messages = await sub.fetch(batch=50, timeout=1.0)
+            except (FetchTimeoutError, TimeoutError):
+                continue
+            except Exception as exc:
+                log.warning("fetch failed: %r", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in messages:
+                task = asyncio.create_task(deliverer.handle(msg))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(_log_failure)
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=settings.webhook_timeout + 5)
+    # Every ack went out with its event's handling; a pull subscription's drain
+    # can wait for ever, so: flush what is written, then close.
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
+        await asyncio.wait_for(nc.flush(), 5.0)
+    with contextlib.suppress(Exception):
+        await nc.close()
+    log.info("webhook delivery stopped")
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # Not acked: the stream redelivers the event after ack_wait.
+        log.warning("delivery failed: %r", task.exception())
+
+
+def main() -> None:
+    settings = WebhookSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()
