@@ -24,6 +24,10 @@ class CommonSettings(BaseSettings):
     # through the JetStream object store instead of inline on NATS (default limit 1 MiB).
     claim_threshold_bytes: int = 256 * 1024
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    # The health port of proxy, recorder and runner (/healthz, /readyz; see
+    # shared/health.py). Unset: no health port (several services on one host).
+    health_host: str = "127.0.0.1"
+    health_port: int | None = Field(default=None, ge=0, le=65535)
     # The S3-compatible object store (MinIO in production; `jetty up` and the tests
     # start a local one). The endpoint is ``host:port``, as the minio SDK takes it.
     s3_endpoint: str = "127.0.0.1:9000"

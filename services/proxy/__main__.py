@@ -16,6 +16,7 @@ from services.proxy.run_masks import RunMasks
 from services.proxy.settings import ProxySettings
 from services.proxy.worker import Worker
 from shared.bus import ClaimStore, EventPublisher, connect, ensure_streams, source_name
+from shared.health import start_health_server
 from shared.logs import setup_logging, use_uvloop
 from shared.runs import RunStates
 from shared.secrets import RunSecrets, SecretBox
@@ -65,6 +66,11 @@ async def main(settings: ProxySettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await worker.start()
+    health = None
+    if settings.health_port is not None:
+        health = await start_health_server(
+            settings.health_host, settings.health_port, {"nats": lambda: nc.is_connected}
+        )
     log.info(
         "proxy ready; models: %s",
         ", ".join(card.id for card in router.model_cards()),
@@ -73,6 +79,8 @@ async def main(settings: ProxySettings) -> None:
         await stop.wait()
     finally:
         log.info("stopping: finishing in-flight calls")
+        if health is not None:
+            await health.stop()
         await worker.stop(settings.proxy_shutdown_grace)
         await publisher.flush()
         await nc.drain()

@@ -14,8 +14,10 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
+import asyncpg
 import nats.errors
 from nats.aio.client import Client as NATS
 
@@ -24,6 +26,7 @@ from services.recorder.consumer import Recorder
 from services.recorder.settings import RecorderSettings
 from shared.bus import connect, ensure_streams, source_name
 from shared.db.pool import apply_migrations, create_pool, is_transient
+from shared.health import HealthServer, start_health_server
 
 log = logging.getLogger("services.recorder")
 
@@ -49,6 +52,14 @@ async def _until_ready(
     return None
 
 
+@dataclass(slots=True)
+class _Connections:
+    """What readiness looks at: set once connected, cleared on the way out."""
+
+    pool: asyncpg.Pool | None = None
+    nc: NATS | None = None
+
+
 def _is_nats_down(exc: BaseException) -> bool:
     return isinstance(exc, nats.errors.Error)
 
@@ -65,6 +76,35 @@ async def serve(settings: RecorderSettings) -> None:
         )
         return True
 
+    connected = _Connections()
+
+    async def db_answers() -> bool:
+        pool = connected.pool
+        return pool is not None and await pool.fetchval("select 1") == 1
+
+    def nats_connected() -> bool:
+        return connected.nc is not None and connected.nc.is_connected
+
+    health: HealthServer | None = None
+    if settings.health_port is not None:
+        health = await start_health_server(
+            settings.health_host,
+            settings.health_port,
+            {"postgresql": db_answers, "nats": nats_connected},
+        )
+    try:
+        await _serve(settings, stop, migrate, connected)
+    finally:
+        if health is not None:
+            await health.stop()
+
+
+async def _serve(
+    settings: RecorderSettings,
+    stop: asyncio.Event,
+    migrate: Callable[[], Awaitable[bool]],
+    connected: _Connections,
+) -> None:
     if await _until_ready("PostgreSQL", migrate, stop, settings) is None:
         return
     pool = await create_pool(
@@ -75,6 +115,7 @@ async def serve(settings: RecorderSettings) -> None:
         application_name="jetty-recorder",
         server_settings=projection.SERVER_SETTINGS,
     )
+    connected.pool = pool
     try:
 
         async def nats_connect() -> NATS:
@@ -83,6 +124,7 @@ async def serve(settings: RecorderSettings) -> None:
         nc = await _until_ready("NATS", nats_connect, stop, settings)
         if nc is None:
             return
+        connected.nc = nc
         try:
             js = nc.jetstream(timeout=settings.recorder_nats_timeout)
 
@@ -98,6 +140,7 @@ async def serve(settings: RecorderSettings) -> None:
             # Pending acks go out before the connection closes.
             await nc.drain()
     finally:
+        connected.pool = connected.nc = None
         await asyncio.wait_for(pool.close(), timeout=settings.recorder_db_connect_timeout * 2)
     log.info("recorder stopped")
 

@@ -14,6 +14,7 @@ from services.runner.run import RunDeps
 from services.runner.settings import RunnerSettings
 from services.runner.worker import RunnerWorker
 from shared.bus import EventPublisher, connect, ensure_streams, source_name
+from shared.health import start_health_server
 from shared.logs import setup_logging, use_uvloop
 from shared.runs import RunStates
 from shared.secrets import RunSecrets, SecretBox
@@ -51,6 +52,11 @@ async def main(settings: RunnerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     work = asyncio.create_task(worker.run(), name="runner-worker")
+    health = None
+    if settings.health_port is not None:
+        health = await start_health_server(
+            settings.health_host, settings.health_port, {"nats": lambda: nc.is_connected}
+        )
     log.info("runner ready (backend %s)", backend.name)
     stop_wait = asyncio.create_task(stopping.wait())
     await asyncio.wait({work, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -63,6 +69,8 @@ async def main(settings: RunnerSettings) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(work, SHUTDOWN_GRACE)
     stop_wait.cancel()
+    if health is not None:
+        await health.stop()
     await backend.close()
     await publisher.flush()
     await nc.drain()
