@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # matters is claude-code's: it puts its native binary where `.bin/claude` points.
 AGENTS_STAMP := agents/node_modules/.installed
 
-.PHONY: up test lint bench install clean
+.PHONY: up test lint bench install clean images k8s-up k8s-down
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,3 +39,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .jetty .pytest_cache .mypy_cache .ruff_cache agents/node_modules
+
+# Kubernetes (docs/kubernetes.md): the two images, built here with buildah from
+# Debian's packages (no registry pull), and a real local cluster (root, Debian).
+images: $(STAMP) $(AGENTS_STAMP)
+	deploy/images/build.sh
+
+k8s-up: images
+	$(BIN)/python -m jetty_cli.localkube up
+
+k8s-down: $(STAMP)
+	$(BIN)/python -m jetty_cli.localkube down
