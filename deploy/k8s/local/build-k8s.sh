@@ -18,7 +18,7 @@ flock 9   # a second clone building at the same time waits and then reuses
 BIN=$K8S_CACHE/bin
 COMPONENTS="kube-apiserver kube-controller-manager kube-scheduler kubelet"
 done_all=1
-for c in $COMPONENTS; do [ -x "$BIN/$c" ] || done_all=0; done
+for c in $COMPONENTS pause; do [ -x "$BIN/$c" ] || done_all=0; done
 if [ $done_all = 1 ] && [ -f "$K8S_CACHE/.built" ]; then
   echo "k8s: binaries for v$K8S_VERSION cached in $BIN"; exit 0
 fi
@@ -69,5 +69,8 @@ for c in $COMPONENTS; do
   mv "$BIN/$c.tmp" "$BIN/$c"
   echo "k8s: built $c in $(( $(date +%s) - s )) s"
 done
+if [ ! -x "$BIN/pause" ]; then
+  (cd "$HERE/pause" && GO111MODULE=off go build -ldflags "-s -w" -o "$BIN/pause" pause.go)
+fi
 touch "$K8S_CACHE/.built"
 echo "k8s: v$K8S_VERSION built in $(( $(date +%s) - T0 )) s into $BIN"
