@@ -150,10 +150,15 @@ class StackFactory:
         own_postgres: bool = False,
         collection: str = "default",
         ready_timeout: float = 90.0,
+        nats: EmbeddedNats | None = None,
+        nats_url: str | None = None,
     ) -> TestStack:
+        """``nats``/``nats_url``: run on a NATS the caller started (e.g. one node of
+        a cluster, and the URLs of all its nodes) instead of a fresh one."""
         index = len(self.stacks)
         base = self.root / f"stack{index}"
-        nats = EmbeddedNats(base / "nats", log_path=base / "logs" / "nats.log").start()
+        if nats is None:
+            nats = EmbeddedNats(base / "nats", log_path=base / "logs" / "nats.log").start()
         s3 = EmbeddedObjectStore(base / "s3", log_path=base / "logs" / "nanio.log")
         try:
             s3.start()
@@ -167,7 +172,7 @@ class StackFactory:
             s3.stop()
             raise
         config = StackConfig(
-            nats_url=nats.url,
+            nats_url=nats_url or nats.url,
             database_url=dsn,
             log_dir=base / "logs",
             token=generate_token(),

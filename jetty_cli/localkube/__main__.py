@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "down":
         left = cluster.down()
         for line in left:
-            print(f"k8s: still different from before the start: {line}", file=sys.stderr)
-        print("k8s: stopped" + ("" if not left else " (see above)"))
+            print(
+                f"k8s: still different from before the start: {line}", file=sys.stderr, flush=True
+            )
+        print("k8s: stopped" + ("" if not left else " (see above)"), flush=True)
         return 1 if left else 0
     print(f"k8s: {'running at ' + cluster.api_server if cluster.running() else 'not running'}")
     return 0

@@ -13,20 +13,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from jetty_cli.localkube import hoststate
 from jetty_cli.localkube.images import PAUSE_IMAGE, write_pause_image
 from jetty_cli.localkube.pki import NODE_NAME, Pki, ensure_pki
-from jetty_cli.procs import free_port
+from jetty_cli.procs import free_port, port_open
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "deploy" / "k8s" / "local"
@@ -110,8 +111,12 @@ class LocalCluster:
         path = self.run / f"{name}.pid"
         with contextlib.suppress(OSError, ValueError):
             pid = int(path.read_text())
-            os.kill(pid, 0)
-            return pid
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap it if it is our child and exited
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            ours = str(self.state).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+            if ours and stat.rsplit(")", 1)[1].split()[0] != "Z":  # not a stale pid file
+                return pid
         return None
 
     def running(self) -> bool:
@@ -135,8 +140,7 @@ class LocalCluster:
         self.run.mkdir(parents=True, exist_ok=True)
         before = self.state / "host-before.json"
         before.write_text(json.dumps(hoststate.snapshot(), indent=1))
-        ports = Ports(free_port(), free_port(), free_port(), free_port())
-        (self.state / "ports.json").write_text(json.dumps(ports.__dict__))
+        ports = self._choose_ports()
         pki = ensure_pki(self.state / "pki", f"https://127.0.0.1:{ports.apiserver}")
         try:
             self._start_containerd()
@@ -144,6 +148,7 @@ class LocalCluster:
                 [write_pause_image(self.bin / "pause", self.state / "pause.tar"), *images]
             )
             self._start_etcd(ports)
+            self._wait(lambda: self._etcd_healthy(ports), timeout, "etcd")
             self._start_apiserver(ports, pki)
             self._wait(lambda: self._api_ready(pki), timeout, "the API server to be ready")
             self._start_controllers(pki)
@@ -154,6 +159,19 @@ class LocalCluster:
             self.down()
             raise
         return time.monotonic() - started
+
+    def _choose_ports(self) -> Ports:
+        """The previous start's ports while they are free (etcd keeps its peer
+        URL in its data); otherwise new ones and a fresh etcd."""
+        saved = self.state / "ports.json"
+        if saved.exists():
+            ports = self.ports()
+            if not any(port_open("127.0.0.1", p) for p in asdict(ports).values()):
+                return ports
+        ports = Ports(free_port(), free_port(), free_port(), free_port())
+        shutil.rmtree(self.state / "etcd", ignore_errors=True)
+        saved.write_text(json.dumps(asdict(ports)))
+        return ports
 
     def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
         log = (self.run / f"{name}.log").open("ab")
@@ -282,6 +300,7 @@ state = "{c}/state"
             f"--root-ca-file={pki.path('ca.crt')}",
             "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service,-route",
             "--feature-gates=TTLAfterFinished=true", "--profiling=false",
+            f"--flex-volume-plugin-dir={self.state / 'kubelet' / 'volume-plugins'}",
         ])  # fmt: skip
         self._spawn("kube-scheduler", [
             str(self.bin / "kube-scheduler"), f"--kubeconfig={sched}",
@@ -321,6 +340,10 @@ state = "{c}/state"
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
             "maxPods": 60,
+            # Kept inside the state folder: the defaults are under /usr/libexec and
+            # /var/lib/kubelet (device plugins' socket folder is fixed: turned off).
+            "volumePluginDir": str(kubelet_dir / "volume-plugins"),
+            "featureGates": {"DevicePlugins": False},
         }
         (kubelet_dir / "config.json").write_text(json.dumps(config, indent=1))
         self._spawn(
@@ -349,6 +372,11 @@ state = "{c}/state"
         with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
             body = resp.read()
         return json.loads(body) if body.startswith(b"{") else body.decode()
+
+    def _etcd_healthy(self, p: Ports) -> bool:
+        url = f"http://127.0.0.1:{p.etcd}/health"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(json.loads(resp.read()).get("health") == "true")
 
     def _api_ready(self, _: Pki) -> bool:
         return bool(self._get("/readyz") == "ok")

@@ -32,6 +32,9 @@ PATHS = (
     "/opt/cni",
     "/run/netns",
     "/etc/kubernetes",
+    "/usr/libexec/kubernetes",
+    "/var/log/pods",
+    "/var/log/containers",
 )
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -116,6 +119,8 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             added = sorted(set(new) - set(old))
             removed = sorted(set(old) - set(new))
             out.append(f"{key}: added {added[:10]} removed {removed[:10]}")
+        elif isinstance(old, dict) and isinstance(new, dict):
+            out += [f"{key} {k}: {old.get(k)} -> {new.get(k)}" for k in old if old[k] != new.get(k)]
         else:
             out.append(f"{key}: {json.dumps(old)} -> {json.dumps(new)}")
     return out

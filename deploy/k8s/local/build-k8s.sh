@@ -17,10 +17,16 @@ exec 9>"$K8S_CACHE/.build.lock"
 flock 9   # a second clone building at the same time waits and then reuses
 BIN=$K8S_CACHE/bin
 COMPONENTS="kube-apiserver kube-controller-manager kube-scheduler kubelet"
+# Bump when the recipe below changes: a cache built by an older recipe is rebuilt.
+RECIPE=2
 done_all=1
 for c in $COMPONENTS pause; do [ -x "$BIN/$c" ] || done_all=0; done
-if [ $done_all = 1 ] && [ -f "$K8S_CACHE/.built" ]; then
+if [ $done_all = 1 ] && [ "$(cat "$K8S_CACHE/.built" 2>/dev/null)" = "$RECIPE" ]; then
   echo "k8s: binaries for v$K8S_VERSION cached in $BIN"; exit 0
+fi
+if [ -f "$K8S_CACHE/.built" ]; then  # an older recipe: rebuild (the Go cache stays)
+  rm -f "$K8S_CACHE/.built" "$K8S_CACHE"/gopath/src/k8s.io/kubernetes/pkg/generated/openapi/zz_generated.openapi.go
+  for c in $COMPONENTS pause; do rm -f "$BIN/$c"; done
 fi
 T0=$(date +%s)
 SRC=$K8S_CACHE/gopath/src/k8s.io/kubernetes
@@ -49,8 +55,9 @@ export HOME=$K8S_CACHE GOPROXY=off
 OPENAPI=pkg/generated/openapi/zz_generated.openapi.go
 if [ ! -s "$OPENAPI" ]; then
   nice -n 19 go build -p 1 -o "$K8S_CACHE/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen
-  pkgs=$(grep -rl --include='*.go' '+k8s:openapi-gen=true' vendor/k8s.io pkg/apis 2>/dev/null \
-         | xargs -n1 dirname | sort -u | sed 's#^vendor/##; s#^pkg/#k8s.io/kubernetes/pkg/#' | paste -sd, -)
+  pkgs=$(grep -Rl --include='*.go' '+k8s:openapi-gen=' vendor/k8s.io pkg 2>/dev/null \
+         | xargs -n1 dirname | sort -u | grep -vE '/_|testdata|code-generator|kube-openapi/' \
+         | sed 's#^vendor/##; s#^pkg/#k8s.io/kubernetes/pkg/#' | paste -sd, -)
   nice -n 19 "$K8S_CACHE/openapi-gen" --logtostderr -v 1 \
     --go-header-file hack/boilerplate/boilerplate.generatego.txt \
     --input-dirs "$pkgs" --output-package k8s.io/kubernetes/pkg/generated/openapi \
@@ -72,5 +79,5 @@ done
 if [ ! -x "$BIN/pause" ]; then
   (cd "$HERE/pause" && GO111MODULE=off go build -ldflags "-s -w" -o "$BIN/pause" pause.go)
 fi
-touch "$K8S_CACHE/.built"
+echo "$RECIPE" > "$K8S_CACHE/.built"
 echo "k8s: v$K8S_VERSION built in $(( $(date +%s) - T0 )) s into $BIN"

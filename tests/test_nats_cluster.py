@@ -1,0 +1,233 @@
+"""The engine on a three-node NATS JetStream cluster (R3 streams and buckets):
+three real nats-server processes on loopback under a whole stack. While calls
+and a runbook run, the events stream's leader is SIGKILLed and later brought
+back (then, the same for the node the gateway is connected to). Every call the
+gateway accepted must be a trajectory exactly once, the runbook completes, and
+no client hangs: a call either succeeds or is refused quickly with a 503.
+
+The seconds of 503s and the calls lost are measured by ``make bench``
+(bench/nats_cluster.py), not asserted here beyond "none lost".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import nats
+import pytest
+
+from jetty_cli.embedded import EmbeddedNats
+from jetty_cli.procs import free_port
+from jetty_cli.testing import StackFactory, TestStack
+from shared import subjects
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.scenario_claude_code import ReadSummarizeWrite
+from tests.test_resilience import _chat, _projected
+from tests.test_runbook_agents import (
+    AGENTS,
+    ANTHROPIC_KEY,
+    WORKSPACE,
+    _csv,
+    _jetty,
+    _stream,
+    _upload,
+)
+
+pytestmark = pytest.mark.timeout(420)
+CLAUDE = AGENTS[0]
+
+
+class ClusterNode(EmbeddedNats):
+    """One nats-server of a JetStream cluster (all routes on loopback)."""
+
+    def __init__(self, store_dir: Path, name: str, cluster_port: int, routes: list[int]) -> None:
+        super().__init__(store_dir)
+        self.node_name = name
+        self.cluster_port = cluster_port
+        self.routes = routes
+
+    def _argv(self) -> list[str]:
+        argv = super()._argv()
+        argv[argv.index("-n") + 1] = self.node_name
+        routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)
+        return [
+            *argv,
+            "--cluster_name", "jetty",
+            "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+            "--routes", routes,
+        ]  # fmt: skip
+
+    def _ready(self) -> bool:
+        # Ready once the node's JetStream is part of a cluster with a meta leader.
+        try:
+            with urllib.request.urlopen(self.monitor_url + "/jsz", timeout=0.5) as resp:
+                info = json.loads(resp.read())
+        except (OSError, ValueError):
+            return False
+        return bool((info.get("meta_cluster") or {}).get("leader"))
+
+
+@dataclass
+class NatsCluster:
+    nodes: list[ClusterNode]
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def by_name(self, name: str) -> ClusterNode:
+        return next(n for n in self.nodes if n.node_name == name)
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    ports = [free_port() for _ in range(3)]
+    nodes = [ClusterNode(tmp_path / f"n{i}" / "store", f"n{i}", ports[i], ports) for i in range(3)]
+    # The first node waits for the others to elect a meta leader: start all, then wait.
+    for node in nodes:
+        node.start_timeout = 30.0
+    import threading
+
+    errors: list[BaseException] = []
+
+    def start(node: ClusterNode) -> None:
+        try:
+            node.start()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        for node in nodes:
+            node.stop()
+        raise errors[0]
+    yield NatsCluster(nodes)
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture
+async def anthropic() -> AsyncIterator[FakeAnthropic]:
+    fake = FakeAnthropic(ANTHROPIC_KEY)
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@dataclass
+class Load:
+    accepted: list[str] = field(default_factory=list)
+    refused: list[float] = field(default_factory=list)  # when each 503 was answered
+    slowest: float = 0.0
+    other: list[int] = field(default_factory=list)
+
+
+async def _calls(stack: TestStack, stop: asyncio.Event, load: Load, workers: int = 8) -> None:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def worker(w: int) -> None:
+            i = 0
+            while not stop.is_set():
+                started = time.monotonic()
+                status, trajectory_id = await _chat(session, stack, f"w{w}-{i}")
+                load.slowest = max(load.slowest, time.monotonic() - started)
+                if status == 200:
+                    load.accepted.append(trajectory_id)
+                elif status == 503:
+                    load.refused.append(time.monotonic())
+                    await asyncio.sleep(0.05)
+                else:
+                    load.other.append(status)
+                i += 1
+
+        await asyncio.gather(*(worker(w) for w in range(workers)))
+
+
+async def _stream_leader(cluster: NatsCluster) -> str:
+    nc = await nats.connect(cluster.url)
+    try:
+        info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
+        assert info.config.num_replicas == 3
+        assert info.cluster is not None and info.cluster.leader
+        return str(info.cluster.leader)
+    finally:
+        await nc.close()
+
+
+def _gateway_node(cluster: NatsCluster) -> ClusterNode:
+    """The node holding the gateway's NATS connection (from each node's /connz)."""
+    for node in cluster.nodes:
+        with urllib.request.urlopen(node.monitor_url + "/connz", timeout=2) as resp:
+            conns = json.loads(resp.read()).get("connections") or []
+        if any(str(c.get("name", "")).startswith("gateway") for c in conns):
+            return node
+    raise AssertionError("no node holds the gateway's connection")
+
+
+@pytest.mark.parametrize("victim", ["stream leader", "gateway's node"])
+async def test_a_nats_node_killed_under_load_loses_nothing(
+    stack_factory: StackFactory,
+    nats_cluster: NatsCluster,
+    anthropic: FakeAnthropic,
+    victim: str,
+) -> None:
+    stack = stack_factory(
+        nats=nats_cluster.nodes[0],
+        nats_url=nats_cluster.url,
+        env={
+            "JETTY_STREAM_REPLICAS": "3",
+            "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+            "ANTHROPIC_BASE_URL": anthropic.base_url,
+        },
+    )
+    try:
+        data, expected = _csv(CLAUDE)
+        path = await _upload(stack, data)
+        anthropic.respond_with(CLAUDE.model, ReadSummarizeWrite(WORKSPACE))
+        stop = asyncio.Event()
+        load = Load()
+        calls = asyncio.create_task(_calls(stack, stop, load))
+        runbook = asyncio.create_task(
+            _stream(stack, CLAUDE, _jetty(CLAUDE, "through-a-failover", [path]))
+        )
+        await asyncio.sleep(2)
+        if victim == "stream leader":
+            node = nats_cluster.by_name(await _stream_leader(nats_cluster))
+        else:
+            node = await asyncio.to_thread(_gateway_node, nats_cluster)
+        before = len(load.accepted)
+        assert node._proc is not None
+        node._proc.kill()  # SIGKILL: no goodbye to the cluster
+        node._proc.wait()
+        node._proc = None
+        await asyncio.sleep(6)
+        await asyncio.to_thread(node.start)
+        await asyncio.sleep(4)
+        stop.set()
+        await asyncio.wait_for(calls, 60)
+        progress = await asyncio.wait_for(runbook, 240)
+
+        assert load.other == [], load.other
+        assert len(load.accepted) > before, "no call succeeded after the kill"
+        assert load.slowest < 30, "a client hung"
+        assert len(set(load.accepted)) == len(load.accepted)
+        await _projected(stack, load.accepted, timeout=120)
+        final = progress.last
+        assert final is not None and final["status"] == "completed", final
+        artifacts = {a["path"] for a in final["artifacts"]}
+        assert "results/summary.md" in artifacts
+        assert expected  # the scenario wrote the summary of the CSV it read
+    finally:
+        stack.close()
