@@ -82,7 +82,8 @@ services() {
   mkdir -p "$ctx/src"
   (cd "$ROOT" && git ls-files -co --exclude-standard shared services jetty_cli pyproject.toml README.md \
      | grep -v '/__pycache__/' | tar -cf - -T - ) | tar -xf - -C "$ctx/src"
-  "$ROOT/.venv/bin/pip" wheel --quiet --wheel-dir "$ctx/wheels" -c "$ctx/wheels/constraints.txt" "$ctx/src" >&2
+  "$ROOT/.venv/bin/pip" wheel --quiet --wheel-dir "$ctx/wheels" -c "$ctx/wheels/constraints.txt" "$ctx/src" \
+    2> >(grep -v "^WARNING: Location" >&2)
   echo "jetty-flows" > "$ctx/wheels/requirements.txt"
   local key; key=$( (cat "$ROOT/deploy/Dockerfile" "$ctx/wheels/constraints.txt"; basename "$build_fs"; basename "$run_fs"
                     cd "$ROOT" && git ls-files -co --exclude-standard shared services jetty_cli pyproject.toml README.md \

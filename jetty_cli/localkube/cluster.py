@@ -43,6 +43,11 @@ ORDER = (
 KUBE_NAMESPACE_PREFIXES = ("kubepods",)
 
 
+# The processes this interpreter started, by pid: kept so that they are not
+# garbage collected while they run, and reaped when stopped.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 class ClusterError(RuntimeError):
     pass
 
@@ -111,8 +116,9 @@ class LocalCluster:
         path = self.run / f"{name}.pid"
         with contextlib.suppress(OSError, ValueError):
             pid = int(path.read_text())
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # reap it if it is our child and exited
+            child = _CHILDREN.get(pid)
+            if child is not None:  # ours for sure (and maybe not exec'd yet)
+                return pid if child.poll() is None else None
             stat = Path(f"/proc/{pid}/stat").read_text()
             ours = str(self.state).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
             if ours and stat.rsplit(")", 1)[1].split()[0] != "Z":  # not a stale pid file
@@ -185,6 +191,7 @@ class LocalCluster:
             start_new_session=True,
         )
         log.close()
+        _CHILDREN[proc.pid] = proc
         (self.run / f"{name}.pid").write_text(str(proc.pid))
 
     def _wait(self, ok: Any, timeout: float, what: str) -> None:
@@ -353,7 +360,6 @@ state = "{c}/state"
                 f"--config={kubelet_dir / 'config.json'}",
                 f"--kubeconfig={pki.kubeconfig('kubelet')}",
                 f"--hostname-override={NODE_NAME}",
-                "--node-ip=127.0.0.1",
                 "--container-runtime=remote",
                 f"--container-runtime-endpoint=unix://{self.sock}",
                 f"--root-dir={kubelet_dir / 'root'}",
@@ -417,9 +423,11 @@ state = "{c}/state"
             # of the cluster's state is disposable or on disk already.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            child = _CHILDREN.pop(pid, None)
+            if child is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(5)
             for _ in range(100):
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
                 try:
                     os.kill(pid, 0)
                 except ProcessLookupError:
