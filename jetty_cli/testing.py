@@ -152,9 +152,11 @@ class StackFactory:
         ready_timeout: float = 90.0,
         nats: EmbeddedNats | None = None,
         nats_url: str | None = None,
+        nats_monitor_url: str | None = None,
     ) -> TestStack:
-        """``nats``/``nats_url``: run on a NATS the caller started (e.g. one node of
-        a cluster, and the URLs of all its nodes) instead of a fresh one."""
+        """``nats``/``nats_url``/``nats_monitor_url``: run on a NATS the caller
+        started (e.g. one node of a cluster, and the URLs of all its nodes,
+        comma separated) instead of a fresh one."""
         index = len(self.stacks)
         base = self.root / f"stack{index}"
         if nats is None:
@@ -180,7 +182,7 @@ class StackFactory:
             port=procs.free_port(),
             base_env=hermetic_env(),
             extra_env=dict(env or {}),
-            nats_monitor_url=nats.monitor_url,
+            nats_monitor_url=nats_monitor_url or nats.monitor_url,
             s3=S3Config(s3.endpoint, s3.access_key, s3.secret_key),
         )
         stack = TestStack(

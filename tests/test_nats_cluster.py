@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +28,7 @@ from jetty_cli.embedded import EmbeddedNats
 from jetty_cli.procs import free_port
 from jetty_cli.testing import StackFactory, TestStack
 from shared import subjects
+from shared.bus import ensure_streams
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.scenario_claude_code import ReadSummarizeWrite
 from tests.test_resilience import _chat, _projected
@@ -90,10 +92,9 @@ class NatsCluster:
 def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     ports = [free_port() for _ in range(3)]
     nodes = [ClusterNode(tmp_path / f"n{i}" / "store", f"n{i}", ports[i], ports) for i in range(3)]
-    # The first node waits for the others to elect a meta leader: start all, then wait.
+    # A node is ready once the three have elected a meta leader: start them together.
     for node in nodes:
         node.start_timeout = 30.0
-    import threading
 
     errors: list[BaseException] = []
 
@@ -112,9 +113,21 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         for node in nodes:
             node.stop()
         raise errors[0]
-    yield NatsCluster(nodes)
+    cluster = NatsCluster(nodes)
+    # The R3 streams and buckets, made once up front as a deployment's bootstrap
+    # step would (four services racing to create R3 assets can time out).
+    asyncio.run(_create_streams(cluster.url))
+    yield cluster
     for node in nodes:
         node.stop()
+
+
+async def _create_streams(url: str) -> None:
+    nc = await nats.connect(url.split(","))
+    try:
+        await ensure_streams(nc.jetstream(timeout=30), replicas=3)
+    finally:
+        await nc.close()
 
 
 @pytest.fixture
@@ -156,7 +169,7 @@ async def _calls(stack: TestStack, stop: asyncio.Event, load: Load, workers: int
 
 
 async def _stream_leader(cluster: NatsCluster) -> str:
-    nc = await nats.connect(cluster.url)
+    nc = await nats.connect(cluster.url.split(","))
     try:
         info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
         assert info.config.num_replicas == 3
@@ -186,6 +199,7 @@ async def test_a_nats_node_killed_under_load_loses_nothing(
     stack = stack_factory(
         nats=nats_cluster.nodes[0],
         nats_url=nats_cluster.url,
+        nats_monitor_url=",".join(n.monitor_url for n in nats_cluster.nodes),
         env={
             "JETTY_STREAM_REPLICAS": "3",
             "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
