@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # matters is claude-code's: it puts its native binary where `.bin/claude` points.
 AGENTS_STAMP := agents/node_modules/.installed
 
-.PHONY: up test lint bench install clean images k8s-up k8s-down
+.PHONY: up test lint bench install clean images k8s-up k8s-down bench-k8s
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,9 @@ images: $(STAMP) $(AGENTS_STAMP)
 
 k8s-up: images
 	$(BIN)/python -m jetty_cli.localkube up
+
+bench-k8s: $(STAMP) $(AGENTS_STAMP)
+	$(BIN)/python -m bench.k8s
 
 k8s-down: $(STAMP)
 	$(BIN)/python -m jetty_cli.localkube down

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import utils as k8s_utils
@@ -52,13 +52,13 @@ class Cluster:
         return self.local.kubeconfig
 
     def api(self) -> k8s.ApiClient:
-        return _client(self.kubeconfig)
+        return client_for(self.kubeconfig)
 
     def runner_api(self) -> k8s.ApiClient:
-        return _client(self.runner_kubeconfig)
+        return client_for(self.runner_kubeconfig)
 
 
-def _client(kubeconfig: Path) -> k8s.ApiClient:
+def client_for(kubeconfig: Path) -> k8s.ApiClient:
     configuration = k8s.Configuration()
     k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
         config_file=str(kubeconfig), client_configuration=configuration
@@ -66,7 +66,7 @@ def _client(kubeconfig: Path) -> k8s.ApiClient:
     return k8s.ApiClient(configuration)
 
 
-def _build_images() -> tuple[Images, list[Path]]:
+def build_images() -> tuple[Images, list[Path]]:
     subprocess.run([str(REPO / "deploy" / "images" / "build.sh")], check=True)
     env: dict[str, dict[str, str]] = {}
     for name in ("jetty", "jetty-sandbox"):
@@ -76,16 +76,16 @@ def _build_images() -> tuple[Images, list[Path]]:
     return images, [Path(env[n]["ARCHIVE"]) for n in env]
 
 
-def _apply(api: k8s.ApiClient, docs: list[dict[str, Any]]) -> None:
+def apply_docs(api: k8s.ApiClient, docs: list[dict[str, Any]]) -> None:
     for doc in docs:
         try:
-            k8s_utils.create_from_dict(api, doc)
+            k8s_utils.create_from_dict(api, doc)  # type: ignore[no-untyped-call]
         except k8s_utils.FailToCreateError as exc:
             if not all(getattr(e, "status", 0) == 409 for e in exc.api_exceptions):
                 raise
 
 
-def _runner_kubeconfig(cluster: LocalCluster, api: k8s.ApiClient, out: Path) -> Path:
+def runner_kubeconfig(cluster: LocalCluster, api: k8s.ApiClient, out: Path) -> Path:
     """A kubeconfig with the token of ServiceAccount ``jetty-runner`` (the RBAC
     under test), as the runner would have in its pod."""
     core = k8s.CoreV1Api(api)
@@ -96,8 +96,8 @@ def _runner_kubeconfig(cluster: LocalCluster, api: k8s.ApiClient, out: Path) -> 
             break
         assert time.monotonic() < deadline, "no token for jetty-runner"
         time.sleep(0.2)
-    secret = core.read_namespaced_secret(sa.secrets[0].name, NAMESPACE)
-    token = base64.b64decode(secret.data["token"]).decode()
+    secret = core.read_namespaced_secret(str(sa.secrets[0].name), NAMESPACE)
+    token = base64.b64decode((secret.data or {})["token"]).decode()
     write_kubeconfig(
         out, cluster.api_server, cluster.state / "pki" / "ca.crt", token, "jetty-runner"
     )
@@ -110,16 +110,16 @@ def k8s_cluster() -> Iterator[Cluster]:
     if reason:
         _SKIPPED.append(reason)
         pytest.skip(f"cluster tier skipped: {reason}")
-    images, archives = _build_images()
+    images, archives = build_images()
     local = LocalCluster(REPO / ".jetty" / "k8s-test")
     local.down()  # a previous session killed hard: start clean
     seconds = local.up(archives)
     try:
-        api = _client(local.kubeconfig)
+        api = client_for(local.kubeconfig)
         core = k8s.CoreV1Api(api)
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
-        _apply(api, [namespace, *[d for d in yaml.safe_load_all(RBAC.read_text()) if d]])
-        runner = _runner_kubeconfig(local, api, local.state / "runner.kubeconfig")
+        apply_docs(api, [namespace, *[d for d in yaml.safe_load_all(RBAC.read_text()) if d]])
+        runner = runner_kubeconfig(local, api, local.state / "runner.kubeconfig")
         assert core.read_namespace(NAMESPACE)
         yield Cluster(local, images, seconds, runner)
     finally:
@@ -143,4 +143,5 @@ def job_pods(api: k8s.ApiClient, job: str) -> list[Any]:
 
 
 def dump(obj: Any) -> str:
-    return json.dumps(k8s.ApiClient().sanitize_for_serialization(obj), indent=1)[:3000]
+    plain = k8s.ApiClient().sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+    return json.dumps(plain, indent=1)[:3000]

@@ -80,4 +80,5 @@ if [ ! -x "$BIN/pause" ]; then
   (cd "$HERE/pause" && GO111MODULE=off go build -ldflags "-s -w" -o "$BIN/pause" pause.go)
 fi
 echo "$RECIPE" > "$K8S_CACHE/.built"
+echo "$(( $(date +%s) - T0 ))" > "$K8S_CACHE/build-seconds"
 echo "k8s: v$K8S_VERSION built in $(( $(date +%s) - T0 )) s into $BIN"
