@@ -193,7 +193,10 @@ async def _failover(factory: StackFactory, root: Path, victim: str) -> str:
             await asyncio.to_thread(node.kill)
             await asyncio.sleep(8)
             await asyncio.to_thread(node.start)
-            await asyncio.sleep(4)
+            back = len(accepted)
+            deadline = time.monotonic() + 90
+            while len(accepted) < back + 50 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
             stop.set()
             await asyncio.gather(*workers)
         await nc.close()

@@ -163,13 +163,18 @@ async def test_a_nats_node_killed_under_load_loses_nothing(
         node.kill()
         await asyncio.sleep(6)
         await asyncio.to_thread(node.start)
-        await asyncio.sleep(4)
+        # Calls go on until some succeed again after the node is back (how long
+        # that takes is measured by `make bench-k8s`, not asserted).
+        back = len(load.accepted)
+        deadline = time.monotonic() + 90
+        while len(load.accepted) < back + 20 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
         stop.set()
         await asyncio.wait_for(calls, 60)
         progress = await asyncio.wait_for(runbook, 240)
 
         assert load.other == [], load.other
-        assert len(load.accepted) > before, "no call succeeded after the kill"
+        assert len(load.accepted) >= back + 20 > before, "calls did not succeed again"
         assert load.slowest < 30, "a client hung"
         assert len(set(load.accepted)) == len(load.accepted)
         await _projected(stack, load.accepted, timeout=120)
