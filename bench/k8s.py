@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import nats
-import yaml  # type: ignore[import-untyped]
+import yaml
 from kubernetes import client as k8s
 
 from bench.runbook import KEY, _platform
