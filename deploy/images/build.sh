@@ -63,6 +63,10 @@ build() {  # build NAME DOCKERFILE CONTEXT KEY PACKAGELIST-EXTRA
     mv "$archive.tmp" "$archive"
     cp "$extra" "$CACHE/$name-$key.packages"
     echo "images: $name built in $(( $(date +%s) - s )) s" >&2
+    # Keep the three newest archives of each image (other clones may use them).
+    ls -t "$CACHE/$name"-????????????.tar 2>/dev/null | tail -n +4 | while read -r old; do
+      rm -f "$old" "${old%.tar}.packages"
+    done
   fi
   local size; size=$("${BUILDAH[@]}" inspect --type image --format '{{.Size}}' "localhost/$name:$tag" 2>/dev/null || echo 0)
   printf 'IMAGE=localhost/%s:%s\nARCHIVE=%s\nPACKAGES=%s\n' "$name" "$tag" "$archive" "$CACHE/$name-$key.packages" > "$OUT/$name.env"
