@@ -103,8 +103,9 @@ def _job_of(trajectory_id: str) -> str:
     return k8s_manifests.job_name(trajectory_id)
 
 
-async def _gone(cluster: Cluster, trajectory_id: str, timeout: float = 60) -> bool:
-    """The run's Job, its pod and its Secret are all gone."""
+async def _gone(cluster: Cluster, trajectory_id: str, timeout: float = 180) -> bool:
+    """The run's Job, its pod and its Secret are all gone (a pod's deletion waits
+    for the kubelet, slow on a busy machine: the bound is generous)."""
     api = cluster.api()
     job = _job_of(trajectory_id)
 
