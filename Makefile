@@ -22,7 +22,7 @@ CHROMIUM := /usr/lib/chromium/chromium
 SYSDEPS_STAMP := $(VENV)/.sysdeps
 SYSDEPS := python3-seccomp
 
-.PHONY: up test lint bench install clean console-vendor
+.PHONY: up test lint bench install clean console-vendor images k8s-up k8s-down bench-k8s
 
 $(SYSDEPS_STAMP): | $(STAMP)
 	@if ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then \
@@ -76,3 +76,17 @@ console-vendor:
 
 clean:
 	rm -rf $(VENV) .jetty .pytest_cache .mypy_cache .ruff_cache agents/node_modules
+
+# Kubernetes (docs/kubernetes.md): the two images, built here with buildah from
+# Debian's packages (no registry pull), and a real local cluster (root, Debian).
+images: $(STAMP) $(AGENTS_STAMP)
+	deploy/images/build.sh
+
+k8s-up: images
+	$(BIN)/python -m jetty_cli.localkube up
+
+bench-k8s: $(STAMP) $(AGENTS_STAMP)
+	$(BIN)/python -m bench.k8s
+
+k8s-down: $(STAMP)
+	$(BIN)/python -m jetty_cli.localkube down

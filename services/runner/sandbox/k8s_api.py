@@ -36,6 +36,9 @@ class KubernetesSettings(BaseSettings):
     sandbox_image: str = "jetty-sandbox:latest"
     image_pull_policy: str = "IfNotPresent"
     runtime_class: str | None = Field(default=None, description="gVisor/Kata RuntimeClass")
+    #: local single-node clusters only: the pod shares the node's network so it
+    #: reaches a platform on the node's loopback (never on a real cluster)
+    host_network: bool = False
     service_account: str = "jetty-sandbox"
     cpu_request: str = "500m"
     cpu_limit: str = "2"

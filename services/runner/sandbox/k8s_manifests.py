@@ -112,6 +112,7 @@ class JobParams:
     ephemeral_storage_limit: str | None = None
     runtime_class: str | None = None
     image_pull_policy: str = "IfNotPresent"
+    host_network: bool = False
     extra_labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -171,7 +172,7 @@ def render_job(p: JobParams) -> Manifest:
         "automountServiceAccountToken": False,
         "serviceAccountName": p.service_account,
         "enableServiceLinks": False,
-        "hostNetwork": False,
+        "hostNetwork": p.host_network,
         "hostPID": False,
         "hostIPC": False,
         "terminationGracePeriodSeconds": 10,

@@ -76,12 +76,37 @@ def _job_end(event_type: str, job: Any) -> _JobEnd | None:
     return None
 
 
+# Waiting reasons a pod does not recover from by itself: its run fails now
+# instead of sitting in Pending until the Job's deadline.
+_CANNOT_START = frozenset(
+    {
+        "ErrImageNeverPull",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+def _cannot_start(pod: Any) -> str | None:
+    """``"<reason>: <message>"`` when the pod's container cannot start."""
+    for status in (pod.status.container_statuses if pod.status else None) or []:
+        waiting = status.state.waiting if status.state else None
+        if waiting is not None and waiting.reason in _CANNOT_START:
+            return f"{waiting.reason}: {waiting.message or ''}".strip().rstrip(":")
+    return None
+
+
 def _started_pod(event_type: str, pod: Any) -> Any | None:
-    """A pod whose container has started (or already ended): its log can be read."""
+    """A pod whose container has started (or already ended), or one that cannot
+    start: its log can be read, or its run fails at once."""
     if event_type == "DELETED":
         return None
     phase = pod.status.phase if pod.status else None
-    if phase in ("Running", "Succeeded", "Failed"):
+    if phase in ("Running", "Succeeded", "Failed") or _cannot_start(pod):
         return pod
     return None
 
@@ -167,6 +192,11 @@ class KubernetesSandbox:
         pod = await self._started()
         if pod is None:
             return
+        reason = _cannot_start(pod)
+        if reason is not None and (pod.status.phase or "Pending") == "Pending":
+            self._killed = True
+            await self._api.delete_job(self._job)
+            raise SandboxError(f"the pod of Job {self._job} cannot start: {reason}")
         queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         api = self._api
@@ -425,6 +455,7 @@ class KubernetesSandboxBackend:
                 if spec.limits.disk_mb is None
                 else f"{spec.limits.disk_mb}Mi",
                 runtime_class=s.runtime_class,
+                host_network=s.host_network,
                 extra_labels=spec.labels,
             )
         )
