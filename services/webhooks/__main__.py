@@ -3,8 +3,9 @@ signals); the work is in :mod:`services.webhooks.delivery`.
 
 Waits for NATS rather than failing; with ``JETTY_HEALTH_PORT`` set it serves
 ``/healthz``, ``/readyz`` (ready = connected to NATS) and ``/metrics`` from the
-start, so a pod waiting for NATS is alive but not ready. SIGTERM / SIGINT: stop fetching, finish the
-deliveries in hand (their events are acked or NAKed), drain NATS.
+start, so a pod waiting for NATS is alive but not ready. SIGTERM / SIGINT: stop
+fetching (or stop waiting for NATS), finish the deliveries in hand (their events
+are acked or NAKed), drain NATS.
 """
 
 from __future__ import annotations
