@@ -141,7 +141,7 @@ async def open_call(
         include_usage=req.include_usage,
         ingress=ingress,
         body_ref=body_ref,
-        key_id=auth.id or None,
+        key_id=auth.meter_id or None,
         key_metered=auth.budget is not None or auth.limits.tokens_per_minute is not None,
         store="none"
         if req.jetty is not None and req.jetty.store is False
