@@ -128,8 +128,12 @@ async def test_a_runbook_is_an_invoke_agent_span_with_its_model_calls_as_childre
 
     def agent_and_calls(spans: list[ReceivedSpan]) -> bool:
         mine = [s for s in spans if s.trace_id == trace_id]
-        return any(s.name == "invoke_agent claude-code" for s in mine) and any(
-            s.service == "jetty-proxy" for s in mine
+        # The gateway's server span ends with the answer and is exported in its
+        # own batch: wait for it too rather than assume it came first.
+        return (
+            any(s.name == "invoke_agent claude-code" for s in mine)
+            and any(s.service == "jetty-proxy" for s in mine)
+            and any(s.service == "jetty-gateway" and s.kind == SERVER for s in mine)
         )
 
     spans = [s for s in await receiver.wait_for(agent_and_calls) if s.trace_id == trace_id]

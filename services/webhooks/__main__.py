@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 
 import aiohttp
 from nats.aio.client import Client
@@ -26,6 +25,7 @@ from services.webhooks.settings import WebhookSettings
 from shared import subjects
 from shared.bus import connect_until_up, ensure_streams, source_name
 from shared.health import HealthServer, start_health_server
+from shared.logs import setup_logging
 from shared.metrics import metrics_route
 from shared.webhooks import WebhookStore
 
@@ -126,11 +126,8 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 def main() -> None:
     settings = WebhookSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Text or JSON lines (JETTY_LOG_FORMAT), with the service's name, like the others.
+    setup_logging("webhooks", settings.log_level)
     asyncio.run(serve(settings))
 
 
