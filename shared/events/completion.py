@@ -16,6 +16,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["passthrough", "runbook"]
+# What kind of model call a step is: a chat completion, or an embeddings call
+# (``POST /v1/embeddings``: no output text, ``response.embeddings`` says how many
+# vectors of what dimension came back, never the vectors).
+StepKind = Literal["completion", "embedding"]
 
 # A cost as the events carry it: plain decimal notation, at most 10 decimal places
 # (the pricing quantum, 1e-10 USD) and 12 integer digits, so the projection's
@@ -52,6 +56,18 @@ class ChoiceRecord(_Frozen):
     finish_reason: str | None = None
 
 
+class EmbeddingsRecord(_Frozen):
+    """What an embeddings call returned, without the vectors."""
+
+    count: int
+    dimensions: int
+    encoding_format: str = "float"
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
 class ResponseRecord(_Frozen):
     """What the model produced; ``choices`` holds all of them when ``n`` > 1."""
 
@@ -61,6 +77,8 @@ class ResponseRecord(_Frozen):
     upstream_id: str | None = None
     upstream_model: str | None = None
     choices: list[ChoiceRecord] = Field(default_factory=list)
+    # Only on embedding steps (left out of the JSON otherwise).
+    embeddings: EmbeddingsRecord | None = Field(default=None, exclude_if=_is_none)
 
 
 class AttemptRecord(_Frozen):
@@ -92,6 +110,7 @@ class CompletionRequested(_Frozen):
     task: str
     mode: Mode = "passthrough"
     step_index: int = 0
+    kind: StepKind = "completion"
     model: str
     provider: str
     stream: bool
@@ -105,6 +124,7 @@ class _CompletionEnded(_Frozen):
     task: str
     mode: Mode = "passthrough"
     step_index: int = 0
+    kind: StepKind = "completion"
     model: str
     provider: str
     response: ResponseRecord
