@@ -20,6 +20,7 @@ from jetty_cli.testing import StackFactory, TestStack
 from services.proxy.providers.embed_wire import MOCK_DIMENSIONS, mock_vector
 from tests.fakes.embeddings_upstream import FakeEmbeddings, vector
 from tests.helpers import fetch_trajectory
+from tests.openapi_document import validate_answer
 
 KEY = "sk-embed-upstream-0123456789"
 
@@ -211,6 +212,7 @@ async def test_the_input_is_not_kept_when_the_request_says_so(
         embed_stack, {"model": "mock/echo", "input": "secret text", "jetty": {"store": False}}
     )
     assert status == 200, body
+    validate_answer("post", "/v1/embeddings", 200, body)
     doc = await fetch_trajectory(embed_stack, headers["x-jetty-trajectory-id"])
     request = doc["steps"][0]["request"]
     assert "input" not in request
@@ -256,6 +258,7 @@ async def test_bad_input_is_an_openai_400_naming_the_parameter(
 ) -> None:
     status, answer, _ = await _post(embed_stack, body)
     assert status == 400, answer
+    validate_answer("post", "/v1/embeddings", 400, answer)
     assert answer["error"]["type"] == "invalid_request_error"
     assert answer["error"]["param"] == param, answer
 
