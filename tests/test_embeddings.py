@@ -278,3 +278,72 @@ async def test_bad_json_and_unknown_models(embed_stack: TestStack) -> None:
     assert status == 404, answer
     status, answer, _ = await _post(embed_stack, {"model": "mock/echo", "input": "a"}, "bad")
     assert status == 401, answer
+
+
+async def _key(stack: TestStack, **fields: Any) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{stack.base_url}/api/v1/keys",
+            json=fields,
+            headers={"Authorization": f"Bearer {stack.token}"},
+        ) as response,
+    ):
+        body = await response.json()
+        assert response.status == 201, body
+        key: str = body["key"]
+        return key
+
+
+async def test_keys_scopes_allowed_models_and_rate_limits_apply(embed_stack: TestStack) -> None:
+    mock_only = await _key(embed_stack, allowed_models=["mock/*"])
+    status, _, _ = await _post(embed_stack, {"model": "mock/echo", "input": "a"}, mock_only)
+    assert status == 200
+    status, answer, _ = await _post(
+        embed_stack, {"model": "openai/text-embedding-3-small", "input": "a"}, mock_only
+    )
+    assert status == 403 and answer["error"]["code"] == "model_not_allowed", answer
+
+    reader = await _key(embed_stack, scopes=["read"])
+    status, answer, _ = await _post(embed_stack, {"model": "mock/echo", "input": "a"}, reader)
+    assert status == 403 and answer["error"]["code"] == "insufficient_scope", answer
+
+    limited = await _key(embed_stack, limits={"requests_per_minute": 1})
+    answers = [
+        await _post(embed_stack, {"model": "mock/echo", "input": "a"}, limited) for _ in range(3)
+    ]
+    assert answers[0][0] == 200
+    assert answers[0][2]["x-ratelimit-limit-requests"] == "1"
+    # Three calls cross at most one minute boundary: one of the later two is refused.
+    refused = [a for a in answers[1:] if a[0] == 429]
+    assert refused and refused[0][1]["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_redacted_storage_keeps_the_shape_not_the_words() -> None:
+    from shared.openai_embeddings import parse_embedding_request, recorded_request
+
+    req = parse_embedding_request(b'{"model": "m", "input": ["abc", "hello"], "dimensions": 3}')
+    assert recorded_request(req, "redacted") == {
+        "model": "m",
+        "encoding_format": "float",
+        "input_count": 2,
+        "dimensions": 3,
+        "store": "redacted",
+        "input": ["[redacted: 3 chars]", "[redacted: 5 chars]"],
+    }
+    tokens = parse_embedding_request(b'{"model": "m", "input": [5, 6]}')
+    assert recorded_request(tokens, "redacted")["input"] == "[redacted: token ids]"
+    assert "input" not in recorded_request(tokens, "none")
+
+
+def test_azure_dated_versions_use_the_deployment_path() -> None:
+    from services.proxy.providers.azure import AzureConfig, AzureOpenAIProvider
+
+    provider = AzureOpenAIProvider(
+        AzureConfig(endpoint="https://res.openai.azure.com", api_key="k", api_version="2024-10-21")
+    )
+    assert provider.url_for("emb", "embeddings") == (
+        "https://res.openai.azure.com/openai/deployments/emb/embeddings?api-version=2024-10-21"
+    )
+    v1 = AzureOpenAIProvider(AzureConfig(endpoint="https://res.openai.azure.com", api_key="k"))
+    assert v1.url_for("emb", "embeddings") == "https://res.openai.azure.com/openai/v1/embeddings"
