@@ -347,3 +347,25 @@ def test_azure_dated_versions_use_the_deployment_path() -> None:
     )
     v1 = AzureOpenAIProvider(AzureConfig(endpoint="https://res.openai.azure.com", api_key="k"))
     assert v1.url_for("emb", "embeddings") == "https://res.openai.azure.com/openai/v1/embeddings"
+
+
+async def test_the_console_shows_an_embedding_step(embed_stack: TestStack) -> None:
+    status, _, headers = await _post(
+        embed_stack, {"model": "mock/echo", "input": ["console input"], "dimensions": 5}
+    )
+    assert status == 200
+    trajectory_id = headers["x-jetty-trajectory-id"]
+    base = embed_stack.base_url + "/ui"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.post(
+            base + "/login", data={"token": embed_stack.token, "next": "/ui/tasks"}
+        ) as response:
+            assert response.status == 200
+        async with session.get(f"{base}/trajectories/{trajectory_id}") as response:
+            page = await response.text()
+            assert response.status == 200, page
+        async with session.get(f"{base}/trajectories/{trajectory_id}/steps/0") as response:
+            step = await response.text()
+            assert response.status == 200, step
+    assert "1 vector of 5 dimensions" in page
+    assert "console input" in step and "1 vector of 5 dimensions (float)" in step
