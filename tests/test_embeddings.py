@@ -368,4 +368,6 @@ async def test_the_console_shows_an_embedding_step(embed_stack: TestStack) -> No
             step = await response.text()
             assert response.status == 200, step
     assert "1 vector of 5 dimensions" in page
+    # "Copy as curl" repeats the call on its own route.
+    assert f"{embed_stack.base_url}/v1/embeddings" in page and "console input" in page
     assert "console input" in step and "1 vector of 5 dimensions (float)" in step
