@@ -21,6 +21,17 @@ Mode = Literal["passthrough", "runbook"]
 # vectors of what dimension came back, never the vectors).
 StepKind = Literal["completion", "embedding"]
 
+
+def _is_completion(value: Any) -> bool:
+    return value == "completion"
+
+
+def step_kind() -> Any:
+    """The ``kind`` field: left out of the JSON for chat steps, so their events stay
+    byte for byte what they were before embeddings existed."""
+    return Field(default="completion", exclude_if=_is_completion)
+
+
 # A cost as the events carry it: plain decimal notation, at most 10 decimal places
 # (the pricing quantum, 1e-10 USD) and 12 integer digits, so the projection's
 # NUMERIC(30, 10) columns hold every valid value exactly.
@@ -110,7 +121,7 @@ class CompletionRequested(_Frozen):
     task: str
     mode: Mode = "passthrough"
     step_index: int = 0
-    kind: StepKind = "completion"
+    kind: StepKind = step_kind()
     model: str
     provider: str
     stream: bool
@@ -124,7 +135,7 @@ class _CompletionEnded(_Frozen):
     task: str
     mode: Mode = "passthrough"
     step_index: int = 0
-    kind: StepKind = "completion"
+    kind: StepKind = step_kind()
     model: str
     provider: str
     response: ResponseRecord
