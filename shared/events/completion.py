@@ -22,8 +22,8 @@ Mode = Literal["passthrough", "runbook"]
 StepKind = Literal["completion", "embedding"]
 
 
-def _is_completion(value: Any) -> bool:
-    return value == "completion"
+def _is_completion(value: object) -> bool:
+    return isinstance(value, str) and value == "completion"
 
 
 def step_kind() -> Any:
