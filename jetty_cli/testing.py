@@ -184,7 +184,9 @@ class StackFactory:
             extra_env=dict(env or {}),
             nats_monitor_url=nats_monitor_url or nats.monitor_url,
             s3=S3Config(s3.endpoint, s3.access_key, s3.secret_key),
-            health_ports={name: procs.free_port() for name in ("proxy", "recorder", "runner")},
+            health_ports={
+                name: procs.free_port() for name in ("proxy", "recorder", "runner", "webhooks")
+            },
         )
         stack = TestStack(
             config, nats=nats, pg=pg, s3=s3, database_name=db_name, owns_pg=own_postgres

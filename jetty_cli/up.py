@@ -177,7 +177,9 @@ class Up:
                 nats_monitor_url=monitor_url,
                 s3=s3,
                 cwd=checkout_root(),
-                health_ports={name: procs.free_port() for name in ("proxy", "recorder", "runner")},
+                health_ports={
+                    name: procs.free_port() for name in ("proxy", "recorder", "runner", "webhooks")
+                },
                 # Secrets work out of the box; an operator's own key wins.
                 extra_env={}
                 if os.environ.get("JETTY_SECRETS_KEY")

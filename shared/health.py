@@ -1,5 +1,5 @@
 """A small HTTP port for the services that have no HTTP API of their own
-(proxy, recorder, runner): ``GET /healthz`` and ``GET /readyz``.
+(proxy, recorder, runner, webhooks): ``GET /healthz`` and ``GET /readyz``.
 
 * ``/healthz`` (liveness) answers 200 while the event loop runs: a process that
   cannot answer it is stuck and should be restarted.

@@ -98,6 +98,23 @@ class KeyRevoked(_Frozen):
 KeyEvent = KeyCreated | KeyUpdated | KeyRotated | KeyRevoked
 
 
+class RunKey(_Frozen):
+    """The key that started a runbook, as the run's token needs it: its id (the
+    agent's inner calls add their cost and tokens to this key's usage) and the
+    limits those calls count toward, as they were when the run was accepted. The
+    key's request rate is not among them: the runbook request was that request."""
+
+    id: str
+    budget: KeyBudget | None = None
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+
+    @classmethod
+    def of(cls, record: KeyPolicy, key_id: str) -> RunKey:
+        return cls(
+            id=key_id, budget=record.budget, tokens_per_minute=record.limits.tokens_per_minute
+        )
+
+
 class KeyUsage(BaseModel):
     """What one key has used; a compare-and-set entry in ``jetty_key_usage``."""
 

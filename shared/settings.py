@@ -29,7 +29,7 @@ class CommonSettings(BaseSettings):
     # through the JetStream object store instead of inline on NATS (default limit 1 MiB).
     claim_threshold_bytes: int = 256 * 1024
     stream_replicas: int = Field(default=1, ge=1, le=5)
-    # The health port of proxy, recorder and runner (/healthz, /readyz; see
+    # The health port of proxy, recorder, runner and webhooks (/healthz, /readyz; see
     # shared/health.py). Unset: no health port (several services on one host).
     health_host: str = "127.0.0.1"
     health_port: int | None = Field(default=None, ge=0, le=65535)

@@ -21,7 +21,7 @@ from nats.js.errors import KeyNotFoundError
 from pydantic import ConfigDict
 
 from shared.bus import ensure_tokens_bucket
-from shared.keys import KeyInfo, KeyPolicy, legacy_key_id, new_key_id
+from shared.keys import KeyInfo, KeyLimits, KeyPolicy, RunKey, legacy_key_id, new_key_id
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,10 @@ class TokenRecord(KeyPolicy):
     #: set for a run-scoped token (handed to a runbook's agent): it reaches only
     #: the model endpoints, and every call it makes is a step of this trajectory
     trajectory_id: str | None = None
+    #: for a run-scoped token: the key that started the run. The run's calls add
+    #: their usage to that key and are checked against ``budget`` and
+    #: ``limits.tokens_per_minute``, copied from it when the run was accepted.
+    parent_key_id: str | None = None
     # The key's identity and policy (KeyPolicy, shared/keys.py). A record written
     # before keys existed has none of them: it is an "api" key without limits,
     # whose id is derived from its hash when it is loaded.
@@ -57,6 +61,11 @@ class TokenRecord(KeyPolicy):
             created_at=self.created_at,
             **self.policy(),
         )
+
+    @property
+    def meter_id(self) -> str:
+        """The key whose usage and limits this secret's calls count toward."""
+        return self.parent_key_id or self.id
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -113,6 +122,23 @@ class TokenStore:
         )
         await self.put(hash_token(token), record)
         return record
+
+    async def register_run_token(
+        self, token: str, collection: str, trajectory_id: str, key: RunKey | None
+    ) -> TokenRecord:
+        """The token a runbook's agent calls the models with: it reaches only the
+        model endpoints of ``trajectory_id``; with ``key``, its calls also count
+        toward that key's usage, budget and tokens per minute."""
+        meter: dict[str, Any] = {}
+        if key is not None:
+            meter = {
+                "parent_key_id": key.id,
+                "budget": key.budget,
+                "limits": KeyLimits(tokens_per_minute=key.tokens_per_minute),
+            }
+        return await self.register(
+            token, collection, f"run {trajectory_id}", trajectory_id=trajectory_id, **meter
+        )
 
     async def put(self, token_hash: str, record: TokenRecord) -> None:
         kv = await self._bucket()

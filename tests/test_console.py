@@ -363,6 +363,12 @@ async def test_artifact_previews(stack: TestStack) -> None:
                     stored["sha256"],
                     media,
                 )
+        # issue 11's primary outputs: one produced, one the run never wrote
+        await pool.execute(
+            "UPDATE runbooks SET extra = $2::jsonb WHERE trajectory_id = $1",
+            trajectory_id,
+            '{"primary_outputs": ["out/pic.png", "out/report.md"]}',
+        )
     finally:
         await pool.close()
     browser = Browser(stack)
@@ -371,6 +377,14 @@ async def test_artifact_previews(stack: TestStack) -> None:
         base = f"/ui/trajectories/{trajectory_id}"
         status, page, _ = await browser.get(base)
         assert "out/table.csv" in page and "Download" in page
+        # The primary output is listed first, marked, and the missing one named.
+        panel = page[page.index('id="artifacts"') :]
+        rows = re.findall(r"<tr( class=\"primary\")?>\s*<td>(.*?)</td>", panel, re.S)
+        paths = [re.findall(r"out/[\w.]+", cell)[0] for _, cell in rows]
+        assert paths == ["out/pic.png", "out/data.json", "out/evil.svg", "out/table.csv"]
+        assert [bool(mark) for mark, _ in rows] == [True, False, False, False]
+        assert 'class="chip primary"' in rows[0][1] and "1 primary output first" in panel
+        assert "Named as primary but not produced: <code>out/report.md</code>" in panel
         status, text, _ = await browser.get(f"{base}/artifacts/out/table.csv")
         assert status == 200 and text.count("<tr>") == 501  # header + 500 rows
         assert "&lt;b&gt;item0&lt;/b&gt;" in text and "first 500 rows" in text
@@ -412,6 +426,11 @@ async def test_labels_show_and_filter(stack: TestStack, browser: Browser) -> Non
     assert status == 200 and labelled in text and plain not in text
     assert "team: data&lt;x&gt;" in text
     status, text, _ = await browser.get(f"/ui/trajectories/{labelled}")
-    assert 'class="chip label"' in text
+    start = text.index('id="summary"')
+    header = text[start : text.index("</header>", start)]
+    assert (
+        '<a class="chip label" href="/ui/trajectories?label=team%3Adata%3Cx%3E">'
+        "team: data&lt;x&gt;</a>"
+    ) in header
     status, text, _ = await browser.get("/ui/trajectories?label=nocolon")
     assert status == 400 and "key:value" in text

@@ -133,7 +133,7 @@ def _start(
     return proc
 
 
-@pytest.mark.parametrize("module", ["services.proxy", "services.runner"])
+@pytest.mark.parametrize("module", ["services.proxy", "services.runner", "services.webhooks"])
 def test_nats_services_are_ready_only_while_connected(
     module: str,
     nats_server: EmbeddedNats,
@@ -216,3 +216,22 @@ def test_recorder_is_alive_but_not_ready_until_postgres_and_nats_answer(
         "status": "ok",
         "checks": {"postgresql": "ok", "nats": "ok"},
     }
+
+
+def test_webhooks_is_alive_but_not_ready_until_nats_answers(
+    service: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        "JETTY_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "JETTY_HEALTH_PORT": str(port),
+    }
+    proc = _start(service, "services.webhooks", env, tmp_path / "webhooks.log")
+    assert _wait_for(port, "/healthz", 200, proc) == {"status": "ok"}
+    body = _wait_for(port, "/readyz", 503, proc)
+    assert body["checks"] == {"nats": "failing"}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        assert b"# TYPE" in response.read()
+    proc.terminate()  # SIGTERM while NATS is awaited: ends at once, cleanly
+    assert proc.wait(15) == 0

@@ -209,9 +209,16 @@ def _production(kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for _, d in _overlay("production") if d["kind"] == kind}
 
 
-SERVICES = ("jetty-gateway", "jetty-proxy", "jetty-recorder", "jetty-runner")
+SERVICES = ("jetty-gateway", "jetty-proxy", "jetty-recorder", "jetty-runner", "jetty-webhooks")
 # Seconds each service may spend draining on SIGTERM (their own settings).
-DRAIN = {"jetty-gateway": 30, "jetty-proxy": 30, "jetty-recorder": 30, "jetty-runner": 20}
+DRAIN = {
+    "jetty-gateway": 30,
+    "jetty-proxy": 30,
+    "jetty-recorder": 30,
+    "jetty-runner": 20,
+    # the deliveries in hand (JETTY_WEBHOOK_TIMEOUT 10 s + 5 s), then 5 s to flush
+    "jetty-webhooks": 20,
+}
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -270,6 +277,7 @@ def test_secrets_are_split_by_need_and_only_the_runner_holds_a_token() -> None:
         "jetty-proxy": {"jetty-provider-keys"},
         "jetty-recorder": {"jetty-database"},
         "jetty-runner": {"jetty-object-store"},
+        "jetty-webhooks": set(),
     }
     tokens = {n for n, p in pods.items() if p.get("automountServiceAccountToken") is not False}
     assert tokens == {"jetty-runner"}
@@ -309,7 +317,8 @@ def test_network_policies_name_who_talks_to_the_data_stores() -> None:
     assert sources("jetty-nats") == {*SERVICES, "nats"}
     assert sources("jetty-postgres") == {"jetty-gateway", "jetty-recorder", "jetty-migrate"}
     assert sources("jetty-minio") == {"jetty-gateway", "jetty-runner", "sandbox"}
-    # Only the proxy reaches the providers (public HTTPS, never private ranges).
+    # Only the proxy reaches the providers (public HTTPS, never private ranges),
+    # and only the webhooks service the subscribers (public addresses, any port).
     public = [
         name
         for name, p in policies.items()
@@ -317,7 +326,17 @@ def test_network_policies_name_who_talks_to_the_data_stores() -> None:
         for peer in rule.get("to", [])
         if peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"
     ]
-    assert public == ["jetty-proxy"]
+    assert public == ["jetty-proxy", "jetty-webhooks"]
+    webhooks = policies["jetty-webhooks"]["spec"]
+    assert webhooks["ingress"] == []
+    peers = [peer for rule in webhooks["egress"] for peer in rule["to"]]
+    assert {
+        p["podSelector"]["matchLabels"].get("app.kubernetes.io/name")
+        for p in peers
+        if "podSelector" in p
+    } == {None, "nats"}
+    (internet,) = [p["ipBlock"] for p in peers if "ipBlock" in p]
+    assert {"10.0.0.0/8", "169.254.0.0/16", "192.168.0.0/16"} <= set(internet["except"])
 
 
 def test_production_runs_nats_as_a_three_node_jetstream_cluster() -> None:

@@ -9,6 +9,7 @@ process on the same NATS for the shared limits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -354,3 +355,78 @@ def test_jetty_tokens_create_admin_with_limits(nats_url: str, tmp_path: Path) ->
     assert record.expires_at == datetime(2030, 1, 1, tzinfo=UTC)
     bad = jetty("tokens", "create", "--collection", "x", "--budget-usd", "-1", env=env)
     assert bad.returncode == 2 and "--budget-usd" in bad.stderr and bad.stdout == ""
+
+
+async def test_a_runbooks_inner_calls_count_toward_the_key_that_started_it(
+    keys_stack: TestStack,
+) -> None:
+    """The agent's calls (on the run-scoped token the runner mints from the
+    ``runbook.requested`` event) add their cost to the starting key, and that
+    key's budget refuses them once it is spent."""
+    import nats
+
+    from shared import subjects
+    from shared.events.runbook import RunbookRequested
+    from shared.tokens import TokenStore, generate_token
+
+    base = keys_stack.base_url
+    created = await create_key(
+        keys_stack, budget={"usd": 0.000001, "period": "total"}, limits={"tokens_per_minute": 10**6}
+    )
+    runbook = {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "Write results/summary.md."},
+            {"role": "user", "content": "Go."},
+        ],
+        "jetty": {"runbook": True, "agent": "claude-code", "task": "metered-run"},
+    }
+    keys_stack.kill("runner")  # the run stays queued: its agent's calls are made here
+    nc = await nats.connect(keys_stack.nats_url)
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session,
+                session.post(
+                    base + "/v1/chat/completions",
+                    json=runbook,
+                    headers={"Authorization": f"Bearer {created['key']}"},
+                ) as response,
+            ):
+                await response.read()  # waits for the run's result: never, here
+        js = nc.jetstream()
+        subject = subjects.event_subject(keys_stack.collection, "runbook.requested")
+        raw = orjson.loads((await js.get_last_msg(subjects.EVENTS_STREAM, subject)).data)
+        event = RunbookRequested.model_validate(raw["data"])
+        assert event.task == "metered-run" and event.key is not None
+        assert event.key.id == created["id"] and event.key.tokens_per_minute == 10**6
+        token = generate_token()
+        await TokenStore(js).register_run_token(
+            token, keys_stack.collection, raw["trajectory_id"], event.key
+        )
+        url = base + "/v1/chat/completions"
+        status, headers, answer = await http("POST", url, token, chat_body("gpt-4o-mini"))
+        assert status == 200, answer
+        assert answer["jetty_metadata"]["trajectory_id"] == raw["trajectory_id"]
+        assert headers["x-ratelimit-limit-tokens"] == str(10**6)
+        usage = answer["usage"]
+        expected = (
+            usage["prompt_tokens"] * GPT_4O_MINI_IN + usage["completion_tokens"] * GPT_4O_MINI_OUT
+        ) / Decimal(1_000_000)
+        status, _, got = await http("GET", f"{base}/api/v1/keys/{created['id']}", keys_stack.token)
+        assert Decimal(got["usage"]["spent_usd"]) == expected >= Decimal("0.000001")
+        assert got["usage"]["calls"] == 1 and got["usage"]["total_tokens"] == usage["total_tokens"]
+        status, _, body = await http("POST", url, token, chat_body("gpt-4o-mini"))
+        assert status == 429 and body["error"]["code"] == "insufficient_quota", body
+        # The key itself is spent too: its next runbook is refused at the door.
+        status, _, body = await http("POST", url, created["key"], runbook)
+        assert status == 429 and body["error"]["code"] == "insufficient_quota", body
+        await http(
+            "POST",
+            f"{base}/api/v1/trajectories/{raw['trajectory_id']}/cancel",
+            keys_stack.token,
+            {},
+        )
+    finally:
+        await nc.close()
+        keys_stack.start_service("runner")

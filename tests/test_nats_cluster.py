@@ -58,10 +58,19 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         cluster.stop()
 
 
-async def _create_streams(url: str) -> None:
+async def _create_streams(url: str, attempts: int = 3) -> None:
     nc = await nats.connect(url.split(","))
     try:
-        await ensure_streams(nc.jetstream(timeout=30), replicas=3)
+        # A freshly elected meta leader can leave the first JetStream API request
+        # unanswered on a busy machine; a bootstrap step retries, a bounded number
+        # of times.
+        for attempt in range(1, attempts + 1):
+            try:
+                await ensure_streams(nc.jetstream(timeout=30), replicas=3)
+                return
+            except nats.errors.TimeoutError:
+                if attempt == attempts:
+                    raise
     finally:
         await nc.close()
 

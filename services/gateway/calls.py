@@ -166,7 +166,7 @@ async def open_model_call(
         include_usage=include_usage,
         ingress=ingress,
         body_ref=body_ref,
-        key_id=auth.id or None,
+        key_id=auth.meter_id or None,
         key_metered=auth.budget is not None or auth.limits.tokens_per_minute is not None,
         store=gw.settings.store_bodies if keep else "none",
         kind=kind,

@@ -165,6 +165,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 code="token_scope",
             )
         request[AUTH] = record
+        if record.parent_key_id is not None and scopes.is_model_call(request):
+            # The starting key's budget and tokens per minute (copied on the token).
+            policy.check_call(gw, request, record)
         return await handler(request)
     request[AUTH] = record
     needed = scopes.default_scopes(request)

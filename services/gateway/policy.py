@@ -40,7 +40,7 @@ def check_call(gw: Gateway, request: web.Request, record: TokenRecord) -> None:
         return
     now = time_now()
     headers: dict[str, str] = {}
-    usage = gw.key_usage.usage(record.id)
+    usage = gw.key_usage.usage(record.meter_id)
     if budget is not None and usage is not None:
         spent = usage.spent_in(budget.period, now)
         if spent >= budget.usd:
@@ -70,7 +70,7 @@ def check_call(gw: Gateway, request: web.Request, record: TokenRecord) -> None:
                 headers,
             )
     if limits.requests_per_minute is not None:
-        decision = gw.limiter.check(record.id, limits.requests_per_minute, epoch)
+        decision = gw.limiter.check(record.meter_id, limits.requests_per_minute, epoch)
         headers["x-ratelimit-limit-requests"] = str(decision.limit)
         headers["x-ratelimit-remaining-requests"] = str(decision.remaining)
         headers["x-ratelimit-reset-requests"] = _duration(decision.reset)

@@ -51,6 +51,7 @@ from shared.events.runbook import (
     RunbookRequested,
 )
 from shared.ids import new_trajectory_id
+from shared.keys import RunKey
 from shared.limits import RunLimits
 from shared.objectstore import ObjectStoreError
 from shared.openai_chat import ChatCompletionRequest, Message
@@ -262,6 +263,7 @@ async def plan_runbook(
         routine=routine,
         evaluation=evaluation,
         budget=budget,
+        key=RunKey.of(auth, auth.id) if auth.id else None,
         timeout_s=timeout,
         limits=limits,
         requested_at=datetime.now(UTC),

@@ -230,8 +230,8 @@ class Run:
                 AgentOutcome(),
             )
             return
-        await deps.tokens.register(
-            token, self.collection, f"run {self.trajectory_id}", trajectory_id=self.trajectory_id
+        await deps.tokens.register_run_token(
+            token, self.collection, self.trajectory_id, self.event.key
         )
         await deps.runs.update(
             self.trajectory_id, lambda s: s.model_copy(update={"token_hash": hash_token(token)})

@@ -1,8 +1,11 @@
 """``python -m services.webhooks``: wiring only (settings, logging, connections,
 signals); the work is in :mod:`services.webhooks.delivery`.
 
-Waits for NATS rather than failing. SIGTERM / SIGINT: stop fetching, finish the
-deliveries in hand (their events are acked or NAKed), drain NATS.
+Waits for NATS rather than failing; with ``JETTY_HEALTH_PORT`` set it serves
+``/healthz``, ``/readyz`` (ready = connected to NATS) and ``/metrics`` from the
+start, so a pod waiting for NATS is alive but not ready. SIGTERM / SIGINT: stop
+fetching (or stop waiting for NATS), finish the deliveries in hand (their events
+are acked or NAKed), drain NATS.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import signal
 import sys
 
 import aiohttp
+from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError, NotFoundError
 
@@ -21,6 +25,8 @@ from services.webhooks.delivery import Deliverer
 from services.webhooks.settings import WebhookSettings
 from shared import subjects
 from shared.bus import connect_until_up, ensure_streams, source_name
+from shared.health import HealthServer, start_health_server
+from shared.metrics import metrics_route
 from shared.webhooks import WebhookStore
 
 log = logging.getLogger("services.webhooks")
@@ -45,7 +51,36 @@ async def serve(settings: WebhookSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    nc = await connect_until_up(settings.nats_url, source_name("webhooks"))
+    connected: list[Client] = []
+    health: HealthServer | None = None
+    if settings.health_port is not None:
+        health = await start_health_server(
+            settings.health_host,
+            settings.health_port,
+            {"nats": lambda: bool(connected) and connected[0].is_connected},
+            routes=[metrics_route()],
+        )
+    try:
+        await _consume(settings, stop, connected)
+    finally:
+        if health is not None:
+            await health.stop()
+
+
+async def _consume(settings: WebhookSettings, stop: asyncio.Event, connected: list[Client]) -> None:
+    # A SIGTERM while NATS is still awaited ends the service at once.
+    connecting = asyncio.create_task(connect_until_up(settings.nats_url, source_name("webhooks")))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connecting
+        log.info("webhook delivery stopped before NATS answered")
+        return
+    nc = connecting.result()
+    connected.append(nc)
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas)
     try:

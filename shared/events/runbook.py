@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.events.completion import COST_PATTERN, ErrorRecord
+from shared.keys import RunKey
 from shared.limits import RunLimits
 
 AgentName = Literal["claude-code", "codex", "gemini-cli", "opencode"]
@@ -119,6 +120,9 @@ class RunbookRequested(_Frozen):
     #: checks after the agent, and its retry rounds (front matter or jetty.evaluation)
     evaluation: EvaluationSpec | None = None
     budget: Budget = Budget()
+    #: the key that started the run: the agent's calls count toward its spend,
+    #: budget and tokens per minute too (unset: a routine, or an older event)
+    key: RunKey | None = None
     #: wall-clock limit of the agent's run, seconds
     timeout_s: float = Field(gt=0)
     #: the sandbox's limits the request asked for (``jetty.limits``; unset: the
