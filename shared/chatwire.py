@@ -16,6 +16,9 @@ first byte is the kind:
 ``k`` keep-alive while the upstream is quiet, so the gateway can tell a slow
       upstream from a dead proxy
 
+An embeddings call (``ChatCall.kind == "embedding"``) carries the
+``/v1/embeddings`` body and is answered with one ``r`` frame (or ``e``).
+
 Frames from one proxy arrive in order (core NATS keeps per-publisher order).
 Cancellation: the gateway publishes the trajectory id on ``jetty.chat.cancel``;
 every proxy listens and the one running it stops the upstream call.
@@ -55,6 +58,9 @@ class ChatCall(BaseModel):
     key_metered: bool = False
     # What the trajectory keeps of the bodies (shared/storage_policy.py).
     store: Literal["full", "redacted", "none"] = "full"
+    # What the body is: a chat request (``chat.completion`` reply, maybe streamed) or
+    # an embeddings request (one ``r`` frame with the ``list`` of embeddings).
+    kind: Literal["chat", "embedding"] = "chat"
 
 
 class Frame(bytes, Enum):

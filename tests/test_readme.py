@@ -88,6 +88,7 @@ def test_python_example(stack: TestStack) -> None:
     assert lines[0] == "You said: Hello"
     assert lines[1].startswith("tr_")
     assert lines[2] == "You said: Stream, please"
+    assert lines[3] == "2 256"
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")

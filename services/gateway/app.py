@@ -14,6 +14,7 @@ from services.gateway import (
     chat,
     console,
     deletion,
+    embeddings,
     export,
     files,
     ingress,
@@ -137,6 +138,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/chat/completions", chat.chat_completions)
     app.router.add_get("/v1/models", chat.list_models)
+    app.router.add_routes(embeddings.routes())
     for module in ingress.MODULES:
         app.router.add_routes(module.routes())
     app.router.add_routes(files.routes())

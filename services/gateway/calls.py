@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Literal
 
 from aiohttp import web
 from nats.errors import Error as NatsError
@@ -108,6 +109,35 @@ async def open_call(
 
     ``body`` is the OpenAI chat request JSON the proxy will read; ``req`` its
     validated form."""
+    return await open_model_call(
+        gw,
+        auth,
+        req.model,
+        req.task,
+        body,
+        received_at=received_at,
+        ingress=ingress,
+        stream=bool(req.stream),
+        include_usage=req.include_usage,
+        keep=not (req.jetty is not None and req.jetty.store is False),
+    )
+
+
+async def open_model_call(
+    gw: Gateway,
+    auth: TokenRecord,
+    model: str,
+    task: str,
+    body: bytes,
+    *,
+    received_at: float | None,
+    ingress: str,
+    stream: bool = False,
+    include_usage: bool = False,
+    keep: bool = True,
+    kind: Literal["chat", "embedding"] = "chat",
+) -> OpenCall:
+    """:func:`open_call` for any call kind: ``keep`` False records no bodies."""
     trace: dict[str, str] | None = None
     if auth.trajectory_id is not None:
         state = await _run_step(gw, auth.trajectory_id)
@@ -118,13 +148,8 @@ async def open_call(
             trace = {"traceparent": state.agent_traceparent}
         mode: Mode = "runbook"
     else:
-        check_model(auth, req.model)
-        trajectory_id, collection, task, step_index = (
-            new_trajectory_id(),
-            auth.collection,
-            req.task,
-            0,
-        )
+        check_model(auth, model)
+        trajectory_id, collection, step_index = new_trajectory_id(), auth.collection, 0
         mode = "passthrough"
     body_ref = None
     if len(body) > gw.settings.claim_threshold_bytes:
@@ -137,15 +162,14 @@ async def open_call(
         mode=mode,
         step_index=step_index,
         received_at=received_at if received_at is not None else time.time(),
-        stream=bool(req.stream),
-        include_usage=req.include_usage,
+        stream=stream,
+        include_usage=include_usage,
         ingress=ingress,
         body_ref=body_ref,
         key_id=auth.meter_id or None,
         key_metered=auth.budget is not None or auth.limits.tokens_per_minute is not None,
-        store="none"
-        if req.jetty is not None and req.jetty.store is False
-        else gw.settings.store_bodies,
+        store=gw.settings.store_bodies if keep else "none",
+        kind=kind,
     )
     return OpenCall(gw, call, body, trace)
 

@@ -108,6 +108,8 @@ QUERY_KEY_PREFIX = "/v1beta/"
 RUN_TOKEN_PATHS = (
     "/v1/chat/completions",
     "/chat/completions",
+    "/v1/embeddings",
+    "/embeddings",
     "/v1/messages",
     "/v1/responses",
     "/v1/models",

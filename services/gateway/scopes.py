@@ -26,6 +26,8 @@ ADMIN: tuple[Scope, ...] = ("admin",)
 MODEL_PATHS = (
     "/v1/chat/completions",
     "/chat/completions",
+    "/v1/embeddings",
+    "/embeddings",
     "/v1/messages",
     "/v1/responses",
     "/responses",

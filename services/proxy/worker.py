@@ -32,6 +32,7 @@ from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
 from services.proxy.call import CLIENT_DISCONNECTED, PROXY_SHUTDOWN, CallDeps, CallRun
+from services.proxy.embed_call import EmbedRun
 from services.proxy.retry import RetryPolicy
 from services.proxy.router import Router
 from services.proxy.run_masks import RunMasks
@@ -194,7 +195,8 @@ class Worker:
             log.warning("malformed chat call: %s", exc)
             await self._reject(msg.reply, InvalidRequest(f"Malformed call from the gateway: {exc}"))
             return
-        run = CallRun(self._deps, call, body, msg.reply)
+        runner = EmbedRun if call.kind == "embedding" else CallRun
+        run = runner(self._deps, call, body, msg.reply)
         if msg.headers:
             run.trace_parent = tracing.extract(msg.headers)
         task = asyncio.create_task(run.run(), name=f"call-{call.trajectory_id}")

@@ -70,6 +70,8 @@ if TYPE_CHECKING:
 __all__ = ["STATUS_RANK", "Event", "PoisonEvent", "apply", "apply_parsed", "handle", "parse"]
 
 STEP_KIND_COMPLETION = "completion"
+# A model call through POST /v1/embeddings: the same events, ``kind`` set.
+STEP_KIND_EMBEDDING = "embedding"
 
 # Session settings for connections that run the projection. The batch statements
 # take arrays whose length varies from 1 to thousands; a cached generic plan (which
@@ -287,7 +289,8 @@ FROM unnest({_ARRAYS}) AS u({", ".join(_COLUMNS)})
 ORDER BY u.trajectory_id, u.step_index
 ON CONFLICT (trajectory_id, step_index) DO UPDATE SET
     {_SET}
-WHERE s.kind = '{STEP_KIND_COMPLETION}' AND ({_REQUEST_WINS} OR {_END_WINS})
+WHERE s.kind IN ('{STEP_KIND_COMPLETION}', '{STEP_KIND_EMBEDDING}')
+    AND ({_REQUEST_WINS} OR {_END_WINS})
 """
 
 # A passthrough trajectory is a pure function of its steps: it has exactly one;
@@ -332,7 +335,7 @@ def _step_row(facts: _StepFacts) -> tuple[Any, ...]:
         "collection": source.collection,
         "task": _text(data.task),
         "mode": data.mode,
-        "kind": STEP_KIND_COMPLETION,
+        "kind": data.kind,
         "provider": _text(data.provider),
         "model": _text(data.model),
         "started_at": _utc(data.received_at),

@@ -331,7 +331,8 @@ FROM {_STEP_FROM}
 ORDER BY u.trajectory_id, u.step_index
 ON CONFLICT (trajectory_id, step_index) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in _STEP_COLUMNS[2:])}
-WHERE s.kind <> 'completion' AND EXCLUDED.end_event_id COLLATE "C" < s.end_event_id
+WHERE s.kind NOT IN ('completion', 'embedding')
+    AND EXCLUDED.end_event_id COLLATE "C" < s.end_event_id
 """
 
 
@@ -411,7 +412,7 @@ SELECT r.trajectory_id, r.collection, r.task, '{MODE_RUNBOOK}', r.status, r.mode
 FROM runbooks r
 LEFT JOIN (
     SELECT trajectory_id, {USAGE_AGGREGATES}
-    FROM steps WHERE trajectory_id = ANY($1::text[]) AND kind = 'completion'
+    FROM steps WHERE trajectory_id = ANY($1::text[]) AND kind IN ('completion', 'embedding')
     GROUP BY trajectory_id
 ) AS a USING (trajectory_id)
 WHERE r.trajectory_id = ANY($1::text[]) AND r.requested_event_id IS NOT NULL

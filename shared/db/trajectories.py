@@ -67,11 +67,21 @@ class ToolCallView(_View):
     function: FunctionCallView
 
 
+class EmbeddingsView(_View):
+    """An embedding step's answer: how many vectors of what size (never the vectors)."""
+
+    count: int
+    dimensions: int
+    encoding_format: str = "float"
+
+
 class ResponseView(_View):
     content: str | None = None
     tool_calls: list[ToolCallView] = Field(default_factory=list)
     finish_reason: str | None = None
     upstream_id: str | None = None
+    # Embedding steps only (left out of the JSON otherwise).
+    embeddings: EmbeddingsView | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ErrorView(_View):
@@ -142,7 +152,7 @@ class StepView(_View):
         itself (the audit record: its request, answer, usage and cost were seen,
         not told). ``agent``: the agent's own account of its messages and tool
         calls, read from its output — what it reports, not what was observed."""
-        return "gateway" if self.kind == "completion" else "agent"
+        return "gateway" if self.kind in ("completion", "embedding") else "agent"
 
 
 class ArtifactView(_View):

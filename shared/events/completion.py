@@ -16,6 +16,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["passthrough", "runbook"]
+# What kind of model call a step is: a chat completion, or an embeddings call
+# (``POST /v1/embeddings``: no output text, ``response.embeddings`` says how many
+# vectors of what dimension came back, never the vectors).
+StepKind = Literal["completion", "embedding"]
+
+
+def _is_completion(value: object) -> bool:
+    return isinstance(value, str) and value == "completion"
+
+
+def step_kind() -> Any:
+    """The ``kind`` field: left out of the JSON for chat steps, so their events stay
+    byte for byte what they were before embeddings existed."""
+    return Field(default="completion", exclude_if=_is_completion)
+
 
 # A cost as the events carry it: plain decimal notation, at most 10 decimal places
 # (the pricing quantum, 1e-10 USD) and 12 integer digits, so the projection's
@@ -52,6 +67,18 @@ class ChoiceRecord(_Frozen):
     finish_reason: str | None = None
 
 
+class EmbeddingsRecord(_Frozen):
+    """What an embeddings call returned, without the vectors."""
+
+    count: int
+    dimensions: int
+    encoding_format: str = "float"
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
 class ResponseRecord(_Frozen):
     """What the model produced; ``choices`` holds all of them when ``n`` > 1."""
 
@@ -61,6 +88,8 @@ class ResponseRecord(_Frozen):
     upstream_id: str | None = None
     upstream_model: str | None = None
     choices: list[ChoiceRecord] = Field(default_factory=list)
+    # Only on embedding steps (left out of the JSON otherwise).
+    embeddings: EmbeddingsRecord | None = Field(default=None, exclude_if=_is_none)
 
 
 class AttemptRecord(_Frozen):
@@ -92,6 +121,7 @@ class CompletionRequested(_Frozen):
     task: str
     mode: Mode = "passthrough"
     step_index: int = 0
+    kind: StepKind = step_kind()
     model: str
     provider: str
     stream: bool
@@ -105,6 +135,7 @@ class _CompletionEnded(_Frozen):
     task: str
     mode: Mode = "passthrough"
     step_index: int = 0
+    kind: StepKind = step_kind()
     model: str
     provider: str
     response: ResponseRecord

@@ -24,7 +24,7 @@ from services.gateway.console.sessions import SESSION_TTL_S
 from services.gateway.state import GATEWAY, auth_of
 from shared.db import outline
 from shared.db import trajectories as queries
-from shared.db.trajectories import STATUSES, TrajectoryView
+from shared.db.trajectories import STATUSES, StepView, TrajectoryView
 from shared.errors import NotFound
 
 PAGE_SIZE = 50
@@ -211,7 +211,7 @@ async def _render_trajectory(request: web.Request, view: TrajectoryView) -> web.
         costly=costly,
         errors=[r.dom_id for r in rows if r.failed],
         first=first,
-        curl=_curl(request, first.request) if first is not None and first.request else None,
+        curl=_step_curl(request, first),
         find=find,
         hits=hits,
         live=view.status in ("pending", "running"),
@@ -265,13 +265,28 @@ async def timeline_part(request: web.Request) -> web.Response:
     return aiohttp_jinja2.render_template(template, request, context)
 
 
-def _curl(request: web.Request, body: dict[str, Any]) -> str:
+_EMBEDDING_FIELDS = ("model", "input", "encoding_format", "dimensions", "user")
+
+
+def _step_curl(request: web.Request, step: StepView | None) -> str | None:
+    """The first step's call as curl: chat, or embeddings when its input was kept."""
+    if step is None or not step.request:
+        return None
+    if step.kind != "embedding":
+        return _curl(request, step.request)
+    if "input" not in step.request or step.request.get("store") != "full":
+        return None
+    body = {k: step.request[k] for k in _EMBEDDING_FIELDS if k in step.request}
+    return _curl(request, body, "/v1/embeddings")
+
+
+def _curl(request: web.Request, body: dict[str, Any], path: str = "/v1/chat/completions") -> str:
     base = request.app[GATEWAY].settings.public_url or str(request.url.origin())
     # ASCII-only JSON: the same request, and no bidi or control character can
     # disguise what the command does.
     data = json.dumps(body, indent=2, ensure_ascii=True)
     return (
-        f"curl {shlex.quote(base + '/v1/chat/completions')} \\\n"
+        f"curl {shlex.quote(base + path)} \\\n"
         '  -H "Authorization: Bearer $JETTY_API_KEY" \\\n'
         "  -H 'Content-Type: application/json' \\\n"
         f"  -d {shlex.quote(data)}"

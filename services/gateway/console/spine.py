@@ -24,6 +24,7 @@ LABELS = {
     "tool_call": "tool call",
     "tool_result": "tool result",
     "completion": "model call",
+    "embedding": "embeddings call",
 }
 
 

@@ -18,7 +18,7 @@ import orjson
 from services.gateway.openapi.registry import Components, Operation, build
 
 #: Modules (in this package) whose ``OPERATIONS`` make up the document.
-AREAS = ("core", "files", "trajectories", "parity", "admin", "webhooks", "reference")
+AREAS = ("core", "embeddings", "files", "trajectories", "parity", "admin", "webhooks", "reference")
 
 INFO = {
     "title": "Jetty Flows API",

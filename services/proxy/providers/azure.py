@@ -60,7 +60,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 
-from services.proxy.providers.base import ChatChunk, UpstreamCall
+from services.proxy.providers.base import ChatChunk, EmbedCall, UpstreamCall
 from services.proxy.providers.openai_compat import (
     OpenAICompatConfig,
     OpenAICompatProvider,
@@ -167,10 +167,11 @@ class AzureOpenAIProvider(OpenAICompatProvider):
             self._stream_options = dated.group(1) >= _STREAM_OPTIONS_SINCE
             self._developer_role = dated.group(1) >= _DEVELOPER_ROLE_SINCE
 
-    def url_for(self, deployment: str) -> str:
-        """Where a call to ``deployment`` goes."""
+    def url_for(self, deployment: str, operation: str = "chat/completions") -> str:
+        """Where a call to ``deployment`` goes (``operation``: ``chat/completions``
+        or ``embeddings``)."""
         if self._v1_url is not None:
-            return self._v1_url
+            return self._v1_url.replace("/chat/completions", "/" + operation, 1)
         if not _DEPLOYMENT.match(deployment):
             raise InvalidRequest(
                 f"'{deployment}' is not a valid Azure OpenAI deployment name "
@@ -178,12 +179,13 @@ class AzureOpenAIProvider(OpenAICompatProvider):
                 param="model",
                 code="invalid_value",
             )
-        return (
-            f"{self._root}/deployments/{quote(deployment, safe='')}/chat/completions{self._query}"
-        )
+        return f"{self._root}/deployments/{quote(deployment, safe='')}/{operation}{self._query}"
 
     def _url_for(self, call: UpstreamCall) -> str:
         return self.url_for(call.model)
+
+    def _embed_url_for(self, call: EmbedCall) -> str:
+        return self.url_for(call.model, "embeddings")
 
     def _body(self, call: UpstreamCall, stream: bool) -> bytes:
         if call.body:

@@ -40,7 +40,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.errors import InvalidRequest
 from shared.openai_chat import ChatCompletionRequest
+from shared.openai_embeddings import EmbeddingRequest
 
 
 def _is_none(value: Any) -> bool:
@@ -164,6 +166,36 @@ class UpstreamCall:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class EmbedCall:
+    """One embeddings call as a provider sees it: ``model`` is the provider's name."""
+
+    model: str
+    request: EmbeddingRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """The vectors, in input order, and the input tokens the upstream counted
+    (``None`` when it did not say: the proxy then estimates)."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int | None = None
+    model: str | None = None
+
+
+def texts_only(provider: str, call: EmbedCall) -> list[str]:
+    """The inputs as strings; token-id inputs only reach OpenAI-compatible upstreams."""
+    texts = call.request.texts()
+    if texts is None:
+        raise InvalidRequest(
+            f"The provider '{provider}' takes text inputs only, not token ids.",
+            param="input",
+            code="invalid_value",
+        )
+    return texts
+
+
 class Provider(abc.ABC):
     """An upstream the router can send calls to. One instance per configured upstream,
     shared by all calls (it owns the connection pool)."""
@@ -182,6 +214,14 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def models(self) -> Sequence[str]:
         """Upstream model names to list in ``GET /v1/models`` (without the prefix)."""
+
+    async def embed(self, call: EmbedCall) -> Embeddings:
+        """Vectors for ``call``'s inputs; providers without embeddings refuse."""
+        raise InvalidRequest(
+            f"The provider '{self.name}' does not offer embeddings through this gateway.",
+            param="model",
+            code="model_not_supported",
+        )
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open pools; called once before the first call."""

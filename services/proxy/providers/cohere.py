@@ -75,12 +75,15 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from services.proxy.providers import embed_wire
 from services.proxy.providers.base import (
     ChatChunk,
     ChatResponse,
     ChunkChoice,
     ChunkDelta,
     CompletionUsage,
+    EmbedCall,
+    Embeddings,
     FunctionCall,
     MessageToolCall,
     Provider,
@@ -89,6 +92,7 @@ from services.proxy.providers.base import (
     TokenDetails,
     ToolCallDelta,
     UpstreamCall,
+    texts_only,
 )
 from services.proxy.providers.cohere_translate import as_object, to_cohere
 from services.proxy.providers.http import UpstreamHttp, UpstreamStream, interrupted
@@ -411,6 +415,7 @@ class CohereProvider(Provider):
         self.name = config.name
         self._config = config
         self._url = chat_url(config.base_url)
+        self._embed_url = self._url.removesuffix("/chat") + "/embed"
         self._http = UpstreamHttp(config.name, self._url, config.timeouts, config.pool_size)
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {config.api_key}"}
         self._headers = {**headers, "Accept": "application/json"}
@@ -428,6 +433,19 @@ class CohereProvider(Provider):
     async def _send(self, body: dict[str, Any], stream: bool) -> aiohttp.ClientResponse:
         headers = self._stream_headers if stream else self._headers
         return await self._http.post(self._url, orjson.dumps(body), headers, _error)
+
+    async def embed(self, call: EmbedCall) -> Embeddings:
+        """``POST /v2/embed`` with float vectors asked for."""
+        texts = texts_only(self.name, call)
+        data = await embed_wire.post_read(
+            self.name,
+            self._http,
+            self._embed_url,
+            embed_wire.cohere_body(call.model, texts, call.request.dimensions),
+            self._headers,
+            _error,
+        )
+        return embed_wire.cohere_decode(self.name, data, len(texts))
 
     async def complete(self, call: UpstreamCall) -> ChatResponse:
         response = await self._send(to_cohere(call, stream=False), stream=False)

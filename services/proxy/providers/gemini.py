@@ -110,11 +110,15 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from services.proxy.providers import embed_wire
 from services.proxy.providers.base import (
     ChatChunk,
     ChatResponse,
+    EmbedCall,
+    Embeddings,
     Provider,
     UpstreamCall,
+    texts_only,
 )
 from services.proxy.providers.gemini_decode import (
     StreamTranslator,
@@ -233,6 +237,23 @@ class GeminiProvider(Provider):
     async def _send(self, url: str, body: bytes, stream: bool) -> aiohttp.ClientResponse:
         headers = self._stream_headers if stream else self._headers
         return await self._http.post(url, body, headers, self._error)
+
+    async def embed(self, call: EmbedCall) -> Embeddings:
+        """``models/{m}:batchEmbedContents``, one request per input."""
+        texts = texts_only(self.name, call)
+        path = model_path(call.model)
+        try:
+            data = await embed_wire.post_read(
+                self.name,
+                self._http,
+                f"{self._root}/{path}:batchEmbedContents",
+                embed_wire.gemini_body(path, texts, call.request.dimensions),
+                self._headers,
+                self._error,
+            )
+            return embed_wire.gemini_decode(self.name, data, len(texts))
+        except ApiError as error:
+            raise self._scrub(error) from None
 
     async def complete(self, call: UpstreamCall) -> ChatResponse:
         url = self._url(call.model, stream=False)

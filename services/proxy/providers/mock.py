@@ -22,6 +22,8 @@ from services.proxy.providers.base import (
     ChunkChoice,
     ChunkDelta,
     CompletionUsage,
+    EmbedCall,
+    Embeddings,
     FunctionCall,
     MessageToolCall,
     Provider,
@@ -30,6 +32,7 @@ from services.proxy.providers.base import (
     ToolCallDelta,
     UpstreamCall,
 )
+from services.proxy.providers.embed_wire import mock_embeddings
 from shared.openai_chat import ChatCompletionRequest
 
 WORDS_PER_CHUNK = 2
@@ -107,6 +110,11 @@ class MockProvider(Provider):
 
     def models(self) -> Sequence[str]:
         return self._models
+
+    async def embed(self, call: EmbedCall) -> Embeddings:
+        """Deterministic unit vectors from a hash of each input (256 dimensions
+        unless ``dimensions`` says otherwise)."""
+        return mock_embeddings(call)
 
     async def complete(self, call: UpstreamCall) -> ChatResponse:
         request = call.request

@@ -26,7 +26,15 @@ import aiohttp
 import orjson
 from pydantic import ValidationError
 
-from services.proxy.providers.base import ChatChunk, ChatResponse, Provider, UpstreamCall
+from services.proxy.providers import embed_wire
+from services.proxy.providers.base import (
+    ChatChunk,
+    ChatResponse,
+    EmbedCall,
+    Embeddings,
+    Provider,
+    UpstreamCall,
+)
 
 # Re-exported: Timeouts lived here before providers.http, and callers still import it.
 from services.proxy.providers.http import Timeouts as Timeouts  # noqa: PLC0414
@@ -200,8 +208,10 @@ class OpenAICompatProvider(Provider):
         self.name = config.name
         self._config = config
         self._url = config.base_url.rstrip("/") + "/chat/completions"
+        self._embed_url = config.base_url.rstrip("/") + "/embeddings"
         if config.query_params:
             self._url += "?" + urlencode(dict(config.query_params))
+            self._embed_url += "?" + urlencode(dict(config.query_params))
         self._http = UpstreamHttp(config.name, self._url, config.timeouts, config.pool_size)
         headers = {"Content-Type": "application/json", **config.extra_headers}
         if config.api_key:
@@ -268,6 +278,21 @@ class OpenAICompatProvider(Provider):
     async def _send(self, body: bytes, stream: bool, url: str) -> aiohttp.ClientResponse:
         headers = self._stream_headers if stream else self._headers
         return await self._http.post(url, body, headers, self._error)
+
+    def _embed_url_for(self, call: EmbedCall) -> str:
+        return self._embed_url
+
+    async def embed(self, call: EmbedCall) -> Embeddings:
+        """``POST {base}/embeddings``, the same wire at OpenAI and every compatible."""
+        data = await embed_wire.post_read(
+            self.name,
+            self._http,
+            self._embed_url_for(call),
+            embed_wire.openai_body(call),
+            self._headers,
+            self._error,
+        )
+        return embed_wire.openai_decode(self.name, data, call.request.count())
 
     async def complete(self, call: UpstreamCall) -> ChatResponse:
         url = self._url_for(call)
