@@ -164,8 +164,9 @@ def _param_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_chat_request(body: bytes) -> ChatCompletionRequest:
-    """Parse and validate; raises :class:`InvalidRequest` naming the parameter."""
+def json_object_body(body: bytes, required: tuple[str, ...]) -> dict[str, Any]:
+    """A request body as a JSON object holding ``required``; raises
+    :class:`InvalidRequest` (invalid JSON, not an object, a missing parameter)."""
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -174,13 +175,19 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         ) from None
     if not isinstance(raw, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    for required in ("model", "messages"):
-        if required not in raw:
+    for name in required:
+        if name not in raw:
             raise InvalidRequest(
-                f"Missing required parameter: '{required}'.",
-                param=required,
+                f"Missing required parameter: '{name}'.",
+                param=name,
                 code="missing_required_parameter",
             )
+    return raw
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Parse and validate; raises :class:`InvalidRequest` naming the parameter."""
+    raw = json_object_body(body, ("model", "messages"))
     try:
         return ChatCompletionRequest.model_validate(raw)
     except ValidationError as exc:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import InvalidRequest
-from shared.openai_chat import DEFAULT_TASK, TASK_PATTERN
+from shared.openai_chat import DEFAULT_TASK, TASK_PATTERN, json_object_body
 
 # OpenAI's own limits: 2048 inputs per request, none of them empty.
 MAX_INPUTS = 2048
@@ -112,19 +111,7 @@ def _check_input(value: Any) -> None:
 
 def parse_embedding_request(body: bytes) -> EmbeddingRequest:
     """Parse and validate; raises :class:`InvalidRequest` naming the parameter."""
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
-        ) from None
-    if not isinstance(raw, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    for required in ("model", "input"):
-        if required not in raw:
-            raise _bad(
-                f"Missing required parameter: '{required}'.", required, "missing_required_parameter"
-            )
+    raw = json_object_body(body, ("model", "input"))
     _check_input(raw["input"])
     try:
         return EmbeddingRequest.model_validate(raw)
