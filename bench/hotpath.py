@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -50,10 +51,8 @@ class Tracked:
     def members(self) -> list[psutil.Process]:
         found = [self.root]
         if self.with_children:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 found += self.root.children(recursive=True)
-            except psutil.NoSuchProcess:
-                pass
         return found
 
 
@@ -83,9 +82,7 @@ def postmaster(pg: EmbeddedPostgres) -> psutil.Process:
 
 
 def tracked(stack: TestStack, pg: EmbeddedPostgres) -> list[Tracked]:
-    out = [
-        Tracked(s.name, psutil.Process(s.pid)) for s in stack if s.pid is not None and s.alive
-    ]
+    out = [Tracked(s.name, psutil.Process(s.pid)) for s in stack if s.pid is not None and s.alive]
     assert stack.nats.pid is not None
     out.append(Tracked("nats-server", psutil.Process(stack.nats.pid)))
     out.append(Tracked("postgresql", postmaster(pg), with_children=True))
