@@ -21,6 +21,7 @@ from typing import Any
 import nats
 import orjson
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -33,7 +34,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NoStreamResponseError, NotFoundError
 from pydantic import BaseModel
 
 from shared import metrics, subjects
@@ -221,6 +222,80 @@ def encode_event(envelope: Envelope) -> bytes:
     return orjson.dumps(envelope.model_dump(mode="json", exclude_none=True))
 
 
+class AckTimeout(BusError):
+    """JetStream did not acknowledge a publication in time."""
+
+
+class AckInbox:
+    """JetStream publications and their acknowledgements over one wildcard inbox
+    subscription of our own: what ``JetStreamContext.publish`` does, minus what it
+    costs per event that we do not need (a ``wait_for`` per request, the standard
+    library's JSON parser and a ``PubAck`` object for an answer we only check).
+
+    ``send`` puts the message on the wire and returns the future of its answer, so
+    a caller can do other work while JetStream stores it; ``result`` then checks
+    the answer. The subscription is made once and survives reconnects (nats-py
+    renews subscriptions); a publication lost in a reconnect times out and is
+    retried by the caller with the same ``Nats-Msg-Id``.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._sub: Any = None
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._seq = 0
+
+    async def _on_answer(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def send(
+        self, subject: str, payload: bytes, msg_id: str, timeout: float
+    ) -> asyncio.Future[Msg]:
+        if self._sub is None:
+            prefix = self._nc.new_inbox() + "."
+            self._sub = await self._nc.subscribe(prefix + "*", cb=self._on_answer)
+            self._prefix = prefix
+        self._seq += 1
+        token = str(self._seq)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = future
+        expiry = loop.call_later(timeout, self._expire, token)
+        future.add_done_callback(lambda _: expiry.cancel())
+        try:
+            await self._nc.publish(
+                subject, payload, reply=self._prefix + token, headers={"Nats-Msg-Id": msg_id}
+            )
+        except BaseException:
+            self._waiting.pop(token, None)
+            future.cancel()
+            raise
+        return future
+
+    def _expire(self, token: str) -> None:
+        future = self._waiting.pop(token, None)
+        if future is not None and not future.done():
+            future.set_exception(AckTimeout("no acknowledgement from JetStream in time"))
+
+    @staticmethod
+    def result(msg: Msg) -> None:
+        """Raise unless ``msg`` says the publication is stored (or a duplicate of one
+        that is: JetStream de-duplicates by ``Nats-Msg-Id``)."""
+        headers = msg.headers
+        if headers and headers.get("Status") == "503":
+            raise NoStreamResponseError
+        answer = orjson.loads(msg.data)
+        if "error" in answer:
+            raise APIError.from_error(answer["error"])
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str, timeout: float) -> None:
+        """Publish and wait for the acknowledgement."""
+        self.result(await (await self.send(subject, payload, msg_id, timeout)))
+
+
 class EventPublisher:
     """Publishes events with a unique ``Nats-Msg-Id``; never drops one.
 
@@ -242,6 +317,7 @@ class EventPublisher:
         self._claims = ClaimStore(js)
         self._threshold = claim_threshold
         self._ack_timeout = ack_timeout
+        self._acks = AckInbox(nc)
         self._pending: set[asyncio.Task[None]] = set()
         metrics.PENDING_ACKS.set_function(lambda: len(self._pending))
         #: secret masks of the runs this process serves (shared/secrets.py); every
@@ -304,7 +380,7 @@ class EventPublisher:
         if not self._nc.is_connected:
             raise BusUnavailable("not connected")
         start = time.perf_counter()
-        await self._js.publish(subject, payload, headers={"Nats-Msg-Id": eid}, timeout=timeout)
+        await self._acks.publish(subject, payload, eid, timeout)
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - start)
 
     async def _deliver_now(self, subject: str, payload: bytes, eid: str) -> None:

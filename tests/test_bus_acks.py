@@ -1,0 +1,84 @@
+"""The event publisher's own JetStream acknowledgement path (shared.bus.AckInbox),
+against the session's real NATS: a stored event, a duplicate, a subject no stream
+takes, an error answer and a silence each give what ``JetStreamContext.publish``
+would have (stored / stored / raised)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.errors import APIError, NoStreamResponseError
+
+from shared import subjects
+from shared.bus import AckInbox, AckTimeout, connect, ensure_streams
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    conn = await connect(nats_url, name="ack-inbox-test", max_reconnect_attempts=0)
+    await ensure_streams(conn.jetstream())
+    yield conn
+    await conn.drain()
+
+
+def _subject() -> str:
+    return subjects.event_subject("ack-inbox-test", "completion.finished")
+
+
+async def test_a_stored_event_and_its_duplicate_are_acknowledged(nc: NATS) -> None:
+    js = nc.jetstream()
+    acks = AckInbox(nc)
+    before = (await js.stream_info(subjects.EVENTS_STREAM)).state.messages
+    await acks.publish(_subject(), b'{"n":1}', "ack-inbox-dup", timeout=2)
+    # Same Nats-Msg-Id: JetStream answers without storing it twice.
+    await acks.publish(_subject(), b'{"n":1}', "ack-inbox-dup", timeout=2)
+    after = (await js.stream_info(subjects.EVENTS_STREAM)).state.messages
+    assert after - before == 1
+
+
+async def test_the_answer_can_be_awaited_after_other_work(nc: NATS) -> None:
+    acks = AckInbox(nc)
+    futures = [
+        await acks.send(_subject(), b"{}", f"ack-inbox-many-{i}", timeout=2) for i in range(50)
+    ]
+    for future in futures:
+        AckInbox.result(await future)
+    assert not acks._waiting  # every answer found its future
+
+
+async def test_a_subject_no_stream_takes_is_refused(nc: NATS) -> None:
+    with pytest.raises(NoStreamResponseError):
+        await AckInbox(nc).publish("ack-inbox-test.nowhere", b"{}", "ack-inbox-nowhere", 2)
+
+
+async def test_an_error_answer_and_a_silence_raise(nc: NATS) -> None:
+    """A responder standing in for a stream: one that answers with a JetStream API
+    error, one that never answers."""
+
+    async def refuse(msg: Msg) -> None:
+        error = {"code": 400, "err_code": 10060, "description": "expected stream does not match"}
+        await msg.respond(orjson.dumps({"error": error}))
+
+    async def ignore(msg: Msg) -> None:
+        return None
+
+    refusing = await nc.subscribe("ack-inbox-test.refuse", cb=refuse)
+    silent = await nc.subscribe("ack-inbox-test.silent", cb=ignore)
+    acks = AckInbox(nc)
+    try:
+        with pytest.raises(APIError) as refused:
+            await acks.publish("ack-inbox-test.refuse", b"{}", "ack-inbox-refuse", 2)
+        assert refused.value.err_code == 10060
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(AckTimeout):
+            await acks.publish("ack-inbox-test.silent", b"{}", "ack-inbox-silent", 0.2)
+        assert asyncio.get_running_loop().time() - started < 1.5
+        assert not acks._waiting
+    finally:
+        await refusing.unsubscribe()
+        await silent.unsubscribe()
