@@ -296,6 +296,47 @@ class AckInbox:
         self.result(await (await self.send(subject, payload, msg_id, timeout)))
 
 
+class PendingEvent:
+    """An event sent by :meth:`EventPublisher.begin`, its acknowledgement not yet
+    awaited."""
+
+    __slots__ = ("_encoded", "_future", "_publisher", "_sent", "_subject", "eid")
+
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        subject: str,
+        encoded: bytes,
+        eid: str,
+        future: asyncio.Future[Msg] | None,
+        sent: float,
+    ) -> None:
+        self._publisher = publisher
+        self._subject = subject
+        self._encoded = encoded
+        self.eid = eid
+        self._future = future
+        self._sent = sent
+
+    async def wait(self) -> None:
+        """Return once JetStream has the event, or after the publisher's bounded wait
+        with the event handed to the background (as ``publish(wait=True)``)."""
+        publisher = self._publisher
+        if self._future is not None:
+            try:
+                AckInbox.result(await self._future)
+                metrics.PUBLISH_SECONDS.observe(time.perf_counter() - self._sent)
+                return
+            except asyncio.CancelledError:
+                publisher._deliver_later(self._subject, self._encoded, self.eid)
+                raise
+            except Exception as exc:  # retried below with the same id
+                log.warning("event %s not stored yet (%s); retrying", self.eid, exc)
+        # What is left of the bounded wait, as if publish(wait=True) had been called.
+        left = publisher.ack_timeout - (time.perf_counter() - self._sent)
+        await publisher._deliver_now(self._subject, self._encoded, self.eid, max(0.0, left))
+
+
 class EventPublisher:
     """Publishes events with a unique ``Nats-Msg-Id``; never drops one.
 
@@ -376,6 +417,21 @@ class EventPublisher:
             self._deliver_later(subject, encoded, eid)
         return eid
 
+    async def begin(
+        self, collection: str, trajectory_id: str, data: BaseModel, event_id: str | None = None
+    ) -> PendingEvent:
+        """Send one event now and return at once: :meth:`PendingEvent.wait` then gives
+        ``publish(wait=True)``'s guarantee, so the caller can do other work while
+        JetStream stores it. The caller must await ``wait`` (in a ``finally``)."""
+        eid, encoded, subject = await self.build(collection, trajectory_id, data, event_id)
+        future: asyncio.Future[Msg] | None = None
+        if self._nc.is_connected:
+            try:
+                future = await self._acks.send(subject, encoded, eid, self._ack_timeout)
+            except Exception as exc:  # wait() retries it
+                log.warning("event %s not sent yet (%s); retrying", eid, exc)
+        return PendingEvent(self, subject, encoded, eid, future, time.perf_counter())
+
     async def _attempt(self, subject: str, payload: bytes, eid: str, timeout: float) -> None:
         if not self._nc.is_connected:
             raise BusUnavailable("not connected")
@@ -383,13 +439,16 @@ class EventPublisher:
         await self._acks.publish(subject, payload, eid, timeout)
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - start)
 
-    async def _deliver_now(self, subject: str, payload: bytes, eid: str) -> None:
-        """Deliver from the caller's task for up to ``ack_timeout``, then hand over to
+    async def _deliver_now(
+        self, subject: str, payload: bytes, eid: str, within: float | None = None
+    ) -> None:
+        """Deliver from the caller's task for up to ``ack_timeout`` (or ``within``
+        seconds), then hand over to
         the background. The common case is one request with no task, shield or extra
         timer around it (those cost 15-30 us an event here, ~10% of publishing one).
         A caller cancelled meanwhile hands the event over too, so it is never lost."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._ack_timeout
+        deadline = loop.time() + (self._ack_timeout if within is None else within)
         delay = 0.05
         try:
             while (remaining := deadline - loop.time()) > 0:
@@ -422,6 +481,10 @@ class EventPublisher:
                 log.warning("event %s not stored yet (%s); retrying in %.2fs", eid, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    @property
+    def ack_timeout(self) -> float:
+        return self._ack_timeout
 
     @property
     def pending(self) -> int:

@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
+import nats.errors
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import APIError, NoStreamResponseError
+from pydantic import BaseModel
 
+from jetty_cli.embedded import EmbeddedNats
 from shared import subjects
-from shared.bus import AckInbox, AckTimeout, connect, ensure_streams
+from shared.bus import AckInbox, AckTimeout, EventPublisher, connect, ensure_streams
+from shared.events.annotations import LabelSet
 
 
 @pytest.fixture
 async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    conn = await connect(nats_url, name="ack-inbox-test", max_reconnect_attempts=0)
+    conn = await connect(nats_url, name="ack-inbox-test")
     await ensure_streams(conn.jetstream())
     yield conn
     await conn.drain()
@@ -82,3 +87,49 @@ async def test_an_error_answer_and_a_silence_raise(nc: NATS) -> None:
     finally:
         await refusing.unsubscribe()
         await silent.unsubscribe()
+
+
+def _annotation(n: int) -> BaseModel:
+    return LabelSet(key="n", value=str(n), at=datetime.now(UTC))
+
+
+async def _stored_ids(nc: NATS, ids: set[str]) -> set[str]:
+    """Which of ``ids`` are on the events stream (read back by an ordered consumer)."""
+    sub = await nc.jetstream().subscribe(subjects.EVENTS_ALL, ordered_consumer=True)
+    found: set[str] = set()
+    try:
+        while found != ids:
+            try:
+                msg = await sub.next_msg(timeout=2)
+            except nats.errors.TimeoutError:
+                break
+            eid = orjson.loads(msg.data).get("id")
+            if eid in ids:
+                found.add(eid)
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
+async def test_begin_then_wait_keeps_the_publish_guarantee(
+    nc: NATS, nats_server: EmbeddedNats
+) -> None:
+    """``begin`` sends and returns; ``wait`` returns once stored. With NATS down,
+    ``begin`` still returns, ``wait`` gives up after ``ack_timeout`` and the event
+    is stored once NATS is back, as with ``publish(wait=True)``."""
+    publisher = EventPublisher(nc, nc.jetstream(), "test/acks", 256 * 1024, ack_timeout=0.5)
+    pending = await publisher.begin("acme", "tr_acks_up", _annotation(1), event_id="acks-up")
+    await pending.wait()
+    assert publisher.pending == 0
+    await asyncio.to_thread(nats_server.stop)
+    try:
+        pending = await publisher.begin("acme", "tr_acks_down", _annotation(2), "acks-down")
+        started = asyncio.get_running_loop().time()
+        await pending.wait()
+        assert asyncio.get_running_loop().time() - started < 2.0
+        assert publisher.pending == 1  # handed to the background, not dropped
+    finally:
+        await asyncio.to_thread(nats_server.start)
+    await publisher.flush(timeout=30)
+    assert publisher.pending == 0
+    assert await _stored_ids(nc, {"acks-up", "acks-down"}) == {"acks-up", "acks-down"}

@@ -500,9 +500,19 @@ class CallRun:
     async def _publish_end(
         self, data: CompletionFinished | CompletionFailed | CompletionCancelled
     ) -> None:
-        await self.deps.publisher.publish(
-            self.call.collection, self.call.trajectory_id, data, wait=True
+        # The event goes out first; what only feeds metrics, traces and limits is done
+        # while JetStream stores it. The last frame still waits for the acknowledgement.
+        pending = await self.deps.publisher.begin(
+            self.call.collection, self.call.trajectory_id, data
         )
+        try:
+            await self._account(data)
+        finally:
+            await pending.wait()
+
+    async def _account(
+        self, data: CompletionFinished | CompletionFailed | CompletionCancelled
+    ) -> None:
         observe_end(data, self.call.ingress, self._provider != "none")
         if self._span is not None:
             trace_end(self._span, self.call, data)
