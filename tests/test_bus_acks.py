@@ -6,6 +6,7 @@ would have (stored / stored / raised)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -21,6 +22,7 @@ from jetty_cli.embedded import EmbeddedNats
 from shared import subjects
 from shared.bus import AckInbox, AckTimeout, EventPublisher, connect, ensure_streams
 from shared.events.annotations import LabelSet
+from shared.ids import new_event_id
 
 
 @pytest.fixture
@@ -133,3 +135,11 @@ async def test_begin_then_wait_keeps_the_publish_guarantee(
     await publisher.flush(timeout=30)
     assert publisher.pending == 0
     assert await _stored_ids(nc, {"acks-up", "acks-down"}) == {"acks-up", "acks-down"}
+
+
+def test_event_ids_are_random_version_4_uuids() -> None:
+    ids = {new_event_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for eid in ids:
+        parsed = uuid.UUID(hex=eid)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, eid)
