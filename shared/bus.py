@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -296,27 +297,17 @@ class AckInbox:
         self.result(await (await self.send(subject, payload, msg_id, timeout)))
 
 
+@dataclass(slots=True)
 class PendingEvent:
     """An event sent by :meth:`EventPublisher.begin`, its acknowledgement not yet
     awaited."""
 
-    __slots__ = ("_encoded", "_future", "_publisher", "_sent", "_subject", "eid")
-
-    def __init__(
-        self,
-        publisher: EventPublisher,
-        subject: str,
-        encoded: bytes,
-        eid: str,
-        future: asyncio.Future[Msg] | None,
-        sent: float,
-    ) -> None:
-        self._publisher = publisher
-        self._subject = subject
-        self._encoded = encoded
-        self.eid = eid
-        self._future = future
-        self._sent = sent
+    _publisher: EventPublisher
+    _subject: str
+    _encoded: bytes
+    eid: str
+    _future: asyncio.Future[Msg] | None
+    _sent: float
 
     async def wait(self) -> None:
         """Return once JetStream has the event, or after the publisher's bounded wait
