@@ -246,6 +246,7 @@ class AckInbox:
         self._sub: Any = None
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._seq = 0
+        self._subscribing = asyncio.Lock()
 
     async def _on_answer(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
@@ -256,22 +257,29 @@ class AckInbox:
         self, subject: str, payload: bytes, msg_id: str, timeout: float
     ) -> asyncio.Future[Msg]:
         if self._sub is None:
-            prefix = self._nc.new_inbox() + "."
-            self._sub = await self._nc.subscribe(prefix + "*", cb=self._on_answer)
-            self._prefix = prefix
+            async with self._subscribing:  # the first publications may race here
+                if self._sub is None:
+                    prefix = self._nc.new_inbox() + "."
+                    self._sub = await self._nc.subscribe(prefix + "*", cb=self._on_answer)
+                    self._prefix = prefix
         self._seq += 1
         token = str(self._seq)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = future
         expiry = loop.call_later(timeout, self._expire, token)
-        future.add_done_callback(lambda _: expiry.cancel())
+
+        def settled(_: asyncio.Future[Msg]) -> None:
+            # Answered, expired or cancelled (a caller gone): forget it either way.
+            expiry.cancel()
+            self._waiting.pop(token, None)
+
+        future.add_done_callback(settled)
         try:
             await self._nc.publish(
                 subject, payload, reply=self._prefix + token, headers={"Nats-Msg-Id": msg_id}
             )
         except BaseException:
-            self._waiting.pop(token, None)
             future.cancel()
             raise
         return future
@@ -419,6 +427,9 @@ class EventPublisher:
         if self._nc.is_connected:
             try:
                 future = await self._acks.send(subject, encoded, eid, self._ack_timeout)
+            except asyncio.CancelledError:
+                self._deliver_later(subject, encoded, eid)  # never lost, as in publish()
+                raise
             except Exception as exc:  # wait() retries it
                 log.warning("event %s not sent yet (%s); retrying", eid, exc)
         return PendingEvent(self, subject, encoded, eid, future, time.perf_counter())

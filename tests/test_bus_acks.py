@@ -58,6 +58,22 @@ async def test_the_answer_can_be_awaited_after_other_work(nc: NATS) -> None:
     assert not acks._waiting  # every answer found its future
 
 
+async def test_racing_first_publications_share_one_subscription(nc: NATS) -> None:
+    acks = AckInbox(nc)
+    subscriptions = len(nc._subs)
+    futures = await asyncio.gather(
+        *(acks.send(_subject(), b"{}", f"ack-inbox-race-{i}", timeout=2) for i in range(10))
+    )
+    for future in futures:
+        AckInbox.result(await future)
+    assert len(nc._subs) == subscriptions + 1
+    # A waiter that goes away is forgotten at once, not when its deadline passes.
+    gone = await acks.send(_subject(), b"{}", "ack-inbox-gone", timeout=30)
+    gone.cancel()
+    await asyncio.sleep(0)
+    assert not acks._waiting
+
+
 async def test_a_subject_no_stream_takes_is_refused(nc: NATS) -> None:
     with pytest.raises(NoStreamResponseError):
         await AckInbox(nc).publish("ack-inbox-test.nowhere", b"{}", "ack-inbox-nowhere", 2)
