@@ -65,6 +65,7 @@ class RecorderResult:
     lag_ms: list[float] = field(default_factory=list)
     max_backlog: int = 0
     recorder_cpu_ms_per_event: float | None = None
+    postgresql_cpu_ms_per_event: float | None = None
 
     def pct(self, p: float) -> float:
         if not self.lag_ms:
@@ -77,11 +78,11 @@ class RecorderResult:
         return self.max_backlog / self.rate if self.rate else 0.0
 
     def report(self) -> str:
-        cpu = (
-            f", recorder CPU {self.recorder_cpu_ms_per_event:.3f} ms per event"
-            if self.recorder_cpu_ms_per_event is not None
-            else ""
-        )
+        cpu = ""
+        if self.recorder_cpu_ms_per_event is not None:
+            cpu += f"; CPU per event: recorder {self.recorder_cpu_ms_per_event:.3f} ms"
+        if self.postgresql_cpu_ms_per_event is not None:
+            cpu += f", postgresql {self.postgresql_cpu_ms_per_event:.3f} ms"
         return (
             f"{self.published} events at {self.rate:,.0f}/s asked "
             f"({self.published / self.publish_seconds:,.0f}/s published), "
@@ -254,9 +255,21 @@ async def table_rows(database_url: str) -> dict[str, int]:
         await conn.close(timeout=10)
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
+def _cpu_seconds(*processes: psutil.Process) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:  # a backend that ended meanwhile
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _postgres(pg: EmbeddedPostgres) -> list[psutil.Process]:
+    """The postmaster and its children (backends, writers, WAL)."""
+    root = psutil.Process(int((pg.data_dir / "postmaster.pid").read_text().split()[0]))
+    return [root, *root.children(recursive=True)]
 
 
 async def _wait_consumer(nats_url: str, timeout: float = 60.0) -> None:
@@ -293,13 +306,15 @@ def main() -> None:
     try:
         asyncio.run(_wait_consumer(nats.url))
         process = psutil.Process(recorder.pid)
+        print(f"recorder pid {recorder.pid}", flush=True)
         # A short warm-up (connections, plans), not counted.
         asyncio.run(measure(nats.url, pg.dsn, rate=500, seconds=1))
-        before = _cpu_seconds(process)
+        postgres = _postgres(pg)
+        before, before_pg = _cpu_seconds(process), _cpu_seconds(*postgres)
         result = asyncio.run(measure(nats.url, pg.dsn, rate=args.rate, seconds=args.seconds))
-        result.recorder_cpu_ms_per_event = (
-            (_cpu_seconds(process) - before) / max(1, result.recorded) * 1000
-        )
+        per_event = 1000 / max(1, result.recorded)
+        result.recorder_cpu_ms_per_event = (_cpu_seconds(process) - before) * per_event
+        result.postgresql_cpu_ms_per_event = (_cpu_seconds(*postgres) - before_pg) * per_event
         print(result.report(), flush=True)
         rows = asyncio.run(table_rows(pg.dsn))
         print("rows per table: " + ", ".join(f"{k} {v}" for k, v in rows.items() if v))
