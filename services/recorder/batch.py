@@ -191,8 +191,8 @@ async def commit(
     """
     try:
         async with conn.transaction():
-            await apply_parsed([d.event for d in decoded], conn)
-            await record_positions(decoded, dead, conn, consumer)
+            gone = await record_positions(decoded, dead, conn, consumer)
+            await apply_parsed([d.event for d in decoded], conn, tombstoned=gone)
             await record_dead(dead, conn)
         return list(dead)
     except Exception as exc:
@@ -226,32 +226,36 @@ async def commit(
     return all_dead
 
 
-# Two tables in one round trip: where each event is on the stream (so a deletion
-# can remove its message), and the consumer's tracking position, the highest
-# stream sequence it committed. The position only ever grows: a batch committed
-# after a later one (a NAKed message coming back) leaves it where it is.
+# One round trip for the batch's bookkeeping: where each event is on the stream
+# (so a deletion can remove its message), the consumer's tracking position (the
+# highest stream sequence it committed; it only ever grows, so a batch committed
+# after a later one, a NAKed message coming back, leaves it where it is), and
+# which of the batch's trajectories are deleted (the projection skips them).
 _RECORD_POSITIONS = """
 WITH positions AS (
     INSERT INTO event_positions (trajectory_id, stream_seq, event_id)
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
     ORDER BY 1, 2
     ON CONFLICT (trajectory_id, stream_seq) DO NOTHING
+), tracking AS (
+    INSERT INTO tracking_positions AS p (consumer, stream, position)
+    VALUES ($4, $5, $6)
+    ON CONFLICT (consumer, stream) DO UPDATE SET position = EXCLUDED.position
+    WHERE EXCLUDED.position > p.position
 )
-INSERT INTO tracking_positions AS p (consumer, stream, position)
-VALUES ($4, $5, $6)
-ON CONFLICT (consumer, stream) DO UPDATE SET position = EXCLUDED.position
-WHERE EXCLUDED.position > p.position
+SELECT trajectory_id FROM deleted_trajectories WHERE trajectory_id = ANY($1::text[])
 """
 
 
 async def record_positions(
     decoded: Sequence[Decoded], dead: Sequence[DeadEvent], conn: Connection, consumer: str
-) -> None:
-    """Each event's stream sequence, and ``consumer``'s tracking position."""
+) -> set[str]:
+    """Each event's stream sequence and ``consumer``'s tracking position; returns
+    which of the decoded events' trajectories are deleted (tombstoned)."""
     seqs = [d.delivery.stream_seq for d in decoded] + [d.delivery.stream_seq for d in dead]
     if not seqs:
-        return
-    await conn.execute(
+        return set()
+    rows = await conn.fetch(
         _RECORD_POSITIONS,
         [d.event.trajectory_id for d in decoded],
         [d.delivery.stream_seq for d in decoded],
@@ -260,6 +264,7 @@ async def record_positions(
         subjects.EVENTS_STREAM,
         max(seqs),
     )
+    return {r["trajectory_id"] for r in rows}
 
 
 async def record_dead(dead: Sequence[DeadEvent], conn: Connection) -> None:

@@ -116,13 +116,17 @@ async def apply(events: Sequence[Envelope], conn: Connection) -> int:
     return await apply_parsed([parse(e) for e in events], conn)
 
 
-async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
+async def apply_parsed(
+    events: Sequence[Event], conn: Connection, tombstoned: set[str] | None = None
+) -> int:
     """Project already-parsed events atomically (inside the caller's transaction
     if it opened one, else in one of its own); returns how many rows it wrote.
 
     0 means the batch changed nothing: every event was already applied (a
     redelivery or a replay over existing rows), lost to what is stored, or
-    belongs to a deleted trajectory.
+    belongs to a deleted trajectory. ``tombstoned``: which of the events'
+    trajectories are deleted, when the caller already read it in the same
+    transaction (saves a round trip); else it is read here.
     """
     unique: dict[str, Event] = {}
     for event in events:
@@ -130,19 +134,22 @@ async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
     if not unique:
         return 0
     if conn.is_in_transaction():
-        return await _apply(list(unique.values()), conn)
+        return await _apply(list(unique.values()), conn, tombstoned)
     async with conn.transaction():
-        return await _apply(list(unique.values()), conn)
+        return await _apply(list(unique.values()), conn, tombstoned)
 
 
-async def _apply(fresh: list[Event], conn: Connection) -> int:
+async def _apply(fresh: list[Event], conn: Connection, known_gone: set[str] | None) -> int:
     written = 0
     deletions = [e for e in fresh if is_deletion(e)]
     gone: set[str] = set()
     if deletions:
         gone, removed = await apply_deletions(deletions, conn)
         written += removed
-    gone |= await tombstoned(sorted({e.trajectory_id for e in fresh} - gone), conn)
+    if known_gone is None:
+        gone |= await tombstoned(sorted({e.trajectory_id for e in fresh} - gone), conn)
+    else:
+        gone |= known_gone
     if gone:
         fresh = [e for e in fresh if e.trajectory_id not in gone]
         if not fresh:

@@ -73,9 +73,9 @@ async def _consume(settings: WebhookSettings, stop: asyncio.Event, connected: li
     store = WebhookStore(js)
     endpoints = Endpoints(store)
     control = ConsumerControl(js, settings)
+    # The first reconcile runs once the watch has the current endpoints; until
+    # then (and while there is none) there is nothing to fetch.
     watching = asyncio.create_task(endpoints.run())
-    await endpoints.ready.wait()
-    await control.reconcile(endpoints.all())
     keeping = asyncio.create_task(keep_consumer(endpoints, control, stop))
     log.info("webhook delivery consuming %s", settings.nats_url.split("@")[-1])
     in_flight: set[asyncio.Task[None]] = set()
