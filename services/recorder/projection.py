@@ -23,8 +23,9 @@ What must stay true (and is tested):
   same set of events, in any split into batches, gives the same rows.
 * **No wall clock.** Every time comes from the events, so a replay of the stream
   gives identical tables.
-* **Set-based.** A batch of completion events is three statements whatever its
-  size (tombstones, steps, trajectories; arrays through ``unnest``), not a round
+* **Set-based.** A batch of completion events is two statements whatever its
+  size (steps, trajectories; arrays through ``unnest``; the tombstones are read
+  with the batch's positions in :mod:`services.recorder.batch`), not a round
   trip per event; runbook events add one statement per table they touch. The
   batch is first folded in memory to one row per step, with the same precedence.
 """
