@@ -26,7 +26,11 @@ CREATE TABLE tracking_positions (
 -- messages) and deduplicated on insert: one index on (trajectory_id, stream_seq)
 -- does both, instead of a primary key on the event id plus an index on the
 -- trajectory (two index entries per event). A stream sequence names one message,
--- so existing rows are already unique on it.
+-- so existing rows are unique on it; should a stream ever have been recreated
+-- (sequences starting again) the same pair may repeat, and one row of it is kept.
+DELETE FROM event_positions a USING event_positions b
+WHERE a.trajectory_id = b.trajectory_id AND a.stream_seq = b.stream_seq
+    AND a.event_id > b.event_id;
 ALTER TABLE event_positions DROP CONSTRAINT event_positions_pkey;
 DROP INDEX event_positions_trajectory;
 ALTER TABLE event_positions ADD PRIMARY KEY (trajectory_id, stream_seq);
