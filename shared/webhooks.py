@@ -212,6 +212,11 @@ class WebhookStore:
             self._deliveries = await _bucket(self.js, subjects.DELIVERIES_BUCKET, DELIVERY_TTL)
         return self._hooks, self._deliveries
 
+    async def endpoints_bucket(self) -> Any:
+        """The endpoints' KV bucket itself (the delivery service watches it)."""
+        hooks, _ = await self._kv()
+        return hooks
+
     async def put(self, hook: StoredWebhook) -> None:
         hooks, _ = await self._kv()
         await hooks.put(

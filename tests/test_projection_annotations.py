@@ -100,7 +100,7 @@ async def test_the_later_event_wins_in_any_order(
     ]
     expected: list[str] | None = None
     for order in itertools.islice(itertools.permutations(events), 0, None, 701):
-        await conn.execute("TRUNCATE labels, archives, processed_events")
+        await conn.execute("TRUNCATE labels, archives")
         half = len(order) // 2
         await apply(list(order[:half]), conn)
         await apply(list(order[half:]), conn)
@@ -150,7 +150,7 @@ async def test_evaluation_rounds_are_kept_once_each(
               evaluated("tr_e", 2, False, event_id="tr_e-zz-duplicate")]  # fmt: skip
     seen = None
     for order in itertools.permutations(events):
-        await conn.execute("TRUNCATE evaluations, processed_events")
+        await conn.execute("TRUNCATE evaluations")
         for event in order:
             await apply([event], conn)
         rows = await conn.fetch("SELECT round, passed FROM evaluations ORDER BY round")

@@ -47,7 +47,6 @@ T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 TABLES = {
     "trajectories": "trajectory_id",
     "steps": "trajectory_id, step_index",
-    "processed_events": "event_id",
     "dead_events": "stream_seq",
 }
 # Payloads past this size go by claim check in these tests (production: 256 KiB).
@@ -195,6 +194,12 @@ async def scalar(dsn: str, sql: str) -> Any:
         await conn.close(timeout=5)
 
 
+async def tracking_position(dsn: str) -> int:
+    sql = "SELECT position FROM tracking_positions WHERE consumer = '{}'"
+    value: int = await scalar(dsn, sql.format(subjects.RECORDER_DURABLE))
+    return value
+
+
 async def count_ended(dsn: str) -> int:
     value: int = await scalar(dsn, "SELECT count(*) FROM trajectories WHERE status <> 'running'")
     return value
@@ -298,7 +303,9 @@ async def test_live_projection_with_claim_checks_and_any_order(
         await eventually(lambda: _equals(count_ended(migrated_database_url), n))
         await eventually(lambda: consumer_settled(js))
     dsn = migrated_database_url
-    assert await scalar(dsn, "SELECT count(*) FROM processed_events") == event_count(range(n))
+    assert await scalar(dsn, "SELECT count(*) FROM event_positions") == event_count(range(n))
+    last_seq = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+    assert await tracking_position(dsn) == last_seq
     assert await scalar(dsn, "SELECT count(*) FROM steps") == n
     assert await scalar(dsn, "SELECT count(*) FROM dead_events") == 0
     # Every step has its request side, from a requested event or an end event.
@@ -362,8 +369,11 @@ async def test_poison_does_not_block(
     assert "claim check object missing" in dead[3]["error"]
     assert "refused by the database" in dead[4]["error"]
     assert dead[4]["trajectory_id"] == tid(1)
-    # The refused event left no trace but its dead letter.
-    assert await scalar(dsn, "SELECT count(*) FROM processed_events WHERE event_id LIKE 'e-%'") == 0
+    # The refused event left no trace but its dead letter (its position counts).
+    assert await scalar(dsn, "SELECT count(*) FROM event_positions WHERE event_id LIKE 'e-%'") == 0
+    assert await scalar(dsn, "SELECT count(*) FROM steps WHERE trajectory_id = 'tr_000001'") == 1
+    last_seq = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+    assert await tracking_position(dsn) == last_seq
 
 
 async def test_postgres_outage_loses_nothing(
@@ -390,7 +400,7 @@ async def test_postgres_outage_loses_nothing(
 
         await eventually(lambda: _equals(count_ended(dsn), 400))
         await eventually(lambda: consumer_settled(js))
-    assert await scalar(dsn, "SELECT count(*) FROM processed_events") == event_count(range(400))
+    assert await scalar(dsn, "SELECT count(*) FROM event_positions") == event_count(range(400))
     assert await scalar(dsn, "SELECT count(*) FROM steps") == 400
     assert await scalar(dsn, "SELECT count(*) FROM steps WHERE request IS NULL") == 0
     assert await scalar(dsn, "SELECT count(*) FROM dead_events") == 0

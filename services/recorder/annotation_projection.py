@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from services.recorder.values import Event, text, utc
+from services.recorder.values import Event, rows_written, text, utc
 from shared.events.annotations import (
     LabelRemoved,
     LabelSet,
@@ -61,7 +61,9 @@ def _at(event: Event) -> datetime:
     return utc(event.data.at)
 
 
-async def apply_annotation_events(events: Sequence[Event], conn: Connection) -> None:
+async def apply_annotation_events(events: Sequence[Event], conn: Connection) -> int:
+    """Rows written (0: nothing new)."""
+    written = 0
     labels: dict[tuple[str, str], Event] = {}
     archives: dict[str, Event] = {}
     for event in events:
@@ -85,10 +87,12 @@ async def apply_annotation_events(events: Sequence[Event], conn: Connection) -> 
                 (trajectory_id, name, event.collection, value, author, _at(event),
                  isinstance(data, LabelRemoved), event.id)
             )  # fmt: skip
-        await conn.execute(_UPSERT_LABELS, *zip(*rows, strict=True))
+        written += rows_written(await conn.execute(_UPSERT_LABELS, *zip(*rows, strict=True)))
     if archives:
         rows2 = [
             (tid, e.collection, isinstance(e.data, TrajectoryArchived), _at(e), e.id)
             for tid, e in sorted(archives.items())
         ]
-        await conn.execute(_UPSERT_ARCHIVES, *zip(*rows2, strict=True))
+        status = await conn.execute(_UPSERT_ARCHIVES, *zip(*rows2, strict=True))
+        written += rows_written(status)
+    return written

@@ -29,6 +29,7 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from services.recorder.projection import Event, apply_parsed
+from shared import subjects
 from shared.bus import ClaimStore
 from shared.db.pool import is_refused_data
 from shared.events.envelope import Envelope
@@ -173,20 +174,25 @@ def _dead_from_raw(delivery: Delivery, error: str) -> DeadEvent:
 
 
 async def commit(
-    conn: Connection, decoded: Sequence[Decoded], dead: Sequence[DeadEvent]
+    conn: Connection,
+    decoded: Sequence[Decoded],
+    dead: Sequence[DeadEvent],
+    consumer: str = subjects.RECORDER_DURABLE,
 ) -> list[DeadEvent]:
-    """Project ``decoded`` and record ``dead`` in one transaction.
+    """Project ``decoded`` and record ``dead`` in one transaction, with the
+    positions of the messages and ``consumer``'s tracking position.
 
     If the database refuses some event's data (SQLSTATE class 22/23), the batch is
     retried one event per transaction so that one bad event cannot block the rest;
     the refused ones join the dead. Returns every dead event recorded. Transient
-    database errors propagate (as asyncpg / OS errors) and nothing is lost: what was
-    committed is recorded in ``processed_events`` and skipped on the retry.
+    database errors propagate (as asyncpg / OS errors) and nothing is lost: the
+    retry applies the batch again, and what an earlier attempt committed writes
+    nothing the second time (the projection is idempotent by its rows).
     """
     try:
         async with conn.transaction():
-            await apply_parsed([d.event for d in decoded], conn)
-            await record_positions(decoded, conn)
+            gone = await record_positions(decoded, dead, conn, consumer)
+            await apply_parsed([d.event for d in decoded], conn, tombstoned=gone)
             await record_dead(dead, conn)
         return list(dead)
     except Exception as exc:
@@ -194,9 +200,11 @@ async def commit(
             raise
         log.warning("batch refused by the database (%s); isolating the bad event(s)", exc)
     all_dead = list(dead)
+    kept: list[Decoded] = []
     for item in decoded:
         try:
             await apply_parsed([item.event], conn)
+            kept.append(item)
         except Exception as exc:
             if not is_refused_data(exc):
                 raise
@@ -213,24 +221,50 @@ async def commit(
                 )
             )
     async with conn.transaction():
+        await record_positions(kept, all_dead, conn, consumer)
         await record_dead(all_dead, conn)
     return all_dead
 
 
-async def record_positions(decoded: Sequence[Decoded], conn: Connection) -> None:
-    """Each event's stream sequence, so a deletion can remove its message."""
-    if not decoded:
-        return
-    await conn.execute(
-        """
-        INSERT INTO event_positions (event_id, trajectory_id, stream_seq)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-        ON CONFLICT (event_id) DO NOTHING
-        """,
-        [d.event.id for d in decoded],
+# One round trip for the batch's bookkeeping: where each event is on the stream
+# (so a deletion can remove its message), the consumer's tracking position (the
+# highest stream sequence it committed; it only ever grows, so a batch committed
+# after a later one, a NAKed message coming back, leaves it where it is), and
+# which of the batch's trajectories are deleted (the projection skips them).
+_RECORD_POSITIONS = """
+WITH positions AS (
+    INSERT INTO event_positions (trajectory_id, stream_seq, event_id)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
+    ORDER BY 1, 2
+    ON CONFLICT (trajectory_id, stream_seq) DO NOTHING
+), tracking AS (
+    INSERT INTO tracking_positions AS p (consumer, stream, position)
+    VALUES ($4, $5, $6)
+    ON CONFLICT (consumer, stream) DO UPDATE SET position = EXCLUDED.position
+    WHERE EXCLUDED.position > p.position
+)
+SELECT trajectory_id FROM deleted_trajectories WHERE trajectory_id = ANY($1::text[])
+"""
+
+
+async def record_positions(
+    decoded: Sequence[Decoded], dead: Sequence[DeadEvent], conn: Connection, consumer: str
+) -> set[str]:
+    """Each event's stream sequence and ``consumer``'s tracking position; returns
+    which of the decoded events' trajectories are deleted (tombstoned)."""
+    seqs = [d.delivery.stream_seq for d in decoded] + [d.delivery.stream_seq for d in dead]
+    if not seqs:
+        return set()
+    rows = await conn.fetch(
+        _RECORD_POSITIONS,
         [d.event.trajectory_id for d in decoded],
         [d.delivery.stream_seq for d in decoded],
+        [d.event.id for d in decoded],
+        consumer,
+        subjects.EVENTS_STREAM,
+        max(seqs),
     )
+    return {r["trajectory_id"] for r in rows}
 
 
 async def record_dead(dead: Sequence[DeadEvent], conn: Connection) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from services.recorder.values import Event
+from services.recorder.values import Event, rows_written
 from services.recorder.values import utc as _utc
 from shared.keys import KeyCreated, KeyInfo, KeyRevoked, KeyRotated, KeyUpdated
 
@@ -41,6 +41,9 @@ ON CONFLICT (key_id) DO UPDATE SET
     rotated_at = GREATEST(EXCLUDED.rotated_at, k.rotated_at),
     event_id = CASE WHEN {_NEWER} THEN EXCLUDED.event_id ELSE k.event_id END,
     version = GREATEST(EXCLUDED.version, k.version)
+WHERE {_NEWER}
+    OR LEAST(EXCLUDED.revoked_at, k.revoked_at) IS DISTINCT FROM k.revoked_at
+    OR GREATEST(EXCLUDED.rotated_at, k.rotated_at) IS DISTINCT FROM k.rotated_at
 """
 
 
@@ -53,8 +56,9 @@ def _key(event: Event) -> KeyInfo:
     return event.data.key
 
 
-async def apply_key_events(events: Sequence[Event], conn: Connection) -> None:
-    """Project new key events (already claimed in ``processed_events``)."""
+async def apply_key_events(events: Sequence[Event], conn: Connection) -> int:
+    """Project key events; rows written (an event applied before writes nothing:
+    the upsert skips a row it would not change)."""
     best: dict[str, Event] = {}
     rotated: dict[str, datetime] = {}
     revoked: dict[str, datetime] = {}
@@ -95,4 +99,4 @@ async def apply_key_events(events: Sequence[Event], conn: Connection) -> None:
                 event.id,
             )
         )
-    await conn.execute(_UPSERT, *zip(*rows, strict=True))
+    return rows_written(await conn.execute(_UPSERT, *zip(*rows, strict=True)))

@@ -4,8 +4,13 @@
 Plain functions over an asyncpg connection, no transport; tests call them directly.
 What must stay true (and is tested):
 
-* **Idempotent.** Every event id goes into ``processed_events`` in the same
-  transaction as its state change; an id already there changes nothing.
+* **Idempotent by the projected rows.** Every row keeps the id of the event (or
+  of each side's event) that wrote it, and every upsert only writes when the
+  incoming event strictly beats the stored one by the precedence below. The same
+  event applied again — a redelivery after a crash between commit and ack, an
+  overlapping replay, a duplicate in one batch — ties with itself and writes
+  nothing (not even a new row version). No row per event is kept for this; the
+  consumer's tracking position (:mod:`services.recorder.batch`) is one row.
 * **Order-independent.** For each step, a request side (``completion.requested``)
   and an end side (``finished`` / ``failed`` / ``cancelled``) are merged by fixed
   precedence, never "last writer wins": a requested event owns the request-side
@@ -18,8 +23,9 @@ What must stay true (and is tested):
   same set of events, in any split into batches, gives the same rows.
 * **No wall clock.** Every time comes from the events, so a replay of the stream
   gives identical tables.
-* **Set-based.** A batch of completion events is three statements whatever its
-  size (tracking rows, steps, trajectories; arrays through ``unnest``), not a round
+* **Set-based.** A batch of completion events is two statements whatever its
+  size (steps, trajectories; arrays through ``unnest``; the tombstones are read
+  with the batch's positions in :mod:`services.recorder.batch`), not a round
   trip per event; runbook events add one statement per table they touch. The
   batch is first folded in memory to one row per step, with the same precedence.
 """
@@ -51,6 +57,7 @@ from services.recorder.values import (
     TRAJECTORY_CONFLICT,
     USAGE_AGGREGATES,
     Event,
+    rows_written,
 )
 from services.recorder.values import json as _json
 from services.recorder.values import text as _text
@@ -98,87 +105,88 @@ def parse(envelope: Envelope) -> Event:
 
 
 async def handle(event: Envelope, conn: Connection) -> int:
-    """Project one event; returns 1 if it was new, 0 if already seen."""
+    """Project one event; returns how many rows it wrote (0: already applied)."""
     return await apply([event], conn)
 
 
 async def apply(events: Sequence[Envelope], conn: Connection) -> int:
-    """Project a batch atomically; returns how many events were new.
+    """Project a batch atomically; returns how many rows it wrote (0: nothing new).
 
     Raises :class:`PoisonEvent` (before touching the database) if one cannot parse.
     """
     return await apply_parsed([parse(e) for e in events], conn)
 
 
-async def apply_parsed(events: Sequence[Event], conn: Connection) -> int:
-    """Project already-parsed events in one transaction (a savepoint if the caller
-    already opened one); returns how many were new."""
+async def apply_parsed(
+    events: Sequence[Event], conn: Connection, tombstoned: set[str] | None = None
+) -> int:
+    """Project already-parsed events atomically (inside the caller's transaction
+    if it opened one, else in one of its own); returns how many rows it wrote.
+
+    0 means the batch changed nothing: every event was already applied (a
+    redelivery or a replay over existing rows), lost to what is stored, or
+    belongs to a deleted trajectory. ``tombstoned``: which of the events'
+    trajectories are deleted, when the caller already read it in the same
+    transaction (saves a round trip); else it is read here.
+    """
     unique: dict[str, Event] = {}
     for event in events:
         unique.setdefault(event.id, event)
     if not unique:
         return 0
+    if conn.is_in_transaction():
+        return await _apply(list(unique.values()), conn, tombstoned)
     async with conn.transaction():
-        fresh = await _claim_new(list(unique.values()), conn)
-        if not fresh:
-            return 0
-        claimed = len(fresh)
-        deletions = [e for e in fresh if is_deletion(e)]
-        gone = await apply_deletions(deletions, conn) if deletions else set()
+        return await _apply(list(unique.values()), conn, tombstoned)
+
+
+async def _apply(fresh: list[Event], conn: Connection, known_gone: set[str] | None) -> int:
+    written = 0
+    deletions = [e for e in fresh if is_deletion(e)]
+    gone: set[str] = set()
+    if deletions:
+        gone, removed = await apply_deletions(deletions, conn)
+        written += removed
+    if known_gone is None:
         gone |= await tombstoned(sorted({e.trajectory_id for e in fresh} - gone), conn)
-        if gone:
-            fresh = [e for e in fresh if e.trajectory_id not in gone]
-            if not fresh:
-                return claimed
-        calls = [e for e in fresh if isinstance(e.data, _COMPLETION_EVENTS)]
-        keys = [e for e in fresh if is_key_event(e)]
-        if keys:
-            await apply_key_events(keys, conn)
-        others = [
-            e for e in fresh if not isinstance(e.data, _COMPLETION_EVENTS) and not is_key_event(e)
-        ]
-        if calls:
-            rows = [_step_row(facts) for _, facts in sorted(_fold(calls).items())]
-            # Key order (sorted above and in the statement), so that two recorders
-            # sharing the durable lock rows in the same order and cannot deadlock.
-            await conn.execute(_UPSERT_STEPS, *zip(*rows, strict=True))
-        notes = [e for e in others if is_annotation_event(e)]
-        others = [e for e in others if not is_annotation_event(e)]
-        if notes:
-            await apply_annotation_events(notes, conn)
-        if others:
-            await apply_runbook_events(others, conn)
-        passthrough = {
-            e.trajectory_id
-            for e in calls
-            if isinstance(e.data, _COMPLETION_EVENTS) and e.data.mode != MODE_RUNBOOK
-        }
-        if passthrough:
-            await conn.execute(_RECOMPUTE_TRAJECTORIES, sorted(passthrough))
-        runbooks = {
-            e.trajectory_id for e in fresh if not is_key_event(e) and not is_annotation_event(e)
-        } - passthrough
-        if runbooks:
-            await recompute_runbook_trajectories(runbooks, conn)
-    return claimed
-
-
-async def _claim_new(events: list[Event], conn: Connection) -> list[Event]:
-    """Insert the tracking rows; keep the events whose id was not there yet."""
-    rows = await conn.fetch(
-        """
-        INSERT INTO processed_events (event_id, event_type, trajectory_id, event_time)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING event_id
-        """,
-        [e.id for e in events],
-        [e.type for e in events],
-        [e.trajectory_id for e in events],
-        [_utc(e.time) for e in events],
-    )
-    new_ids = {r["event_id"] for r in rows}
-    return [e for e in events if e.id in new_ids]
+    else:
+        gone |= known_gone
+    if gone:
+        fresh = [e for e in fresh if e.trajectory_id not in gone]
+        if not fresh:
+            return written
+    calls = [e for e in fresh if isinstance(e.data, _COMPLETION_EVENTS)]
+    keys = [e for e in fresh if is_key_event(e)]
+    if keys:
+        written += await apply_key_events(keys, conn)
+    others = [
+        e for e in fresh if not isinstance(e.data, _COMPLETION_EVENTS) and not is_key_event(e)
+    ]
+    if calls:
+        rows = [_step_row(facts) for _, facts in sorted(_fold(calls).items())]
+        # Key order (sorted above and in the statement), so that two recorders
+        # sharing the durable lock rows in the same order and cannot deadlock.
+        written += rows_written(await conn.execute(_UPSERT_STEPS, *zip(*rows, strict=True)))
+    notes = [e for e in others if is_annotation_event(e)]
+    others = [e for e in others if not is_annotation_event(e)]
+    if notes:
+        written += await apply_annotation_events(notes, conn)
+    if others:
+        written += await apply_runbook_events(others, conn)
+    passthrough = {
+        e.trajectory_id
+        for e in calls
+        if isinstance(e.data, _COMPLETION_EVENTS) and e.data.mode != MODE_RUNBOOK
+    }
+    if passthrough:
+        status = await conn.execute(_RECOMPUTE_TRAJECTORIES, sorted(passthrough))
+        written += rows_written(status)
+    runbooks = {
+        e.trajectory_id for e in fresh if not is_key_event(e) and not is_annotation_event(e)
+    } - passthrough
+    if runbooks:
+        written += await recompute_runbook_trajectories(runbooks, conn)
+    return written
 
 
 # --- one step's facts -----------------------------------------------------------

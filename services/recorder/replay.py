@@ -42,6 +42,9 @@ from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
+# The tracking position a replay keeps, apart from the live recorder's.
+REPLAY_CONSUMER = "jetty-replay"
+
 
 class ReplayStalled(RecorderError):
     """The stream stopped delivering before the replay reached its end."""
@@ -162,7 +165,7 @@ async def _project(
                     decoded.append(item)
                 else:
                     dead.append(item)
-            return await commit(conn, decoded, dead)
+            return await commit(conn, decoded, dead, consumer=REPLAY_CONSUMER)
         except Exception as exc:
             retryable = isinstance(exc, RecorderError) or is_transient(exc)
             if not retryable or attempt == attempts:

@@ -5,8 +5,8 @@ Each batch is its own short transaction (``JETTY_RETENTION_BATCH`` trajectories,
 default 500): it takes row locks on those trajectories only and never a table
 lock, so the projection keeps committing between batches. The stream's own
 ``max_age`` (set from the same setting by every service) drops the events; the
-tracking rows (``processed_events``) and tombstones older than the cut-off go
-with them, since nothing can redeliver those events any more. Artifacts are
+tombstones older than the cut-off go with them, since nothing can redeliver
+those events any more. Artifacts are
 removed from the object store after their rows are gone (a removal that fails
 is logged; the object has no row pointing at it any more).
 """
@@ -59,9 +59,6 @@ async def sweep_batch(
             )
         ]
         await remove_rows(ids, conn)
-        await conn.execute(
-            "DELETE FROM processed_events WHERE trajectory_id = ANY($1::text[])", ids
-        )
     return ids, keys
 
 

@@ -2,7 +2,7 @@
 ``steps``, ``artifacts``, and the ``trajectories`` row of each runbook.
 
 Same invariants as :mod:`services.recorder.projection` (which calls this inside its
-transaction, after the tracking rows are written): idempotent, independent of
+transaction): idempotent by the event ids on its rows, independent of
 arrival order and batch split, no wall clock, one statement per table per batch.
 
 * ``runbooks``: three sides, each kept by a fixed precedence (see the migration
@@ -34,6 +34,7 @@ from services.recorder.values import (
     USAGE_AGGREGATES,
     Event,
     json,
+    rows_written,
     text,
     utc,
     utc_opt,
@@ -75,8 +76,8 @@ def is_runbook_event(event: Event) -> bool:
     return isinstance(event.data, RUNBOOK_EVENTS)
 
 
-async def apply_runbook_events(events: Sequence[Event], conn: Connection) -> None:
-    """Project new runbook-family events (already claimed in ``processed_events``)."""
+async def apply_runbook_events(events: Sequence[Event], conn: Connection) -> int:
+    """Project runbook-family events; rows written (0: nothing new)."""
     runs: dict[str, _RunFacts] = {}
     steps: dict[tuple[str, int], Event] = {}
     artifacts: dict[tuple[str, str], Event] = {}
@@ -99,18 +100,20 @@ async def apply_runbook_events(events: Sequence[Event], conn: Connection) -> Non
             runs.setdefault(event.trajectory_id, _RunFacts()).add(event)
     # Key order in every statement, so that concurrent recorders lock rows in the
     # same order and cannot deadlock.
+    written = 0
     if runs:
         rows = [_run_row(facts) for _, facts in sorted(runs.items())]
-        await conn.execute(_UPSERT_RUNBOOKS, *zip(*rows, strict=True))
+        written += rows_written(await conn.execute(_UPSERT_RUNBOOKS, *zip(*rows, strict=True)))
     if steps:
         rows = [_agent_step_row(event) for _, event in sorted(steps.items())]
-        await conn.execute(_UPSERT_AGENT_STEPS, *zip(*rows, strict=True))
+        written += rows_written(await conn.execute(_UPSERT_AGENT_STEPS, *zip(*rows, strict=True)))
     if artifacts:
         rows = [_artifact_row(event) for _, event in sorted(artifacts.items())]
-        await conn.execute(_UPSERT_ARTIFACTS, *zip(*rows, strict=True))
+        written += rows_written(await conn.execute(_UPSERT_ARTIFACTS, *zip(*rows, strict=True)))
     if rounds:
         rows = [_round_row(event) for _, event in sorted(rounds.items())]
-        await conn.execute(_UPSERT_EVALUATIONS, *zip(*rows, strict=True))
+        written += rows_written(await conn.execute(_UPSERT_EVALUATIONS, *zip(*rows, strict=True)))
+    return written
 
 
 _UPSERT_EVALUATIONS = """
@@ -137,9 +140,10 @@ def _round_row(event: Event) -> tuple[Any, ...]:
             checks, utc(data.evaluated_at), event.id)  # fmt: skip
 
 
-async def recompute_runbook_trajectories(trajectory_ids: Iterable[str], conn: Connection) -> None:
-    """Rewrite the ``trajectories`` rows of these runbooks (those whose request is known)."""
-    await conn.execute(_RECOMPUTE, sorted(set(trajectory_ids)))
+async def recompute_runbook_trajectories(trajectory_ids: Iterable[str], conn: Connection) -> int:
+    """Rewrite the ``trajectories`` rows of these runbooks (those whose request is
+    known); rows written."""
+    return rows_written(await conn.execute(_RECOMPUTE, sorted(set(trajectory_ids))))
 
 
 # --- runbooks -------------------------------------------------------------------

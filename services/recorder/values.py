@@ -51,6 +51,12 @@ class Event:
         )
 
 
+def rows_written(status: str) -> int:
+    """Rows an INSERT / UPDATE / DELETE wrote, from its command tag ("INSERT 0 3").
+    An upsert whose WHERE refuses a no-op update does not count that row."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
 def utc(moment: datetime) -> datetime:
     # A naive time from a careless producer is taken as UTC, the same way every time.
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

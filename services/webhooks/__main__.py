@@ -17,10 +17,11 @@ import signal
 
 import aiohttp
 from nats.aio.client import Client
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError, NotFoundError
+from nats.js import JetStreamContext
+from nats.js.errors import FetchTimeoutError
 
 from services.webhooks.delivery import Deliverer
+from services.webhooks.endpoints import ConsumerControl, Endpoints, keep_consumer
 from services.webhooks.settings import WebhookSettings
 from shared import subjects
 from shared.bus import connect_until_up, ensure_streams, source_name
@@ -30,20 +31,6 @@ from shared.metrics import metrics_route
 from shared.webhooks import WebhookStore
 
 log = logging.getLogger("services.webhooks")
-
-
-def consumer_config(settings: WebhookSettings) -> ConsumerConfig:
-    return ConsumerConfig(
-        durable_name=subjects.WEBHOOKS_DURABLE,
-        filter_subject=subjects.EVENTS_ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        # New events only: registering a webhook does not replay history.
-        deliver_policy=DeliverPolicy.NEW,
-        # Time to deliver one event to all its endpoints before the stream resends it.
-        ack_wait=settings.webhook_timeout * 3 + 5,
-        max_deliver=len(settings.webhook_retry_delays) + 2,
-        max_ack_pending=1000,
-    )
 
 
 async def serve(settings: WebhookSettings) -> None:
@@ -83,22 +70,35 @@ async def _consume(settings: WebhookSettings, stop: asyncio.Event, connected: li
     connected.append(nc)
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas)
-    try:
-        await js.consumer_info(subjects.EVENTS_STREAM, subjects.WEBHOOKS_DURABLE)
-    except NotFoundError:
-        await js.add_consumer(subjects.EVENTS_STREAM, consumer_config(settings))
-    sub = await js.pull_subscribe_bind(subjects.WEBHOOKS_DURABLE, subjects.EVENTS_STREAM)
+    store = WebhookStore(js)
+    endpoints = Endpoints(store)
+    control = ConsumerControl(js, settings)
+    # The first reconcile runs once the watch has the current endpoints; until
+    # then (and while there is none) there is nothing to fetch.
+    watching = asyncio.create_task(endpoints.run())
+    keeping = asyncio.create_task(keep_consumer(endpoints, control, stop))
     log.info("webhook delivery consuming %s", settings.nats_url.split("@")[-1])
     in_flight: set[asyncio.Task[None]] = set()
+    sub: JetStreamContext.PullSubscription | None = None
     async with aiohttp.ClientSession() as session:
-        deliverer = Deliverer(settings, WebhookStore(js), session)
+        deliverer = Deliverer(settings, store, session, endpoints.of_collection)
         while not stop.is_set():
+            if not control.filters:
+                # No endpoint wants anything: no consumer, nothing to fetch.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.2)
+                continue
             try:
+                if sub is None:
+                    sub = await js.pull_subscribe_bind(
+                        subjects.WEBHOOKS_DURABLE, subjects.EVENTS_STREAM
+                    )
                 messages = await sub.fetch(batch=50, timeout=1.0)
             except (FetchTimeoutError, TimeoutError):
                 continue
-            except Exception as exc:
-                log.warning("fetch failed: %r", exc)
+            except Exception as exc:  # the consumer went away (no endpoints), NATS away
+                if control.filters:
+                    log.warning("fetch failed: %r", exc)
                 await asyncio.sleep(1.0)
                 continue
             for msg in messages:
@@ -108,10 +108,13 @@ async def _consume(settings: WebhookSettings, stop: asyncio.Event, connected: li
                 task.add_done_callback(_log_failure)
         if in_flight:
             await asyncio.wait(in_flight, timeout=settings.webhook_timeout + 5)
+    keeping.cancel()
+    watching.cancel()
     # Every ack went out with its event's handling; a pull subscription's drain
     # can wait for ever, so: flush what is written, then close.
     with contextlib.suppress(Exception):
-        await sub.unsubscribe()
+        if sub is not None:
+            await sub.unsubscribe()
         await asyncio.wait_for(nc.flush(), 5.0)
     with contextlib.suppress(Exception):
         await nc.close()

@@ -1,7 +1,8 @@
 """Deliver events to the webhooks that want them, signed per Standard Webhooks.
 
-One durable pull consumer (``jetty-webhooks``) on the whole events stream. For
-each event, every endpoint of its collection that wants its type gets a POST of
+One durable pull consumer (``jetty-webhooks``), filtered on the subjects the
+endpoints want (:mod:`services.webhooks.endpoints`; none when there is no
+endpoint). For each event, every endpoint of its collection that wants its type gets a POST of
 the event envelope, with ``webhook-id`` (the event id: receivers deduplicate on
 it), ``webhook-timestamp`` and ``webhook-signature`` (``v1,<base64 HMAC-SHA256>``
 of ``id.timestamp.body`` with the endpoint's secret). A 2xx is delivered;
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,23 +42,20 @@ log = logging.getLogger(__name__)
 
 class Deliverer:
     def __init__(
-        self, settings: WebhookSettings, store: WebhookStore, session: aiohttp.ClientSession
+        self,
+        settings: WebhookSettings,
+        store: WebhookStore,
+        session: aiohttp.ClientSession,
+        hooks: Callable[[str], list[StoredWebhook]],
     ) -> None:
         self.settings = settings
         self.store = store
         self.session = session
         self.allowed = parse_networks(settings.webhook_allow_networks)
-        self._cache: dict[str, tuple[float, list[StoredWebhook]]] = {}
+        #: a collection's endpoints, as the live watch (endpoints.py) knows them
+        self._of_collection = hooks
         #: endpoints that had an event, so a redelivery skips them
         self._done: dict[str, set[str]] = {}
-
-    async def _hooks(self, collection: str) -> list[StoredWebhook]:
-        cached = self._cache.get(collection)
-        if cached and time.monotonic() - cached[0] < self.settings.webhook_cache_seconds:
-            return cached[1]
-        hooks = await self.store.of_collection(collection)
-        self._cache[collection] = (time.monotonic(), hooks)
-        return hooks
 
     async def handle(self, msg: Msg) -> None:
         try:
@@ -66,7 +65,7 @@ class Deliverer:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             await msg.ack()
             return
-        wanted = [h for h in await self._hooks(collection) if h.wants(event_type)]
+        wanted = [h for h in self._of_collection(collection) if h.wants(event_type)]
         if not wanted:
             await msg.ack()
             return

@@ -10,5 +10,3 @@ class WebhookSettings(CommonSettings):
     #: one the delivery is given up (1 min, 5 min, 30 min, 2 h, 8 h: ~10.6 h)
     webhook_retry_delays: list[float] = Field(default=[60, 300, 1800, 7200, 28800])
     webhook_timeout: float = Field(default=10.0, gt=0)
-    #: how long a collection's endpoint list is reused before it is read again
-    webhook_cache_seconds: float = Field(default=2.0, ge=0)
