@@ -15,12 +15,14 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import nats
 import orjson
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -33,7 +35,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NoStreamResponseError, NotFoundError
 from pydantic import BaseModel
 
 from shared import metrics, subjects
@@ -221,6 +223,119 @@ def encode_event(envelope: Envelope) -> bytes:
     return orjson.dumps(envelope.model_dump(mode="json", exclude_none=True))
 
 
+class AckTimeout(BusError):
+    """JetStream did not acknowledge a publication in time."""
+
+
+class AckInbox:
+    """JetStream publications and their acknowledgements over one wildcard inbox
+    subscription of our own: what ``JetStreamContext.publish`` does, minus what it
+    costs per event that we do not need (a ``wait_for`` per request, the standard
+    library's JSON parser and a ``PubAck`` object for an answer we only check).
+
+    ``send`` puts the message on the wire and returns the future of its answer, so
+    a caller can do other work while JetStream stores it; ``result`` then checks
+    the answer. The subscription is made once and survives reconnects (nats-py
+    renews subscriptions); a publication lost in a reconnect times out and is
+    retried by the caller with the same ``Nats-Msg-Id``.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._sub: Any = None
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._seq = 0
+        self._subscribing = asyncio.Lock()
+
+    async def _on_answer(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def send(
+        self, subject: str, payload: bytes, msg_id: str, timeout: float
+    ) -> asyncio.Future[Msg]:
+        if self._sub is None:
+            async with self._subscribing:  # the first publications may race here
+                if self._sub is None:
+                    prefix = self._nc.new_inbox() + "."
+                    self._sub = await self._nc.subscribe(prefix + "*", cb=self._on_answer)
+                    self._prefix = prefix
+        self._seq += 1
+        token = str(self._seq)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = future
+        expiry = loop.call_later(timeout, self._expire, token)
+
+        def settled(_: asyncio.Future[Msg]) -> None:
+            # Answered, expired or cancelled (a caller gone): forget it either way.
+            expiry.cancel()
+            self._waiting.pop(token, None)
+
+        future.add_done_callback(settled)
+        try:
+            await self._nc.publish(
+                subject, payload, reply=self._prefix + token, headers={"Nats-Msg-Id": msg_id}
+            )
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    def _expire(self, token: str) -> None:
+        future = self._waiting.pop(token, None)
+        if future is not None and not future.done():
+            future.set_exception(AckTimeout("no acknowledgement from JetStream in time"))
+
+    @staticmethod
+    def result(msg: Msg) -> None:
+        """Raise unless ``msg`` says the publication is stored (or a duplicate of one
+        that is: JetStream de-duplicates by ``Nats-Msg-Id``)."""
+        headers = msg.headers
+        if headers and headers.get("Status") == "503":
+            raise NoStreamResponseError
+        answer = orjson.loads(msg.data)
+        if "error" in answer:
+            raise APIError.from_error(answer["error"])
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str, timeout: float) -> None:
+        """Publish and wait for the acknowledgement."""
+        self.result(await (await self.send(subject, payload, msg_id, timeout)))
+
+
+@dataclass(slots=True)
+class PendingEvent:
+    """An event sent by :meth:`EventPublisher.begin`, its acknowledgement not yet
+    awaited."""
+
+    _publisher: EventPublisher
+    _subject: str
+    _encoded: bytes
+    eid: str
+    _future: asyncio.Future[Msg] | None
+    _sent: float
+
+    async def wait(self) -> None:
+        """Return once JetStream has the event, or after the publisher's bounded wait
+        with the event handed to the background (as ``publish(wait=True)``)."""
+        publisher = self._publisher
+        if self._future is not None:
+            try:
+                AckInbox.result(await self._future)
+                metrics.PUBLISH_SECONDS.observe(time.perf_counter() - self._sent)
+                return
+            except asyncio.CancelledError:
+                publisher._deliver_later(self._subject, self._encoded, self.eid)
+                raise
+            except Exception as exc:  # retried below with the same id
+                log.warning("event %s not stored yet (%s); retrying", self.eid, exc)
+        # What is left of the bounded wait, as if publish(wait=True) had been called.
+        left = publisher.ack_timeout - (time.perf_counter() - self._sent)
+        await publisher._deliver_now(self._subject, self._encoded, self.eid, max(0.0, left))
+
+
 class EventPublisher:
     """Publishes events with a unique ``Nats-Msg-Id``; never drops one.
 
@@ -242,6 +357,7 @@ class EventPublisher:
         self._claims = ClaimStore(js)
         self._threshold = claim_threshold
         self._ack_timeout = ack_timeout
+        self._acks = AckInbox(nc)
         self._pending: set[asyncio.Task[None]] = set()
         metrics.PENDING_ACKS.set_function(lambda: len(self._pending))
         #: secret masks of the runs this process serves (shared/secrets.py); every
@@ -300,20 +416,41 @@ class EventPublisher:
             self._deliver_later(subject, encoded, eid)
         return eid
 
+    async def begin(
+        self, collection: str, trajectory_id: str, data: BaseModel, event_id: str | None = None
+    ) -> PendingEvent:
+        """Send one event now and return at once: :meth:`PendingEvent.wait` then gives
+        ``publish(wait=True)``'s guarantee, so the caller can do other work while
+        JetStream stores it. The caller must await ``wait`` (in a ``finally``)."""
+        eid, encoded, subject = await self.build(collection, trajectory_id, data, event_id)
+        future: asyncio.Future[Msg] | None = None
+        if self._nc.is_connected:
+            try:
+                future = await self._acks.send(subject, encoded, eid, self._ack_timeout)
+            except asyncio.CancelledError:
+                self._deliver_later(subject, encoded, eid)  # never lost, as in publish()
+                raise
+            except Exception as exc:  # wait() retries it
+                log.warning("event %s not sent yet (%s); retrying", eid, exc)
+        return PendingEvent(self, subject, encoded, eid, future, time.perf_counter())
+
     async def _attempt(self, subject: str, payload: bytes, eid: str, timeout: float) -> None:
         if not self._nc.is_connected:
             raise BusUnavailable("not connected")
         start = time.perf_counter()
-        await self._js.publish(subject, payload, headers={"Nats-Msg-Id": eid}, timeout=timeout)
+        await self._acks.publish(subject, payload, eid, timeout)
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - start)
 
-    async def _deliver_now(self, subject: str, payload: bytes, eid: str) -> None:
-        """Deliver from the caller's task for up to ``ack_timeout``, then hand over to
+    async def _deliver_now(
+        self, subject: str, payload: bytes, eid: str, within: float | None = None
+    ) -> None:
+        """Deliver from the caller's task for up to ``ack_timeout`` (or ``within``
+        seconds), then hand over to
         the background. The common case is one request with no task, shield or extra
         timer around it (those cost 15-30 us an event here, ~10% of publishing one).
         A caller cancelled meanwhile hands the event over too, so it is never lost."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._ack_timeout
+        deadline = loop.time() + (self._ack_timeout if within is None else within)
         delay = 0.05
         try:
             while (remaining := deadline - loop.time()) > 0:
@@ -346,6 +483,10 @@ class EventPublisher:
                 log.warning("event %s not stored yet (%s); retrying in %.2fs", eid, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    @property
+    def ack_timeout(self) -> float:
+        return self._ack_timeout
 
     @property
     def pending(self) -> int:

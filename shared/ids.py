@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -25,7 +24,12 @@ def new_trajectory_id() -> str:
 
 
 def new_event_id() -> str:
-    return uuid.uuid4().hex
+    """A random (version 4) UUID as 32 hex digits, as ``uuid.uuid4().hex`` gives it,
+    without building the ``UUID`` object (a third of the cost; one per event)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
 
 
 def is_trajectory_id(value: str) -> bool:

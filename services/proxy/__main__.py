@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -70,6 +71,14 @@ async def main(settings: ProxySettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Everything loaded so far (provider catalogue, pricing table, pydantic schemas)
+    # lives for the whole process: out of the collector's sight, so that the full
+    # collections the per-call garbage triggers do not walk it again and again; and
+    # a first generation collected every 20,000 allocations, not 700 (a call makes
+    # hundreds). docs/architecture.md, "The proxy's hot path".
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     await worker.start()
     health = None
     if settings.health_port is not None:

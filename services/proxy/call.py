@@ -24,6 +24,7 @@ import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, Final
 
 import orjson
@@ -95,6 +96,18 @@ class CallDeps:
     run_masks: RunMasks | None = None
 
 
+class Phase(Enum):
+    """Where a call is in its lifecycle; it only moves forward."""
+
+    #: working on the answer: a cancel is still taken
+    RUNNING = "running"
+    #: the terminal event is decided (and being published): cancels are ignored,
+    #: keep-alives still go out while the acknowledgement is awaited
+    ENDED = "ended"
+    #: the last frame is out, or none will be: nothing more is sent
+    CLOSED = "closed"
+
+
 def with_metadata(document: bytes, metadata: bytes) -> bytes:
     """Append ``"jetty_metadata": …`` to a serialised JSON object without re-parsing it."""
     return document[:-1] + _METADATA_KEY + metadata + b"}"
@@ -107,10 +120,7 @@ class CallRun:
         self.reply = reply
         self._body = body
         self.last_sent = time.monotonic()
-        # Set once the terminal event is decided: later cancels are ignored and
-        # keep-alives stop before the last frame goes out.
-        self.ended = False
-        self.closed = False
+        self.phase = Phase.RUNNING
         self.cancel_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
         # The gateway's trace context (from the call's NATS headers), when tracing.
@@ -144,8 +154,19 @@ class CallRun:
 
     # --- control from the worker ------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """The last frame is out (or none will be): keep-alives stop."""
+        return self.phase is Phase.CLOSED
+
+    def _end(self) -> None:
+        self.phase = Phase.ENDED
+
+    def _close(self) -> None:
+        self.phase = Phase.CLOSED
+
     def cancel(self, reason: str) -> bool:
-        if self.ended or self.task is None or self.task.done():
+        if self.phase is not Phase.RUNNING or self.task is None or self.task.done():
             return False
         self.cancel_reason = reason
         self.task.cancel()
@@ -158,16 +179,22 @@ class CallRun:
     # --- the lifecycle ------------------------------------------------------------------
 
     async def run(self) -> None:
+        if not tracing.enabled():  # no span, and no context manager to enter for none
+            await self._run_masked()
+            return
         with tracing.span("chat", kind="CLIENT", parent=self.trace_parent) as current:
             self._span = current
-            masks = self.deps.run_masks if self.call.mode == "runbook" else None
-            if masks is not None and await masks.acquire(self.call.trajectory_id):
-                try:
-                    await self._run_recorded()
-                finally:
-                    masks.release(self.call.trajectory_id)
-                return
-            await self._run_recorded()
+            await self._run_masked()
+
+    async def _run_masked(self) -> None:
+        masks = self.deps.run_masks if self.call.mode == "runbook" else None
+        if masks is not None and await masks.acquire(self.call.trajectory_id):
+            try:
+                await self._run_recorded()
+            finally:
+                masks.release(self.call.trajectory_id)
+            return
+        await self._run_recorded()
 
     async def _run_recorded(self) -> None:
         try:
@@ -179,7 +206,7 @@ class CallRun:
                 # Our own cancellation (client gone or shutdown): absorb it so the
                 # cancellation can still be recorded and answered.
                 task.uncancel()
-            if not self.ended:
+            if self.phase is Phase.RUNNING:
                 await self._cancelled(reason)
             if self.cancel_reason is None:
                 raise
@@ -375,7 +402,7 @@ class CallRun:
         self.last_sent = time.monotonic()
 
     async def _final(self, kind: Frame, payload: bytes = b"") -> None:
-        self.closed = True
+        self._close()
         try:
             await self.deps.nc.publish(self.reply, kind.value + payload)
         except NatsError as exc:
@@ -395,7 +422,7 @@ class CallRun:
     def _requested_due(self) -> None:
         """Timer: the call outlasted the delay, so a reader should see it running."""
         self._requested_timer = None
-        if self.ended or self._requested_out:
+        if self.phase is not Phase.RUNNING or self._requested_out:
             return
         self._requested_out = True
         self._requested_task = asyncio.create_task(
@@ -500,9 +527,19 @@ class CallRun:
     async def _publish_end(
         self, data: CompletionFinished | CompletionFailed | CompletionCancelled
     ) -> None:
-        await self.deps.publisher.publish(
-            self.call.collection, self.call.trajectory_id, data, wait=True
+        # The event goes out first; what only feeds metrics, traces and limits is done
+        # while JetStream stores it. The last frame still waits for the acknowledgement.
+        pending = await self.deps.publisher.begin(
+            self.call.collection, self.call.trajectory_id, data
         )
+        try:
+            await self._account(data)
+        finally:
+            await pending.wait()
+
+    async def _account(
+        self, data: CompletionFinished | CompletionFailed | CompletionCancelled
+    ) -> None:
         observe_end(data, self.call.ingress, self._provider != "none")
         if self._span is not None:
             trace_end(self._span, self.call, data)
@@ -556,17 +593,17 @@ class CallRun:
             log.warning("spend of %s not added to its run: %r", self.call.trajectory_id, exc)
 
     async def _finished(self) -> None:
-        self.ended = True
+        self._end()
         fields = self._ended_fields(finished=True) | await self._request_side()
         await self._publish_end(CompletionFinished(**fields))
 
     async def _failed(self, error: ApiError) -> None:
-        if self.ended:
+        if self.phase is not Phase.RUNNING:
             # The terminal event is out; only the last frame can still be missing.
-            if not self.closed:
+            if self.phase is Phase.ENDED:
                 await self._final(Frame.ERROR, orjson.dumps(error.to_dict()))
             return
-        self.ended = True
+        self._end()
         record = ErrorRecord(
             status=error.status,
             type=error.error_type,
@@ -579,13 +616,13 @@ class CallRun:
         await self._final(Frame.ERROR, orjson.dumps(error.to_dict()))
 
     async def _cancelled(self, reason: str) -> None:
-        self.ended = True
+        self._end()
         fields = self._ended_fields(finished=False) | await self._request_side()
         await self._publish_end(CompletionCancelled(**fields, reason=reason))
-        if reason == PROXY_SHUTDOWN and not self.closed:
+        if reason == PROXY_SHUTDOWN and self.phase is Phase.ENDED:
             # The client is still there: tell it to retry elsewhere.
             error = Unavailable(
                 "The model proxy is shutting down; please retry.", code="proxy_shutdown"
             )
             await self._final(Frame.ERROR, orjson.dumps(error.to_dict()))
-        self.closed = True
+        self._close()

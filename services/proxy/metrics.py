@@ -4,7 +4,6 @@ cannot disagree)."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -20,6 +19,57 @@ _STATUS = {
 }
 
 
+class _Series:
+    """The children of one label set (``labels()`` costs a lock and a dict lookup
+    per metric; a call touches up to six): looked up once, then reused. The
+    optional ones appear on first use, as with ``labels()`` itself."""
+
+    __slots__ = ("_cost", "_tokens", "_ttft", "calls", "duration", "model", "provider")
+
+    def __init__(self, provider: str, model: str, ingress: str, mode: str, status: str) -> None:
+        self.provider = provider
+        self.model = model
+        self.calls = metrics.CALLS.labels(provider, model, ingress, mode, status)
+        self.duration = metrics.CALL_DURATION.labels(provider)
+        self._ttft: Any = None
+        self._tokens: tuple[Any, Any] | None = None
+        self._cost: Any = None
+
+    def ttft(self) -> Any:
+        if self._ttft is None:
+            self._ttft = metrics.TTFT.labels(self.provider)
+        return self._ttft
+
+    def tokens(self) -> tuple[Any, Any]:
+        if self._tokens is None:
+            self._tokens = (
+                metrics.TOKENS.labels(self.provider, self.model, "input"),
+                metrics.TOKENS.labels(self.provider, self.model, "output"),
+            )
+        return self._tokens
+
+    def cost(self) -> Any:
+        if self._cost is None:
+            self._cost = metrics.COST.labels(self.provider, self.model)
+        return self._cost
+
+
+# Bounded like the labels themselves (configured providers, routed models); cleared
+# past the cap rather than grown without end by a client cycling model names.
+_SERIES: dict[tuple[str, str, str, str, str], _Series] = {}
+_SERIES_CAP = 4096
+
+
+def _series(provider: str, model: str, ingress: str, mode: str, status: str) -> _Series:
+    key = (provider, model, ingress, mode, status)
+    found = _SERIES.get(key)
+    if found is None:
+        if len(_SERIES) >= _SERIES_CAP:
+            _SERIES.clear()
+        found = _SERIES[key] = _Series(*key)
+    return found
+
+
 def observe_end(
     data: CompletionFinished | CompletionFailed | CompletionCancelled, ingress: str, routed: bool
 ) -> None:
@@ -27,15 +77,18 @@ def observe_end(
     its name is the client's, so it is counted as ``unknown`` (bounded labels)."""
     provider = data.provider if routed else "none"
     model = data.model if routed else "unknown"
-    metrics.CALLS.labels(provider, model, ingress, data.mode, _STATUS[type(data)]).inc()
-    metrics.CALL_DURATION.labels(provider).observe(data.latency_ms / 1000)
+    series = _series(provider, model, ingress, data.mode, _STATUS[type(data)])
+    series.calls.inc()
+    series.duration.observe(data.latency_ms / 1000)
     if data.ttft_ms is not None:
-        metrics.TTFT.labels(provider).observe(data.ttft_ms / 1000)
+        series.ttft().observe(data.ttft_ms / 1000)
     if data.usage is not None:
-        metrics.TOKENS.labels(provider, model, "input").inc(data.usage.prompt_tokens)
-        metrics.TOKENS.labels(provider, model, "output").inc(data.usage.completion_tokens)
+        tokens_in, tokens_out = series.tokens()
+        tokens_in.inc(data.usage.prompt_tokens)
+        tokens_out.inc(data.usage.completion_tokens)
     if data.cost_usd is not None:
-        metrics.COST.labels(provider, model).inc(float(Decimal(data.cost_usd)))
+        # A decimal string: float() of it rounds exactly as float(Decimal(...)) does.
+        series.cost().inc(float(data.cost_usd))
     first = data.attempts[0] if data.attempts else None
     for index, attempt in enumerate(data.attempts):
         if attempt.error is not None:

@@ -448,9 +448,11 @@ def load_pricing(path: Path | str | None = None) -> PricingTable:
     return _load_cached(Path(path).resolve() if path is not None else DEFAULT_PRICING_PATH)
 
 
+@lru_cache(maxsize=1024)
 def price_for(provider: str, model: str) -> ModelPrice | None:
     """The shipped table's price for ``model`` at ``provider`` (exact id, alias,
-    or ``provider/model``), or ``None`` when the table does not list it."""
+    or ``provider/model``), or ``None`` when the table does not list it. Cached:
+    the table never changes in a running process and every call asks."""
     return load_pricing().lookup(provider, model)
 
 

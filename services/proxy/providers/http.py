@@ -74,6 +74,9 @@ class UpstreamHttp:
             # request (measured at ~40% of the proxy's CPU). The proxy is resolved once.
             trust_env=False,
             auto_decompress=True,
+            # Upstream cookies are never kept: a jar would replay one client's
+            # cookies on another's calls, and filtering it costs every request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def aclose(self) -> None:
