@@ -268,7 +268,10 @@ def _stop(v: object) -> bool:
 
 
 def _stream_options(v: object) -> bool:
-    return v is None or (type(v) is dict and v.get("include_usage") in (None, True, False))
+    if v is None:
+        return True
+    flag = v.get("include_usage") if type(v) is dict else 0
+    return flag is None or flag is True or flag is False
 
 
 _FIELD_CHECKS: dict[str, Any] = {
@@ -315,7 +318,7 @@ def _tool_call(c: object) -> bool:
 
 
 def _message(m: object) -> bool:
-    if type(m) is not dict or m.get("role") not in _ROLES or type(m["role"]) is not str:
+    if type(m) is not dict or type(m.get("role")) is not str or m["role"] not in _ROLES:
         return False
     content = m.get("content")
     if not (content is None or type(content) is str) and (
