@@ -141,15 +141,18 @@ class ChatCompletionRequest(_Open):
 
     @property
     def task(self) -> str:
-        if self.jetty is not None and self.jetty.task:
-            return self.jetty.task
-        return (
-            DEFAULT_RUNBOOK_TASK if self.jetty is not None and self.jetty.runbook else DEFAULT_TASK
-        )
+        return task_of(self.jetty)
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+def task_of(jetty: JettyBlock | None) -> str:
+    """The task a call is recorded under: ``jetty.task``, else the default."""
+    if jetty is not None and jetty.task:
+        return jetty.task
+    return DEFAULT_RUNBOOK_TASK if jetty is not None and jetty.runbook else DEFAULT_TASK
 
 
 def _param_path(loc: tuple[int | str, ...]) -> str:
@@ -220,11 +223,7 @@ class ChatHead:
 
     @property
     def task(self) -> str:
-        if self.jetty is not None and self.jetty.task:
-            return self.jetty.task
-        return (
-            DEFAULT_RUNBOOK_TASK if self.jetty is not None and self.jetty.runbook else DEFAULT_TASK
-        )
+        return task_of(self.jetty)
 
     @classmethod
     def of(cls, req: ChatCompletionRequest) -> ChatHead:
