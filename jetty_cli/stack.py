@@ -11,6 +11,13 @@ output to ``<log_dir>/<name>.log``, and knows when they are ready:
   for the proxy it subscribes to the chat request subject. Without a monitoring
   URL they count as ready once they are running.
 
+Several worker processes of the gateway (``JETTY_GATEWAY_WORKERS``, default 1:
+they share its port with ``SO_REUSEPORT``) and of the proxy
+(``JETTY_PROXY_WORKERS``: more members of its NATS queue group) can be started;
+the first is named after the service (``gateway``), the others ``gateway-2`` …
+Each extra worker is ready once its own NATS connection (and, for a proxy, its
+subscription) exists.
+
 Processes can be killed and restarted one by one (tests SIGKILL the recorder
 under load). Nothing here restarts a process on its own: ``jetty up`` does that.
 """
@@ -36,6 +43,24 @@ from shared import subjects
 SERVICES = ("proxy", "recorder", "runner", "webhooks", "gateway")
 # Stop order: stop taking requests, finish them, then drain the events.
 STOP_ORDER = ("gateway", "runner", "proxy", "recorder", "webhooks")
+# Services that can run as several worker processes, and the setting saying how many.
+WORKER_SETTINGS = {"gateway": "JETTY_GATEWAY_WORKERS", "proxy": "JETTY_PROXY_WORKERS"}
+
+
+def worker_count(env: Mapping[str, str], service: str) -> int:
+    """How many processes of ``service`` the environment asks for (at least 1)."""
+    setting = WORKER_SETTINGS.get(service)
+    raw = env.get(setting, "").strip() if setting else ""
+    try:
+        return max(1, int(raw)) if raw else 1
+    except ValueError:
+        raise StackError(f"{setting} must be a whole number, not {raw!r}") from None
+
+
+def service_of(name: str) -> str:
+    """``gateway-2`` -> ``gateway``: the service a worker process belongs to."""
+    base, _, index = name.rpartition("-")
+    return base if base in WORKER_SETTINGS and index.isdigit() else name
 
 
 class StackError(Exception):
@@ -151,16 +176,27 @@ class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         config.log_dir.mkdir(parents=True, exist_ok=True)
-        self.services: dict[str, ServiceProcess] = {
-            name: ServiceProcess(
-                name,
-                [config.python, "-m", f"services.{name}"],
-                self._env_for(name),
-                config.log_dir / f"{name}.log",
-                config.cwd,
-            )
-            for name in SERVICES
-        }
+        self.services: dict[str, ServiceProcess] = {}
+        for service in SERVICES:
+            env = self._env_for(service)
+            for index in range(1, worker_count(env, service) + 1):
+                name = service if index == 1 else f"{service}-{index}"
+                if index > 1:
+                    # One health port per service: the first worker's.
+                    env = {k: v for k, v in env.items() if k != "JETTY_HEALTH_PORT"}
+                self.services[name] = ServiceProcess(
+                    name,
+                    [config.python, "-m", f"services.{service}"],
+                    env,
+                    config.log_dir / f"{name}.log",
+                    config.cwd,
+                )
+        #: every process's name, in start order (``gateway-2`` after ``gateway``)
+        self.names = tuple(self.services)
+
+    def workers(self, service: str) -> list[ServiceProcess]:
+        """The processes of one service (one unless it runs several workers)."""
+        return [p for name, p in self.services.items() if service_of(name) == service]
 
     def _env_for(self, name: str) -> dict[str, str]:
         cfg = self.config
@@ -223,7 +259,7 @@ class Stack:
         try:
             return self.services[name]
         except KeyError:
-            raise KeyError(f"no service {name!r}; services are {', '.join(SERVICES)}") from None
+            raise KeyError(f"no service {name!r}; services are {', '.join(self.names)}") from None
 
     def __iter__(self) -> Iterator[ServiceProcess]:
         return iter(self.services.values())
@@ -244,10 +280,10 @@ class Stack:
                 conns += json.loads(body).get("connections") or []
         return conns
 
-    def not_ready(self, names: tuple[str, ...] = SERVICES) -> str | None:
+    def not_ready(self, names: tuple[str, ...] | None = None) -> str | None:
         """What is not ready yet among ``names`` (None when all are)."""
         conns = None
-        for name in names:
+        for name in names if names is not None else self.names:
             service = self[name]
             if not service.alive:
                 return f"{name} is not running"
@@ -268,14 +304,14 @@ class Stack:
             mine = [c for c in conns if str(c.get("name", "")).endswith(suffix)]
             if not mine:
                 return f"{name} (pid {service.pid}) has no NATS connection yet"
-            if name == "proxy" and not any(
+            if service_of(name) == "proxy" and not any(
                 subjects.CHAT_REQUEST in (c.get("subscriptions_list") or []) for c in mine
             ):
                 return f"proxy (pid {service.pid}) is not subscribed to {subjects.CHAT_REQUEST}"
         return None
 
-    def _raise_if_dead(self, names: tuple[str, ...]) -> None:
-        for name in names:
+    def _raise_if_dead(self, names: tuple[str, ...] | None) -> None:
+        for name in names if names is not None else self.names:
             service = self[name]
             if service.proc is not None and service.proc.poll() is not None:
                 raise StackError(
@@ -283,7 +319,7 @@ class Stack:
                     + self.log_tails((name,))
                 )
 
-    def wait_ready(self, timeout: float = 60.0, names: tuple[str, ...] = SERVICES) -> None:
+    def wait_ready(self, timeout: float = 60.0, names: tuple[str, ...] | None = None) -> None:
         deadline = time.monotonic() + timeout
         while (problem := self.not_ready(names)) is not None:
             self._raise_if_dead(names)
@@ -292,7 +328,7 @@ class Stack:
             time.sleep(0.05)
 
     async def wait_ready_async(
-        self, timeout: float = 60.0, names: tuple[str, ...] = SERVICES
+        self, timeout: float = 60.0, names: tuple[str, ...] | None = None
     ) -> None:
         """Like :meth:`wait_ready` without blocking the event loop (probes in a thread)."""
         deadline = time.monotonic() + timeout
@@ -338,23 +374,23 @@ class Stack:
 
     def stop(self, timeout: float = 15.0) -> dict[str, int | None]:
         """SIGTERM in :data:`STOP_ORDER`, each given ``timeout`` before SIGKILL."""
-        for name in STOP_ORDER:
-            service = self.services[name]
-            service.wanted = False
-            if service.alive and service.proc is not None:
-                service.proc.send_signal(signal.SIGTERM)
-            # The gateway goes first and alone: once it stops taking requests the
-            # proxy and recorder can finish what is in flight.
-            if name == "gateway":
-                service.stop(timeout)
-        return {name: self.services[name].stop(timeout) for name in STOP_ORDER}
+        order = [p for service in STOP_ORDER for p in self.workers(service)]
+        for process in order:
+            process.wanted = False
+            if process.alive and process.proc is not None:
+                process.proc.send_signal(signal.SIGTERM)
+        # The gateway goes first and alone: once it stops taking requests the
+        # proxy and recorder can finish what is in flight.
+        for process in self.workers("gateway"):
+            process.stop(timeout)
+        return {p.name: p.stop(timeout) for p in order}
 
     def crashed(self) -> list[ServiceProcess]:
         return [s for s in self if s.crashed]
 
-    def log_tails(self, names: tuple[str, ...] = SERVICES, lines: int = 40) -> str:
+    def log_tails(self, names: tuple[str, ...] | None = None, lines: int = 40) -> str:
         parts = []
-        for name in names:
+        for name in names if names is not None else self.names:
             path = self[name].log_path
             parts.append(f"--- {name} ({path}) ---\n{procs.tail(path, lines) or '(empty)'}")
         return "\n".join(parts)

@@ -8,6 +8,7 @@ gets a 400 naming the parameter.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -140,15 +141,18 @@ class ChatCompletionRequest(_Open):
 
     @property
     def task(self) -> str:
-        if self.jetty is not None and self.jetty.task:
-            return self.jetty.task
-        return (
-            DEFAULT_RUNBOOK_TASK if self.jetty is not None and self.jetty.runbook else DEFAULT_TASK
-        )
+        return task_of(self.jetty)
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+def task_of(jetty: JettyBlock | None) -> str:
+    """The task a call is recorded under: ``jetty.task``, else the default."""
+    if jetty is not None and jetty.task:
+        return jetty.task
+    return DEFAULT_RUNBOOK_TASK if jetty is not None and jetty.runbook else DEFAULT_TASK
 
 
 def _param_path(loc: tuple[int | str, ...]) -> str:
@@ -187,7 +191,10 @@ def json_object_body(body: bytes, required: tuple[str, ...]) -> dict[str, Any]:
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Parse and validate; raises :class:`InvalidRequest` naming the parameter."""
-    raw = json_object_body(body, ("model", "messages"))
+    return _validated(json_object_body(body, ("model", "messages")))
+
+
+def _validated(raw: dict[str, Any]) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(raw)
     except ValidationError as exc:
@@ -202,3 +209,146 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
             message = f"Invalid value for '{param}': {first['msg']}."
             code = "invalid_value" if first["type"] != "missing" else "missing_required_parameter"
         raise InvalidRequest(message, param=param or None, code=code) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatHead:
+    """What the gateway reads of a chat request it has validated: enough to open
+    the call. The proxy parses the whole :class:`ChatCompletionRequest`."""
+
+    model: str
+    stream: bool
+    include_usage: bool
+    jetty: JettyBlock | None
+
+    @property
+    def task(self) -> str:
+        return task_of(self.jetty)
+
+    @classmethod
+    def of(cls, req: ChatCompletionRequest) -> ChatHead:
+        return cls(req.model, bool(req.stream), req.include_usage, req.jetty)
+
+
+def check_chat_request(body: bytes) -> ChatHead:
+    """Validate exactly as :func:`parse_chat_request` does (same errors), without
+    building the models for the common document: plain checks that accept a
+    subset of what the model accepts; anything else goes through the model."""
+    raw = json_object_body(body, ("model", "messages"))
+    head = _plain_head(raw)
+    return head if head is not None else ChatHead.of(_validated(raw))
+
+
+# --- the plain checks: True only when the model would accept the value -----------------
+
+
+def _opt_str(v: object) -> bool:
+    return v is None or type(v) is str
+
+
+def _opt_int(v: object, lo: int, hi: int | None = None) -> bool:
+    return v is None or (type(v) is int and v >= lo and (hi is None or v <= hi))
+
+
+def _opt_num(v: object, lo: float, hi: float) -> bool:
+    return v is None or ((type(v) is float or type(v) is int) and lo <= v <= hi)
+
+
+def _opt_dict(v: object) -> bool:
+    return v is None or type(v) is dict
+
+
+def _stop(v: object) -> bool:
+    return (
+        v is None
+        or type(v) is str
+        or (type(v) is list and len(v) <= 4 and all(type(x) is str for x in v))
+    )
+
+
+def _stream_options(v: object) -> bool:
+    if v is None:
+        return True
+    flag = v.get("include_usage") if type(v) is dict else 0
+    return flag is None or flag is True or flag is False
+
+
+_FIELD_CHECKS: dict[str, Any] = {
+    "stream": lambda v: v is None or v is True or v is False,
+    "stream_options": _stream_options,
+    "temperature": lambda v: _opt_num(v, 0, 2),
+    "top_p": lambda v: _opt_num(v, 0, 1),
+    "max_tokens": lambda v: _opt_int(v, 1),
+    "max_completion_tokens": lambda v: _opt_int(v, 1),
+    "n": lambda v: _opt_int(v, 1, 128),
+    "stop": _stop,
+    "seed": lambda v: _opt_int(v, -(2**63), 2**63 - 1),
+    "user": _opt_str,
+    "tools": lambda v: v is None or (type(v) is list and all(type(x) is dict for x in v)),
+    "tool_choice": lambda v: v is None or type(v) is str or type(v) is dict,
+    "response_format": _opt_dict,
+    "presence_penalty": lambda v: _opt_num(v, -2, 2),
+    "frequency_penalty": lambda v: _opt_num(v, -2, 2),
+}
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def _part(p: object) -> bool:
+    if type(p) is not dict:
+        return False
+    kind = p.get("type")
+    if kind == "text":
+        return type(p.get("text")) is str
+    if kind == "image_url":
+        image = p.get("image_url")
+        return (
+            type(image) is dict and type(image.get("url")) is str and _opt_str(image.get("detail"))
+        )
+    return type(kind) is str
+
+
+def _tool_call(c: object) -> bool:
+    if type(c) is not dict or type(c.get("id")) is not str:
+        return False
+    if "type" in c and type(c["type"]) is not str:
+        return False
+    fn = c.get("function")
+    return type(fn) is dict and type(fn.get("name")) is str and type(fn.get("arguments")) is str
+
+
+def _message(m: object) -> bool:
+    if type(m) is not dict or type(m.get("role")) is not str or m["role"] not in _ROLES:
+        return False
+    content = m.get("content")
+    if not (content is None or type(content) is str) and (
+        type(content) is not list or not all(_part(p) for p in content)
+    ):
+        return False
+    calls = m.get("tool_calls")
+    if calls is not None and (type(calls) is not list or not all(_tool_call(c) for c in calls)):
+        return False
+    return _opt_str(m.get("name")) and _opt_str(m.get("tool_call_id"))
+
+
+def _plain_head(raw: dict[str, Any]) -> ChatHead | None:
+    model, messages = raw["model"], raw["messages"]
+    if type(model) is not str or not 1 <= len(model) <= 256:
+        return None
+    if type(messages) is not list or not messages or not all(_message(m) for m in messages):
+        return None
+    if len(raw) > 2:
+        for name, value in raw.items():
+            check = _FIELD_CHECKS.get(name)
+            if check is not None and not check(value):
+                return None
+    jetty = raw.get("jetty")
+    block: JettyBlock | None = None
+    if jetty is not None:
+        try:
+            block = JettyBlock.model_validate(jetty)
+        except ValidationError:
+            return None  # the model names the parameter
+    stream = raw.get("stream") is True
+    options = raw.get("stream_options")
+    include_usage = stream and options is not None and options.get("include_usage") is True
+    return ChatHead(model, stream, include_usage, block)

@@ -83,6 +83,9 @@ def valid_collection(name: str) -> bool:
     return bool(COLLECTION_RE.match(name))
 
 
+MAX_REMEMBERED_HASHES = 4096
+
+
 class TokenStore:
     """Reads and writes token records; :meth:`watch` mirrors the bucket in memory."""
 
@@ -93,6 +96,9 @@ class TokenStore:
         self._watch_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._misses: dict[str, float] = {}
+        # token -> its hash, for tokens that were found: one SHA-256 per token, not
+        # per request. Bounded; a hash never changes, so nothing to invalidate.
+        self._hashes: dict[str, str] = {}
 
     async def _bucket(self) -> Any:
         if self._kv is None:
@@ -182,7 +188,16 @@ class TokenStore:
 
     def lookup(self, token: str) -> TokenRecord | None:
         """Memory only: no I/O on the request path."""
-        record = self._cache.get(hash_token(token))
+        token_hash = self._hashes.get(token)
+        if token_hash is None:
+            token_hash = hash_token(token)
+            record = self._cache.get(token_hash)
+            if record is not None:
+                if len(self._hashes) >= MAX_REMEMBERED_HASHES:
+                    self._hashes.clear()
+                self._hashes[token] = token_hash
+        else:
+            record = self._cache.get(token_hash)
         if record is None or record.revoked:
             return None
         return record

@@ -26,7 +26,7 @@ from shared.errors import ApiError, PayloadTooLarge, Unavailable
 from shared.events.completion import Mode
 from shared.events.runbook import TERMINAL_STATUSES
 from shared.ids import new_trajectory_id
-from shared.openai_chat import ChatCompletionRequest
+from shared.openai_chat import ChatCompletionRequest, ChatHead
 from shared.runs import RunNotFound, RunState, RunStateError
 from shared.tokens import TokenRecord
 
@@ -43,6 +43,10 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             f"Request body of {request.content_length} bytes exceeds the limit of {limit} bytes.",
             code="request_too_large",
         )
+    if request.content_length is not None and "Content-Encoding" not in request.headers:
+        # The common case: a declared length within the limit and nothing to
+        # decompress, read in one go (no async iterator per request).
+        return await request.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(256 * 1024):
@@ -80,10 +84,11 @@ class OpenCall:
             exc.trajectory_id = self.trajectory_id
             raise
         except (asyncio.CancelledError, ConnectionResetError):
-            self._cancel_upstream()
+            self.cancel()
             raise
 
-    def _cancel_upstream(self) -> None:
+    def cancel(self) -> None:
+        """Stop the upstream call (in the background; the proxy running it stops)."""
         task = asyncio.ensure_future(self.gw.relay.cancel(self.trajectory_id))
         self.gw.background.add(task)
         task.add_done_callback(self.gw.background.discard)
@@ -99,7 +104,7 @@ class OpenCall:
 async def open_call(
     gw: Gateway,
     auth: TokenRecord,
-    req: ChatCompletionRequest,
+    req: ChatHead | ChatCompletionRequest,
     body: bytes,
     *,
     received_at: float | None = None,
@@ -108,7 +113,7 @@ async def open_call(
     """Assign a trajectory id and prepare the call (large bodies by claim check).
 
     ``body`` is the OpenAI chat request JSON the proxy will read; ``req`` its
-    validated form."""
+    validated form (its head will do)."""
     return await open_model_call(
         gw,
         auth,

@@ -4,6 +4,10 @@ proxies over core NATS and receive its frames.
 One wildcard inbox subscription per gateway process serves every call (no
 SUB/UNSUB per request); frames are routed to the waiting call by the inbox's
 last token.
+
+Each call waits on its own :class:`_Inbox` (a list and at most one future), not an
+``asyncio.Queue`` under ``wait_for``: on the hot path that saves a task, a queue
+and a timer per frame.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -28,12 +33,48 @@ log = logging.getLogger(__name__)
 _NO_RESPONDERS: Final = b"\x00no-responders"
 
 
+class _Inbox:
+    """The frames of one call, in arrival order; one reader."""
+
+    __slots__ = ("_frames", "_waiter")
+
+    def __init__(self) -> None:
+        self._frames: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, data: bytes) -> None:
+        self._frames.append(data)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self, timeout: float) -> bytes:
+        """The next frame; :class:`TimeoutError` after ``timeout`` seconds of silence."""
+        if self._frames:
+            return self._frames.popleft()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        return self._frames.popleft()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class ProxyRelay:
     def __init__(self, nc: NATS, idle_timeout: float) -> None:
         self._nc = nc
         self._idle_timeout = idle_timeout
         self._prefix = nc.new_inbox()
-        self._waiting: dict[str, asyncio.Queue[bytes]] = {}
+        self._skip = len(self._prefix) + 1
+        self._waiting: dict[str, _Inbox] = {}
         self._sub: Subscription | None = None
         self._counter = 0
 
@@ -46,13 +87,13 @@ class ProxyRelay:
                 await self._sub.unsubscribe()
 
     async def _on_frame(self, msg: Msg) -> None:
-        queue = self._waiting.get(msg.subject[len(self._prefix) + 1 :])
-        if queue is None:
+        inbox = self._waiting.get(msg.subject[self._skip :])
+        if inbox is None:
             return  # the call already ended (late keep-alive or a cancelled call)
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":
-            queue.put_nowait(_NO_RESPONDERS)
+            inbox.put(_NO_RESPONDERS)
         else:
-            queue.put_nowait(msg.data)
+            inbox.put(msg.data)
 
     def _check_connected(self) -> None:
         if not self._nc.is_connected:
@@ -67,8 +108,7 @@ class ProxyRelay:
         self._check_connected()
         self._counter += 1
         key = str(self._counter)
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._waiting[key] = queue
+        inbox = self._waiting[key] = _Inbox()
         try:
             await self._nc.publish(
                 subjects.CHAT_REQUEST,
@@ -78,7 +118,7 @@ class ProxyRelay:
             )
             while True:
                 try:
-                    data = await asyncio.wait_for(queue.get(), self._idle_timeout)
+                    data = await inbox.get(self._idle_timeout)
                 except TimeoutError:
                     raise UpstreamTimeout(
                         "The model proxy stopped responding.", code="proxy_timeout"

@@ -11,6 +11,11 @@ from shared.settings import CommonSettings
 class GatewaySettings(CommonSettings, LimitMaxima):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # Worker processes sharing the port (SO_REUSEPORT, set on each when above 1);
+    # jetty_cli/stack.py starts this many. Each has its own NATS connection and
+    # reply inbox; keys, limits and routines are shared through JetStream as
+    # between replicas.
+    gateway_workers: int = Field(default=1, ge=1, le=64)
     bootstrap_token: str | None = Field(default=None, repr=False)
     bootstrap_collection: str = "default"
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

@@ -48,7 +48,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from services.gateway.calls import SSE_HEADERS, OpenCall, open_call, read_body
+from services.gateway.calls import open_call, read_body
 from services.gateway.ingress.anthropic_translate import (
     CountTokensRequest,
     Json,
@@ -59,10 +59,10 @@ from services.gateway.ingress.anthropic_translate import (
     to_openai,
 )
 from services.gateway.middleware import TRAJECTORY_HEADER, register_error_renderer
+from services.gateway.sse import SSE, relay_stream
 from services.gateway.state import GATEWAY, auth_of
-from shared.chatwire import Frame
 from shared.errors import ApiError
-from shared.openai_chat import parse_chat_request
+from shared.openai_chat import check_chat_request
 
 INGRESS: Final = "anthropic.messages"
 PATH: Final = "/v1/messages"
@@ -381,7 +381,7 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     stream = bool(parsed.stream)
     betas = header_betas(request.headers.getall("anthropic-beta", []))
     chat_body = orjson.dumps(to_openai(parsed, betas=betas, stream=stream))
-    req = parse_chat_request(chat_body)
+    req = check_chat_request(chat_body)
     call = await open_call(gw, auth, req, chat_body, received_at=received_at, ingress=INGRESS)
     headers = {TRAJECTORY_HEADER: call.trajectory_id, "request-id": call.trajectory_id}
     if not stream:
@@ -390,36 +390,25 @@ async def create_message(request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=orjson.dumps(message), content_type="application/json", headers=headers
         )
-    return await _relay_stream(request, call, StreamTranslator(parsed.model), headers)
+    return await relay_stream(request, call, _Stream(StreamTranslator(parsed.model)), headers)
 
 
-async def _relay_stream(
-    request: web.Request, call: OpenCall, translator: StreamTranslator, headers: dict[str, str]
-) -> web.StreamResponse:
-    response: web.StreamResponse | None = None
-    try:
-        async for kind, payload in call.frames():
-            if response is None:
-                # Headers go out with the first frame, so an error before it still
-                # gets its real HTTP status (and the SDK its exception class).
-                response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
-                await response.prepare(request)
-            if kind is Frame.CHUNK:
-                data = translator.feed(orjson.loads(payload))
-            elif kind is Frame.DONE:
-                data = translator.finish()
-            else:
-                continue
-            if data:
-                await response.write(data)
-    except ApiError as exc:
-        if response is None:
-            raise
-        await response.write(error_event(exc))
-    if response is None:
-        raise ApiError("The proxy ended the stream without any data.", status=502)
-    await response.write_eof()
-    return response
+class _Stream:
+    """Anthropic's side of :func:`relay_stream`."""
+
+    content_type = SSE
+
+    def __init__(self, translator: StreamTranslator) -> None:
+        self._translator = translator
+
+    def chunk(self, payload: bytes) -> bytes:
+        return self._translator.feed(orjson.loads(payload))
+
+    def done(self) -> bytes:
+        return self._translator.finish()
+
+    def failed(self, exc: ApiError) -> bytes:
+        return error_event(exc)
 
 
 async def count_tokens(request: web.Request) -> web.Response:

@@ -80,13 +80,13 @@ import time
 import orjson
 from aiohttp import web
 
-from services.gateway.calls import OpenCall, open_call, read_body
+from services.gateway.calls import open_call, read_body
 from services.gateway.ingress.gemini_translate import JSON, invalid, parse_request, to_chat
 from services.gateway.middleware import TRAJECTORY_HEADER, register_error_renderer
+from services.gateway.sse import relay_stream
 from services.gateway.state import GATEWAY, auth_of
-from shared.chatwire import Frame
 from shared.errors import ApiError, NotFound
-from shared.openai_chat import parse_chat_request
+from shared.openai_chat import check_chat_request
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ async def _generate_content(request: web.Request) -> web.StreamResponse:
         raise invalid(f"unsupported alt={alt!r} (json or sse).", "alt")
     req = parse_request(await read_body(request, gw.settings.max_body_bytes))
     body = orjson.dumps(to_chat(req, model, stream=stream))
-    chat = parse_chat_request(body)
+    chat = check_chat_request(body)
     call = await open_call(gw, auth, chat, body, received_at=received_at, ingress=INGRESS)
     headers = {TRAJECTORY_HEADER: call.trajectory_id}
     if not stream:
@@ -420,55 +420,27 @@ async def _generate_content(request: web.Request) -> web.StreamResponse:
             body=orjson.dumps(document), content_type="application/json", headers=headers
         )
     translator = StreamTranslator(model, req.include_thoughts)
-    return await _stream(request, call, translator, _Framing(alt == "sse"), headers)
+    return await relay_stream(request, call, _Stream(translator, _Framing(alt == "sse")), headers)
 
 
-async def _stream(
-    request: web.Request,
-    call: OpenCall,
-    translator: StreamTranslator,
-    framing: _Framing,
-    headers: dict[str, str],
-) -> web.StreamResponse:
-    response: web.StreamResponse | None = None
+class _Stream:
+    """Gemini's side of :func:`relay_stream`: SSE or one streamed JSON array."""
 
-    async def send(docs: list[JSON], end: bool = False) -> None:
-        nonlocal response
-        if response is None:
-            # Headers go out with the first document, so an error before it still
-            # gets its real HTTP status.
-            response = web.StreamResponse(
-                status=200,
-                headers={
-                    "Content-Type": framing.content_type,
-                    "Cache-Control": "no-cache",
-                    "X-Accel-Buffering": "no",
-                    **headers,
-                },
-            )
-            await response.prepare(request)
-        data = framing.encode(docs) + (framing.end() if end else b"")
-        if data:
-            await response.write(data)
+    def __init__(self, translator: StreamTranslator, framing: _Framing) -> None:
+        self._translator = translator
+        self._framing = framing
+        self.content_type = framing.content_type
 
-    try:
-        async for kind, payload in call.frames():
-            if kind is Frame.CHUNK:
-                docs = translator.feed(orjson.loads(payload))
-                if docs:
-                    await send(docs)
-    except ApiError as exc:
-        if response is None:
-            raise
-        await send([*translator.pending(), error_document(exc)], end=True)
-    else:
-        await send(translator.finish_documents(), end=True)
-    assert response is not None
-    try:
-        await response.write_eof()
-    except ConnectionResetError as exc:
-        log.debug("client closed after the last document: %r", exc)
-    return response
+    def chunk(self, payload: bytes) -> bytes:
+        docs = self._translator.feed(orjson.loads(payload))
+        return self._framing.encode(docs) if docs else b""
+
+    def done(self) -> bytes:
+        return self._framing.encode(self._translator.finish_documents()) + self._framing.end()
+
+    def failed(self, exc: ApiError) -> bytes:
+        docs = [*self._translator.pending(), error_document(exc)]
+        return self._framing.encode(docs) + self._framing.end()
 
 
 def routes() -> list[web.RouteDef]:

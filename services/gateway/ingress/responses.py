@@ -67,7 +67,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.gateway.calls import SSE_HEADERS, OpenCall, open_call, read_body
+from services.gateway.calls import open_call, read_body
 from services.gateway.ingress.responses_objects import (
     ResponseShell,
     error_object,
@@ -84,10 +84,10 @@ from services.gateway.ingress.responses_translate import (
     to_chat,
 )
 from services.gateway.middleware import TRAJECTORY_HEADER
+from services.gateway.sse import SSE, relay_stream
 from services.gateway.state import GATEWAY, auth_of
-from shared.chatwire import Frame
 from shared.errors import ApiError
-from shared.openai_chat import parse_chat_request
+from shared.openai_chat import check_chat_request
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     auth = auth_of(request)
     req = parse_request(await read_body(request, gw.settings.max_body_bytes))
     body = orjson.dumps(to_chat(req))
-    chat = parse_chat_request(body)
+    chat = check_chat_request(body)
     call = await open_call(gw, auth, chat, body, received_at=received_at, ingress=INGRESS)
     shell = ResponseShell.of(req, "resp_" + call.trajectory_id.removeprefix("tr_"))
     headers = {TRAJECTORY_HEADER: call.trajectory_id}
@@ -370,41 +370,29 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             content_type="application/json",
             headers=headers,
         )
-    return await _stream(request, call, StreamTranslator(shell), headers)
+    return await relay_stream(request, call, _Stream(StreamTranslator(shell)), headers)
 
 
-async def _stream(
-    request: web.Request, call: OpenCall, translator: StreamTranslator, headers: dict[str, str]
-) -> web.StreamResponse:
-    response: web.StreamResponse | None = None
-    try:
-        async for kind, payload in call.frames():
-            if kind is not Frame.CHUNK:
-                continue  # DONE: the frames end here
-            events = translator.feed(orjson.loads(payload))
-            if response is None:
-                # Headers go out with the first chunk, so an error before it still
-                # gets its real HTTP status.
-                response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
-                await response.prepare(request)
-            if events:
-                await response.write(b"".join(events))
-    except ApiError as exc:
-        if response is None:
-            raise
-        await response.write(b"".join(translator.fail(exc)))
-        await response.write_eof()
-        return response
-    if response is None:
-        raise ApiError("The proxy ended the stream without any data.", status=502)
-    # The call is over (recorded as completed); from here on a client that hangs up
-    # once it has response.completed — codex does — is the normal end.
-    try:
-        await response.write(b"".join(translator.finish()))
-        await response.write_eof()
-    except ConnectionResetError as exc:
-        log.debug("client closed after the last response event: %r", exc)
-    return response
+class _Stream:
+    """The Responses API's side of :func:`relay_stream`."""
+
+    content_type = SSE
+
+    def __init__(self, translator: StreamTranslator) -> None:
+        self._translator = translator
+        self._started = False
+
+    def chunk(self, payload: bytes) -> bytes:
+        self._started = True
+        return b"".join(self._translator.feed(orjson.loads(payload)))
+
+    def done(self) -> bytes:
+        if not self._started:
+            raise ApiError("The proxy ended the stream without any data.", status=502)
+        return b"".join(self._translator.finish())
+
+    def failed(self, exc: ApiError) -> bytes:
+        return b"".join(self._translator.fail(exc))
 
 
 def routes() -> list[web.RouteDef]:
