@@ -17,12 +17,16 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 import pytest
+from kubernetes import client as k8s
 
 from jetty_cli.localkube import platform
+from jetty_cli.localkube.platform import SELECTOR
 from jetty_cli.testing import call
+from services.runner.sandbox import k8s_manifests
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeUpstream
 from tests.fakes.scenario_claude_code import ReadSummarizeWrite
@@ -81,16 +85,13 @@ def in_cluster(
         platform.down(k8s_cluster.local)
 
 
-def _pods(cluster: Cluster) -> dict[str, object]:
-    from kubernetes import client as k8s
-
-    pods = k8s.CoreV1Api(cluster.api()).list_namespaced_pod(
-        "jetty", label_selector="app.kubernetes.io/part-of=jetty"
-    )
-    return {p.metadata.name: p for p in pods.items}
+def _pods(cluster: Cluster) -> dict[str, Any]:
+    """The platform's pods by their app.kubernetes.io/name."""
+    pods = k8s.CoreV1Api(cluster.api()).list_namespaced_pod("jetty", label_selector=SELECTOR)
+    return {str(p.metadata.labels["app.kubernetes.io/name"]): p for p in pods.items}
 
 
-async def _recorded(gateway: InCluster, trajectory_id: str, timeout: float = 60) -> dict[str, object]:
+async def _recorded(gateway: InCluster, trajectory_id: str, timeout: float = 60) -> dict[str, Any]:
     url = f"{gateway.base_url}/api/v1/trajectories/{trajectory_id}"
     deadline = time.monotonic() + timeout
     while True:
@@ -104,18 +105,14 @@ async def _recorded(gateway: InCluster, trajectory_id: str, timeout: float = 60)
 def test_every_component_runs_in_the_cluster_and_is_ready(
     in_cluster: InCluster, k8s_cluster: Cluster
 ) -> None:
-    pods = _pods(k8s_cluster)
-    running = {
-        str(p.metadata.labels.get("app.kubernetes.io/name")): p  # type: ignore[attr-defined]
-        for p in pods.values()
-    }
+    running = _pods(k8s_cluster)
     expected = {
         "nats", "postgres", "minio", "jetty-gateway", "jetty-proxy",
         "jetty-recorder", "jetty-runner", "jetty-webhooks", "jetty-migrate",
     }  # fmt: skip
     assert expected <= set(running), sorted(running)
     for name, pod in running.items():
-        spec, status = pod.spec, pod.status  # type: ignore[attr-defined]
+        spec, status = pod.spec, pod.status
         assert spec.host_network is True and spec.node_name == "localhost", name
         if name == "jetty-migrate":
             assert status.phase == "Succeeded"
@@ -125,8 +122,8 @@ def test_every_component_runs_in_the_cluster_and_is_ready(
         assert spec.security_context.run_as_user == 1000, name
     # The data stores run from the jetty-data image, the services from jetty.
     images = platform.built_images()
-    assert running["postgres"].spec.containers[0].image == images["jetty-data"]  # type: ignore[attr-defined]
-    assert running["jetty-gateway"].spec.containers[0].image == images["jetty"]  # type: ignore[attr-defined]
+    assert running["postgres"].spec.containers[0].image == images["jetty-data"]
+    assert running["jetty-gateway"].spec.containers[0].image == images["jetty"]
 
 
 async def test_a_passthrough_call_through_the_in_cluster_gateway_is_recorded(
@@ -149,7 +146,7 @@ async def test_a_passthrough_call_through_the_in_cluster_gateway_is_recorded(
     assert "jetty" not in sent.body
     view = await _recorded(in_cluster, raw.headers["x-jetty-trajectory-id"])
     assert view["task"] == "in-cluster"
-    (step,) = view["steps"]  # type: ignore[misc]
+    (step,) = view["steps"]
     assert step["provider"] == "openai"
     assert step["response"]["upstream_id"] == completion.id
 
@@ -165,12 +162,12 @@ async def test_a_runbook_from_the_in_cluster_runner_runs_as_a_job(
     jobs_seen: set[str] = set()
 
     async def watch_jobs() -> None:
-        from kubernetes import client as k8s
-
         batch = k8s.BatchV1Api(k8s_cluster.api())
         while True:
             listing = await asyncio.to_thread(batch.list_namespaced_job, "jetty")
-            jobs_seen.update(j.metadata.name for j in listing.items if j.metadata.name != "jetty-migrate")
+            jobs_seen.update(
+                j.metadata.name for j in listing.items if j.metadata.name != "jetty-migrate"
+            )
             await asyncio.sleep(0.5)
 
     watcher = asyncio.create_task(watch_jobs())
@@ -185,8 +182,6 @@ async def test_a_runbook_from_the_in_cluster_runner_runs_as_a_job(
     final = progress.last
     assert final is not None
     assert final["status"] == "completed", final["error"]
-    from services.runner.sandbox import k8s_manifests
-
     job = k8s_manifests.job_name(final["trajectory_id"])
     assert job in jobs_seen, ("the run's Job was never seen", jobs_seen)
     artifacts = {a["path"]: a for a in final["artifacts"]}
@@ -194,4 +189,4 @@ async def test_a_runbook_from_the_in_cluster_runner_runs_as_a_job(
     status, content = await _download(in_cluster, artifacts["results/summary.md"]["url"])  # type: ignore[arg-type]
     assert status == 200 and content.decode().strip() == expected.strip()
     view = await _recorded(in_cluster, final["trajectory_id"])
-    assert {"completion", "tool_call", "tool_result"} <= {s["kind"] for s in view["steps"]}  # type: ignore[attr-defined]
+    assert {"completion", "tool_call", "tool_result"} <= {s["kind"] for s in view["steps"]}

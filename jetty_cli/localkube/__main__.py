@@ -12,7 +12,9 @@ from jetty_cli.localkube.cluster import REPO, ClusterError, LocalCluster, build
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jetty_cli.localkube")
-    parser.add_argument("command", choices=["up", "down", "status", "build", "platform", "platform-down"])
+    parser.add_argument(
+        "command", choices=["up", "down", "status", "build", "platform", "platform-down"]
+    )
     parser.add_argument("--state", type=Path, default=REPO / ".jetty" / "k8s")
     parser.add_argument(
         "--image", type=Path, action="append", default=[], help="docker-archive to import"

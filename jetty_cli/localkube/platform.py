@@ -33,6 +33,7 @@ GATEWAY_URL = "http://127.0.0.1:18080"
 #: every loopback port the overlay's pods bind (deploy/k8s/overlays/local/ports.yaml)
 PORTS = (18080, 18181, 18182, 18183, 18184, 14222, 18222, 15432, 19000)
 #: what a teardown deletes: the workloads, not the namespace or its RBAC
+SELECTOR = "app.kubernetes.io/part-of=jetty"
 WORKLOADS = ("Deployment", "StatefulSet", "Job", "ConfigMap", "Secret", "Service", "NetworkPolicy")
 
 
@@ -174,16 +175,23 @@ def down(cluster: LocalCluster, timeout: float = 120.0) -> None:
     for their pods to be gone, so that their loopback ports are free again."""
     kinds = ",".join(k.lower() for k in WORKLOADS)
     _kubectl(
-        cluster, "-n", NAMESPACE, "delete", kinds, "-l", "app.kubernetes.io/part-of=jetty",
+        cluster, "-n", NAMESPACE, "delete", kinds, "-l", SELECTOR,
         "--wait=false", "--grace-period=5",
     )  # fmt: skip
     deadline = time.monotonic() + timeout
+    forced = time.monotonic() + 20
+    pods: list[Any] = []
     while time.monotonic() < deadline:
-        pods = json.loads(
-            _kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-o", "json",
-                     "-l", "app.kubernetes.io/part-of=jetty")  # fmt: skip
-        )["items"]
+        listing = _kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-o", "json", "-l", SELECTOR)
+        pods = json.loads(listing)["items"]
         if not pods:
             return
+        if time.monotonic() > forced:  # their controllers are gone: nothing recreates them
+            _kubectl(
+                cluster, "-n", NAMESPACE, "delete", "pods", "-l", SELECTOR,
+                "--grace-period=0", "--force", "--wait=false",
+            )  # fmt: skip
+            forced = deadline
         time.sleep(1.0)
-    raise PlatformError("the platform's pods did not go")
+    names = [p["metadata"]["name"] for p in pods]
+    raise PlatformError(f"the platform's pods did not go: {names}")
