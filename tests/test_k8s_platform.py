@@ -86,9 +86,16 @@ def in_cluster(
 
 
 def _pods(cluster: Cluster) -> dict[str, Any]:
-    """The platform's pods by their app.kubernetes.io/name."""
+    """The platform's pods by their app.kubernetes.io/name (of the migrations
+    Job's, the one that succeeded: an attempt before PostgreSQL listened fails)."""
     pods = k8s.CoreV1Api(cluster.api()).list_namespaced_pod("jetty", label_selector=SELECTOR)
-    return {str(p.metadata.labels["app.kubernetes.io/name"]): p for p in pods.items}
+    out: dict[str, Any] = {}
+    for pod in pods.items:
+        name = str(pod.metadata.labels["app.kubernetes.io/name"])
+        if name in out and out[name].status.phase == "Succeeded":
+            continue
+        out[name] = pod
+    return out
 
 
 async def _recorded(gateway: InCluster, trajectory_id: str, timeout: float = 60) -> dict[str, Any]:

@@ -32,9 +32,9 @@ NAMESPACE = "jetty"
 GATEWAY_URL = "http://127.0.0.1:18080"
 #: every loopback port the overlay's pods bind (deploy/k8s/overlays/local/ports.yaml)
 PORTS = (18080, 18181, 18182, 18183, 18184, 14222, 18222, 15432, 19000)
-#: what a teardown deletes: the workloads, not the namespace or its RBAC
 SELECTOR = "app.kubernetes.io/part-of=jetty"
-WORKLOADS = ("Deployment", "StatefulSet", "Job", "ConfigMap", "Secret", "Service", "NetworkPolicy")
+#: what a teardown keeps: the namespace and its RBAC (a runner outside may use them)
+KEPT = ("Namespace", "ServiceAccount", "Role", "RoleBinding")
 
 
 class PlatformError(Exception):
@@ -173,11 +173,15 @@ def up(
 def down(cluster: LocalCluster, timeout: float = 120.0) -> None:
     """Delete the platform's workloads (the namespace and its RBAC stay) and wait
     for their pods to be gone, so that their loopback ports are free again."""
-    kinds = ",".join(k.lower() for k in WORKLOADS)
-    _kubectl(
-        cluster, "-n", NAMESPACE, "delete", kinds, "-l", SELECTOR,
-        "--wait=false", "--grace-period=5",
-    )  # fmt: skip
+    text = subprocess.run(
+        [kubectl(), "kustomize", str(OVERLAY)], check=True, capture_output=True, text=True
+    ).stdout
+    names = [
+        f"{d['kind'].lower()}/{d['metadata']['name']}"
+        for d in yaml.safe_load_all(text)
+        if d and d["kind"] not in KEPT
+    ]
+    _kubectl(cluster, "-n", NAMESPACE, "delete", *names, "--ignore-not-found", "--wait=false")
     deadline = time.monotonic() + timeout
     forced = time.monotonic() + 20
     pods: list[Any] = []
