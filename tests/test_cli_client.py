@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from jetty_cli.testing import TestStack, hermetic_env
-from tests.test_runbook_agents import (  # the stack and fakes of the runbook tests
+from tests.runbook_support import (  # the stack and fakes of the runbook tests
     AGENTS,
     MESSAGES,
     Fakes,
-    _csv,
+    csv_for,
     fake,
     fakes,
     runbooks,
@@ -64,7 +64,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 async def test_run_uploads_streams_and_downloads_the_artifacts(
     runbooks: TestStack, fake: Fakes, tmp_path: Path
 ) -> None:
-    data, expected = _csv(CLAUDE)
+    data, expected = csv_for(CLAUDE)
     (tmp_path / "data.csv").write_bytes(data)
     (tmp_path / "RUNBOOK.md").write_text(MESSAGES[0]["content"])
     fake.script(CLAUDE)

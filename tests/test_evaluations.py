@@ -8,7 +8,7 @@ fake. The first attempt writes ``draft``, an attempt told it failed writes
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -18,6 +18,7 @@ from openai import AsyncOpenAI
 from jetty_cli.testing import StackFactory, TestStack, call
 from tests.fakes.anthropic_upstream import FakeAnthropic, Script
 from tests.fakes.scenario_claude_code import tool_results
+from tests.helpers import anthropic_env, fake_anthropic_fixture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -58,17 +59,12 @@ class DraftThenFinal:
         return Script(tool_calls=[("Write", orjson.dumps(write).decode())])
 
 
-@pytest.fixture(scope="module")
-async def anthropic() -> AsyncIterator[FakeAnthropic]:
-    fake = FakeAnthropic(KEY)
-    await fake.start()
-    yield fake
-    await fake.stop()
+anthropic = fake_anthropic_fixture(KEY)
 
 
 @pytest.fixture(scope="module")
 def evals(stack_factory: StackFactory, anthropic: FakeAnthropic) -> Iterator[TestStack]:
-    stack = stack_factory(env={"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": anthropic.base_url})
+    stack = stack_factory(env=anthropic_env(anthropic, KEY))
     yield stack
     stack.close()
 

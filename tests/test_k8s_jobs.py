@@ -25,20 +25,20 @@ from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.anthropic_upstream import Script as AnthropicScript
 from tests.fakes.scenario_claude_code import ReadSummarizeWrite
 from tests.k8s_support import NAMESPACE, Cluster, job_pods
-from tests.test_runbook_agents import (
+from tests.runbook_support import (
     AGENTS,
     ANTHROPIC_KEY,
     WORKSPACE,
-    _csv,
-    _download,
-    _ended,
-    _jetty,
-    _running,
-    _start,
-    _stream,
-    _trajectory,
-    _until,
-    _upload,
+    csv_for,
+    download_url,
+    get_trajectory,
+    jetty_body,
+    start_run,
+    stream_run,
+    upload_file,
+    wait_ended,
+    wait_running,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(600)
@@ -120,14 +120,14 @@ async def _gone(cluster: Cluster, trajectory_id: str, timeout: float = 180) -> b
         jobs = _batch(cluster).list_namespaced_job(NAMESPACE, field_selector=f"metadata.name={job}")
         return not jobs.items and not job_pods(api, job)
 
-    return bool(await _until(check, timeout))
+    return bool(await wait_until(check, timeout))
 
 
 async def test_a_claude_code_runbook_runs_as_a_job(
     k8s_stack: TestStack, k8s_cluster: Cluster, fake: FakeAnthropic
 ) -> None:
-    data, expected = _csv(CLAUDE)
-    path = await _upload(k8s_stack, data)
+    data, expected = csv_for(CLAUDE)
+    path = await upload_file(k8s_stack, data)
     fake.respond_with(CLAUDE.model, ReadSummarizeWrite(WORKSPACE))
     seen_pods: list[Any] = []
 
@@ -144,7 +144,7 @@ async def test_a_claude_code_runbook_runs_as_a_job(
 
     watcher = asyncio.create_task(watch_pods())
     try:
-        progress = await _stream(k8s_stack, CLAUDE, _jetty(CLAUDE, "k8s-summary", [path]))
+        progress = await stream_run(k8s_stack, CLAUDE, jetty_body(CLAUDE, "k8s-summary", [path]))
     finally:
         watcher.cancel()
     final = progress.last
@@ -162,9 +162,9 @@ async def test_a_claude_code_runbook_runs_as_a_job(
 
     artifacts = {a["path"]: a for a in final["artifacts"]}
     assert "results/summary.md" in artifacts, artifacts
-    status, content = await _download(k8s_stack, artifacts["results/summary.md"]["url"])
+    status, content = await download_url(k8s_stack, artifacts["results/summary.md"]["url"])
     assert status == 200 and content.decode().strip() == expected.strip()
-    view = _trajectory(k8s_stack, final["trajectory_id"])
+    view = get_trajectory(k8s_stack, final["trajectory_id"])
     assert view["status"] == "completed"
     completions = [s for s in view["steps"] if s["kind"] == "completion"]
     assert len(completions) == len(fake.requests) >= 3
@@ -177,14 +177,14 @@ async def test_cancel_deletes_the_job_and_its_pod(
     k8s_stack: TestStack, k8s_cluster: Cluster, fake: FakeAnthropic
 ) -> None:
     fake.script(CLAUDE.model, AnthropicScript(first_byte_delay=120))
-    trajectory_id = await _start(k8s_stack, CLAUDE)
-    await _running(k8s_stack, trajectory_id)
+    trajectory_id = await start_run(k8s_stack, CLAUDE)
+    await wait_running(k8s_stack, trajectory_id)
     job = _job_of(trajectory_id)
-    assert await _until(lambda: job_pods(k8s_cluster.api(), job), 60), "no pod"
+    assert await wait_until(lambda: job_pods(k8s_cluster.api(), job), 60), "no pod"
     url = k8s_stack.base_url + f"/api/v1/trajectories/{trajectory_id}/cancel"
     status, _, answer = await asyncio.to_thread(call, url, k8s_stack.token, {})
     assert (status, answer["status"]) == (200, "cancelled")
-    view = await _ended(k8s_stack, trajectory_id)
+    view = await wait_ended(k8s_stack, trajectory_id)
     assert view["status"] == "cancelled"
     assert await _gone(k8s_cluster, trajectory_id), "the Job's pod outlived the cancel"
 
@@ -193,9 +193,9 @@ async def test_a_timeout_ends_through_the_jobs_deadline(
     k8s_stack: TestStack, k8s_cluster: Cluster, fake: FakeAnthropic
 ) -> None:
     fake.script(CLAUDE.model, AnthropicScript(first_byte_delay=120))
-    trajectory_id = await _start(k8s_stack, CLAUDE, timeout_s=8)
+    trajectory_id = await start_run(k8s_stack, CLAUDE, timeout_s=8)
     job = _job_of(trajectory_id)
-    assert await _until(lambda: job_pods(k8s_cluster.api(), job), 60), "no pod"
+    assert await wait_until(lambda: job_pods(k8s_cluster.api(), job), 60), "no pod"
     created = _batch(k8s_cluster).read_namespaced_job(job, NAMESPACE)
     assert created.spec.active_deadline_seconds == 8
     reasons: list[str] = []
@@ -208,8 +208,8 @@ async def test_a_timeout_ends_through_the_jobs_deadline(
         reasons.extend(c.reason for c in status.conditions or [] if c.type == "Failed")
         return "DeadlineExceeded" in reasons
 
-    assert await _until(deadline_exceeded, 60), "Kubernetes never ended the Job"
-    view = await _ended(k8s_stack, trajectory_id)
+    assert await wait_until(deadline_exceeded, 60), "Kubernetes never ended the Job"
+    view = await wait_ended(k8s_stack, trajectory_id)
     assert view["status"] == "failed"
     assert view["error"]["code"] == "timeout"
     assert await _gone(k8s_cluster, trajectory_id)
@@ -220,7 +220,7 @@ async def test_a_failing_agent_fails_the_run(k8s_stack: TestStack, fake: FakeAnt
         CLAUDE.model,
         AnthropicScript(status=400, error_type="invalid_request_error", error_message="bad"),
     )
-    view = await _ended(k8s_stack, await _start(k8s_stack, CLAUDE), timeout=120)
+    view = await wait_ended(k8s_stack, await start_run(k8s_stack, CLAUDE), timeout=120)
     assert view["status"] == "failed"
     assert view["error"]["code"] == "agent_failed"
     assert "exited with code" in view["error"]["message"]
@@ -238,8 +238,8 @@ def test_a_pod_that_cannot_start_fails_its_run_with_the_reason(
     )
     try:
         started = time.monotonic()
-        trajectory_id = asyncio.run(_start(stack, CLAUDE))
-        view = asyncio.run(_ended(stack, trajectory_id, timeout=120))
+        trajectory_id = asyncio.run(start_run(stack, CLAUDE))
+        view = asyncio.run(wait_ended(stack, trajectory_id, timeout=120))
         assert view["status"] == "failed"
         assert view["error"]["code"] == "sandbox_failed", view["error"]
         assert "ErrImageNeverPull" in view["error"]["message"]

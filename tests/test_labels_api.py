@@ -3,36 +3,13 @@ real stack, over trajectories made by real chat completions (the mock model)."""
 
 from __future__ import annotations
 
-import json
 import secrets
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
 
 from jetty_cli.testing import TestStack, call
-
-
-def _request(
-    stack: TestStack, method: str, path: str, body: Any = None, token: str | None = None
-) -> tuple[int, Any]:
-    data = (
-        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    )
-    request = urllib.request.Request(
-        stack.base_url + path,
-        data=data,
-        method=method,
-        headers={"Authorization": f"Bearer {token or stack.token}",
-                 "Content-Type": "application/json"},
-    )  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read() or b"null")
+from tests.helpers import api_request
 
 
 def _chat(stack: TestStack, task: str) -> str:
@@ -46,12 +23,12 @@ def _chat(stack: TestStack, task: str) -> str:
     trajectory_id = doc["jetty_metadata"]["trajectory_id"]
     assert isinstance(trajectory_id, str)
     # Read it once: the trajectory is then in the projection.
-    assert _request(stack, "GET", f"/api/v1/trajectories/{trajectory_id}")[0] == 200
+    assert api_request(stack, "GET", f"/api/v1/trajectories/{trajectory_id}")[0] == 200
     return trajectory_id
 
 
 def _listed(stack: TestStack, query: str) -> set[str]:
-    status, doc = _request(stack, "GET", "/api/v1/trajectories?" + query)
+    status, doc = api_request(stack, "GET", "/api/v1/trajectories?" + query)
     assert status == 200, doc
     return {t["trajectory_id"] for t in doc["data"]}
 
@@ -59,29 +36,33 @@ def _listed(stack: TestStack, query: str) -> set[str]:
 def test_labels_show_filter_and_come_off(stack: TestStack) -> None:
     task = "labels-" + secrets.token_hex(4)
     first, second = _chat(stack, task), _chat(stack, task)
-    status, doc = _request(
+    status, doc = api_request(
         stack, "POST", f"/api/v1/trajectories/{first}/labels",
         {"key": "team", "value": "data", "author": "ann@example.com"},
     )  # fmt: skip
     assert status == 200, doc
     assert doc["label"]["key"] == "team" and doc["label"]["author"] == "ann@example.com"
-    _request(stack, "POST", f"/api/v1/trajectories/{second}/labels", {"key": "team", "value": "ml"})
+    api_request(
+        stack, "POST", f"/api/v1/trajectories/{second}/labels", {"key": "team", "value": "ml"}
+    )
 
-    status, view = _request(stack, "GET", f"/api/v1/trajectories/{first}")
+    status, view = api_request(stack, "GET", f"/api/v1/trajectories/{first}")
     assert [(lb["key"], lb["value"]) for lb in view["labels"]] == [("team", "data")]
     assert _listed(stack, f"task={task}&label=team:data") == {first}
     assert _listed(stack, f"task={task}&label=team:ml") == {second}
     assert _listed(stack, f"task={task}") == {first, second}
 
     # Setting a key again replaces its value.
-    _request(stack, "POST", f"/api/v1/trajectories/{first}/labels", {"key": "team", "value": "ml"})
+    api_request(
+        stack, "POST", f"/api/v1/trajectories/{first}/labels", {"key": "team", "value": "ml"}
+    )
     assert _listed(stack, f"task={task}&label=team:ml") == {first, second}
 
-    status, doc = _request(stack, "DELETE", f"/api/v1/trajectories/{first}/labels/team")
+    status, doc = api_request(stack, "DELETE", f"/api/v1/trajectories/{first}/labels/team")
     assert status == 200 and doc["deleted"] is True
-    status, view = _request(stack, "GET", f"/api/v1/trajectories/{first}")
+    status, view = api_request(stack, "GET", f"/api/v1/trajectories/{first}")
     assert "labels" not in view
-    assert _request(stack, "DELETE", f"/api/v1/trajectories/{first}/labels/team")[0] == 404
+    assert api_request(stack, "DELETE", f"/api/v1/trajectories/{first}/labels/team")[0] == 404
 
 
 @pytest.mark.parametrize(
@@ -97,7 +78,7 @@ def test_labels_show_filter_and_come_off(stack: TestStack) -> None:
 )
 def test_bad_labels_are_400(stack: TestStack, body: Any) -> None:
     trajectory_id = _chat(stack, "labels-bad")
-    status, doc = _request(stack, "POST", f"/api/v1/trajectories/{trajectory_id}/labels", body)
+    status, doc = api_request(stack, "POST", f"/api/v1/trajectories/{trajectory_id}/labels", body)
     assert status == 400, doc
     assert doc["error"]["type"] == "invalid_request_error"
 
@@ -110,25 +91,25 @@ async def test_another_collections_trajectory_is_404(stack: TestStack) -> None:
         ("POST", f"/api/v1/trajectories/{trajectory_id}/archive", {}),
         ("GET", f"/api/v1/trajectories/{trajectory_id}/download", None),
     ]:
-        status, doc = _request(stack, method, path, body, token=other)
+        status, doc = api_request(stack, method, path, body, token=other)
         assert status == 404, (path, doc)
-    status, doc = _request(stack, "GET", f"/api/v1/trajectories/{trajectory_id}")
+    status, doc = api_request(stack, "GET", f"/api/v1/trajectories/{trajectory_id}")
     assert "labels" not in doc
 
 
 def test_archived_trajectories_are_hidden_and_kept(stack: TestStack) -> None:
     task = "archive-" + secrets.token_hex(4)
     kept, archived = _chat(stack, task), _chat(stack, task)
-    status, doc = _request(stack, "POST", f"/api/v1/trajectories/{archived}/archive", {})
+    status, doc = api_request(stack, "POST", f"/api/v1/trajectories/{archived}/archive", {})
     assert status == 200 and doc["archived"] is True
     assert _listed(stack, f"task={task}") == {kept}
     assert _listed(stack, f"task={task}&archived=true") == {archived}
     assert _listed(stack, f"task={task}&archived=all") == {kept, archived}
-    status, view = _request(stack, "GET", f"/api/v1/trajectories/{archived}")
+    status, view = api_request(stack, "GET", f"/api/v1/trajectories/{archived}")
     assert status == 200 and view["archived"] is True and view["steps"]
-    assert _request(stack, "GET", "/api/v1/trajectories?archived=maybe")[0] == 400
+    assert api_request(stack, "GET", "/api/v1/trajectories?archived=maybe")[0] == 400
 
-    _request(stack, "POST", f"/api/v1/trajectories/{archived}/unarchive", {})
+    api_request(stack, "POST", f"/api/v1/trajectories/{archived}/unarchive", {})
     assert _listed(stack, f"task={task}") == {kept, archived}
 
 
@@ -136,21 +117,21 @@ async def test_jettys_db_list_and_stats(stack: TestStack) -> None:
     task = "db-" + secrets.token_hex(4)
     made = [_chat(stack, task) for _ in range(3)]
     collection = stack.collection
-    status, doc = _request(stack, "GET", f"/api/v1/db/trajectories/{collection}/{task}?limit=2")
+    status, doc = api_request(stack, "GET", f"/api/v1/db/trajectories/{collection}/{task}?limit=2")
     assert status == 200, doc
     assert (doc["total"], doc["limit"], doc["page"], doc["has_more"]) == (3, 2, 1, True)
     assert [t["trajectory_id"] for t in doc["trajectories"]] == made[::-1][:2]
-    status, doc = _request(
+    status, doc = api_request(
         stack, "GET", f"/api/v1/db/trajectories/{collection}/{task}?limit=2&page=2"
     )
     assert [t["trajectory_id"] for t in doc["trajectories"]] == [made[0]]
     assert doc["has_more"] is False
 
-    _request(stack, "POST", f"/api/v1/trajectories/{made[0]}/archive", {})
-    status, doc = _request(stack, "GET", f"/api/v1/db/trajectories/{collection}/{task}")
+    api_request(stack, "POST", f"/api/v1/trajectories/{made[0]}/archive", {})
+    status, doc = api_request(stack, "GET", f"/api/v1/db/trajectories/{collection}/{task}")
     assert doc["total"] == 2
 
-    status, doc = _request(stack, "GET", f"/api/v1/db/stats/{collection}/{task}?period=24h")
+    status, doc = api_request(stack, "GET", f"/api/v1/db/stats/{collection}/{task}?period=24h")
     assert status == 200, doc
     assert doc["total"] == 3 and doc["by_status"]["completed"] == 3 and doc["archived"] == 1
     assert doc["tokens"]["total"] > 0
@@ -158,8 +139,8 @@ async def test_jettys_db_list_and_stats(stack: TestStack) -> None:
     assert doc["latency_ms"]["p50"] <= doc["latency_ms"]["p99"]
 
     other = await stack.create_token("db-other-" + secrets.token_hex(3))
-    status, doc = _request(stack, "GET", f"/api/v1/db/stats/{collection}/{task}", token=other)
+    status, doc = api_request(stack, "GET", f"/api/v1/db/stats/{collection}/{task}", token=other)
     assert status == 403 and doc["error"]["code"] == "collection_forbidden"
-    assert _request(stack, "GET", f"/api/v1/db/stats/{collection}/{task}?period=1y")[0] == 400
+    assert api_request(stack, "GET", f"/api/v1/db/stats/{collection}/{task}?period=1y")[0] == 400
     path = f"/api/v1/db/trajectories/{collection}/{task}?limit=0"
-    assert _request(stack, "GET", path)[0] == 400
+    assert api_request(stack, "GET", path)[0] == 400

@@ -30,16 +30,16 @@ from shared import subjects
 from shared.bus import ensure_streams
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.scenario_claude_code import ReadSummarizeWrite
-from tests.test_resilience import _chat, _projected
-from tests.test_runbook_agents import (
+from tests.runbook_support import (
     AGENTS,
     ANTHROPIC_KEY,
     WORKSPACE,
-    _csv,
-    _jetty,
-    _stream,
-    _upload,
+    csv_for,
+    jetty_body,
+    stream_run,
+    upload_file,
 )
+from tests.test_resilience import _chat, _projected
 
 pytestmark = pytest.mark.timeout(420)
 CLAUDE = AGENTS[0]
@@ -154,14 +154,14 @@ async def test_a_nats_node_killed_under_load_loses_nothing(
         },
     )
     try:
-        data, expected = _csv(CLAUDE)
-        path = await _upload(stack, data)
+        data, expected = csv_for(CLAUDE)
+        path = await upload_file(stack, data)
         anthropic.respond_with(CLAUDE.model, ReadSummarizeWrite(WORKSPACE))
         stop = asyncio.Event()
         load = Load()
         calls = asyncio.create_task(_calls(stack, stop, load))
         runbook = asyncio.create_task(
-            _stream(stack, CLAUDE, _jetty(CLAUDE, "through-a-failover", [path]))
+            stream_run(stack, CLAUDE, jetty_body(CLAUDE, "through-a-failover", [path]))
         )
         await asyncio.sleep(2)
         if victim == "stream leader":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import random
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -20,6 +20,7 @@ from openai import AsyncOpenAI
 from jetty_cli.testing import StackFactory, TestStack, call
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.scenario_claude_code import ReadSummarizeWrite, summarize_csv
+from tests.helpers import anthropic_env, fake_anthropic_fixture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -28,17 +29,12 @@ MODEL = "claude-sonnet-4-6"
 COLLECTION = "default"
 
 
-@pytest.fixture(scope="module")
-async def anthropic() -> AsyncIterator[FakeAnthropic]:
-    fake = FakeAnthropic(KEY)
-    await fake.start()
-    yield fake
-    await fake.stop()
+anthropic = fake_anthropic_fixture(KEY)
 
 
 @pytest.fixture(scope="module")
 def parity(stack_factory: StackFactory, anthropic: FakeAnthropic) -> Iterator[TestStack]:
-    stack = stack_factory(env={"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": anthropic.base_url})
+    stack = stack_factory(env=anthropic_env(anthropic, KEY))
     yield stack
     stack.close()
 

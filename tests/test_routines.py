@@ -20,7 +20,7 @@ import pytest
 from jetty_cli import procs
 from jetty_cli.stack import ServiceProcess
 from jetty_cli.testing import StackFactory, TestStack
-from tests.test_labels_api import _request
+from tests.helpers import api_request
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -90,33 +90,33 @@ def replica(sched: TestStack, tmp_path: Path) -> Iterator[ServiceProcess]:
     ],
 )  # fmt: skip
 def test_bad_routines_are_400(sched: TestStack, body: dict[str, Any], param: str) -> None:
-    status, doc = _request(sched, "POST", "/api/v1/routines", body)
+    status, doc = api_request(sched, "POST", "/api/v1/routines", body)
     assert status == 400, doc
     assert doc["error"]["param"] == param, doc
 
 
 async def test_routine_routes(sched: TestStack) -> None:
     body = {"name": "nightly", "cadence": "daily", "request": _runbook(task="nightly")}
-    status, created = _request(sched, "POST", "/api/v1/routines", body)
+    status, created = api_request(sched, "POST", "/api/v1/routines", body)
     assert status == 201, created
     rid = created["id"]
     assert created["cadence"] == "daily" and created["next_run_at"].endswith("00:00:00+00:00")
-    assert rid in {r["id"] for r in _request(sched, "GET", "/api/v1/routines")[1]["data"]}
-    status, paused = _request(sched, "POST", f"/api/v1/routines/{rid}/pause", {})
+    assert rid in {r["id"] for r in api_request(sched, "GET", "/api/v1/routines")[1]["data"]}
+    status, paused = api_request(sched, "POST", f"/api/v1/routines/{rid}/pause", {})
     assert status == 200 and paused["paused"] is True and paused["next_run_at"] is None
-    status, now = _request(sched, "POST", f"/api/v1/routines/{rid}/run", {})
+    status, now = api_request(sched, "POST", f"/api/v1/routines/{rid}/run", {})
     assert status == 202, now
-    status, view = _request(sched, "GET", f"/api/v1/trajectories/{now['trajectory_id']}")
+    status, view = api_request(sched, "GET", f"/api/v1/trajectories/{now['trajectory_id']}")
     assert status == 200 and view["runbook"]["routine"] == {"routine_id": rid, "slot": None}
-    status, runs = _request(sched, "GET", f"/api/v1/routines/{rid}/runs")
+    status, runs = api_request(sched, "GET", f"/api/v1/routines/{rid}/runs")
     assert [r["trajectory_id"] for r in runs["data"]] == [now["trajectory_id"]]
 
     other = await sched.create_token("routines-other")
-    assert _request(sched, "GET", f"/api/v1/routines/{rid}", token=other)[0] == 404
-    assert _request(sched, "POST", f"/api/v1/routines/{rid}/run", {}, token=other)[0] == 404
-    assert _request(sched, "DELETE", f"/api/v1/routines/{rid}")[0] == 200
-    assert _request(sched, "GET", f"/api/v1/routines/{rid}")[0] == 404
-    assert _request(sched, "GET", "/api/v1/routines/rt_nope")[0] == 404
+    assert api_request(sched, "GET", f"/api/v1/routines/{rid}", token=other)[0] == 404
+    assert api_request(sched, "POST", f"/api/v1/routines/{rid}/run", {}, token=other)[0] == 404
+    assert api_request(sched, "DELETE", f"/api/v1/routines/{rid}")[0] == 200
+    assert api_request(sched, "GET", f"/api/v1/routines/{rid}")[0] == 404
+    assert api_request(sched, "GET", "/api/v1/routines/rt_nope")[0] == 404
 
 
 async def _fired_by(sched: TestStack, rid: str) -> list[str]:
@@ -139,7 +139,7 @@ async def test_two_replicas_fire_each_time_once_across_a_restart(
     sched: TestStack, replica: ServiceProcess
 ) -> None:
     body = {"name": "fast", "cadence": f"every {EVERY:g}s", "request": _runbook(task="fast")}
-    status, created = _request(sched, "POST", "/api/v1/routines", body)
+    status, created = api_request(sched, "POST", "/api/v1/routines", body)
     assert status == 201, created
     rid = created["id"]
     await asyncio.sleep(3 * EVERY + 0.5)
@@ -152,10 +152,10 @@ async def test_two_replicas_fire_each_time_once_across_a_restart(
     await sched.restart_async("gateway")
     await asyncio.sleep(3 * EVERY)
 
-    status, paused = _request(sched, "POST", f"/api/v1/routines/{rid}/pause", {})
+    status, paused = api_request(sched, "POST", f"/api/v1/routines/{rid}/pause", {})
     assert status == 200, paused
     await asyncio.sleep(1.0)  # a firing under way when it paused settles
-    status, routine = _request(sched, "GET", f"/api/v1/routines/{rid}")
+    status, routine = api_request(sched, "GET", f"/api/v1/routines/{rid}")
     created_at = _epoch(routine["created_at"])
     last = _epoch(routine["last_run_at"])
     expected = [
@@ -163,13 +163,13 @@ async def test_two_replicas_fire_each_time_once_across_a_restart(
     ]
     assert len(expected) >= 7, routine
 
-    status, runs = _request(sched, "GET", f"/api/v1/routines/{rid}/runs?limit=200")
+    status, runs = api_request(sched, "GET", f"/api/v1/routines/{rid}/runs?limit=200")
     assert status == 200, runs
     slots = sorted(r["slot"] for r in runs["data"])
     assert slots == pytest.approx(expected), (slots, expected)  # each once, none missed
     ids = {r["trajectory_id"] for r in runs["data"]}
     assert len(ids) == len(slots)
-    status, view = _request(sched, "GET", f"/api/v1/trajectories/{sorted(ids)[0]}")
+    status, view = api_request(sched, "GET", f"/api/v1/trajectories/{sorted(ids)[0]}")
     assert view["runbook"]["routine"]["routine_id"] == rid
     # More than one replica took part in the firing (each is host-pid: the
     # restarted ones count apart).

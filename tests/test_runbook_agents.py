@@ -11,10 +11,7 @@ sent back — so the artifact proves the agent read the input inside its sandbox
 from __future__ import annotations
 
 import asyncio
-import random
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,221 +23,51 @@ import orjson
 import pytest
 from openai import AsyncOpenAI
 
-from jetty_cli.testing import StackFactory, TestStack, call
+from jetty_cli.testing import TestStack, call
 from shared import subjects
 from shared.bus import EventPublisher
 from shared.events.completion import ErrorRecord
 from shared.events.runbook import RunbookFailed
 from shared.runs import RunStates
-from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.anthropic_upstream import Script as AnthropicScript
-from tests.fakes.gemini_upstream import FakeGemini
-from tests.fakes.openai_upstream import FakeUpstream
 from tests.fakes.openai_upstream import Script as OpenAIScript
-from tests.fakes.scenario_claude_code import ReadSummarizeWrite as ClaudeScenario
 from tests.fakes.scenario_claude_code import file_text_from_read, summarize_csv
-from tests.fakes.scenario_codex import codex_scenario
-from tests.fakes.scenario_codex import summarise as codex_summary
-from tests.fakes.scenario_gemini_cli import ReadSummarizeWrite as GeminiScenario
-from tests.fakes.scenario_gemini_cli import summarize_csv as gemini_summary
-from tests.fakes.scenario_opencode import ReadSummarizeWrite as OpencodeScenario
 from tests.openapi import validate
+from tests.runbook_support import (  # the stack, fakes and helpers of the runbook tests
+    AGENTS,
+    COLLECTION,
+    MESSAGES,
+    WORKSPACE,
+    Agent,
+    Fakes,
+    csv_for,
+    download_url,
+    fake,
+    fakes,
+    get_trajectory,
+    jetty_body,
+    runbooks,
+    start_run,
+    stream_run,
+    upload_file,
+    wait_ended,
+    wait_running,
+    wait_until,
+)
+
+__all__ = ["fake", "fakes", "runbooks"]  # fixtures this module's tests use
 
 pytestmark = pytest.mark.timeout(300)
-
-ANTHROPIC_KEY = "sk-ant-runbook-test"
-OPENAI_KEY = "sk-openai-runbook-test"
-GEMINI_KEY = "gemini-runbook-test"
-WORKSPACE = "/workspace"
-COLLECTION = "default"
-
-
-@dataclass(frozen=True)
-class Agent:
-    name: str
-    model: str
-    provider: str
-    #: the summary its scenario writes for a CSV text (each fake computes its own)
-    summary: Callable[[str], str]
-
-
-AGENTS = [
-    Agent("claude-code", "claude-sonnet-4-6", "anthropic", summarize_csv),
-    Agent("codex", "gpt-4o", "openai", lambda text: codex_summary(text).markdown()),
-    Agent("gemini-cli", "gemini-2.5-pro", "gemini", gemini_summary),
-    Agent("opencode", "gpt-4.1-mini", "openai", summarize_csv),
-]
-
-
-@dataclass
-class Fakes:
-    anthropic: FakeAnthropic
-    openai: FakeUpstream
-    gemini: FakeGemini
-
-    def script(self, agent: Agent) -> None:
-        if agent.name == "opencode":
-            self.openai.respond_with(agent.model, OpencodeScenario(WORKSPACE))
-        elif agent.provider == "anthropic":
-            self.anthropic.respond_with(agent.model, ClaudeScenario(WORKSPACE))
-        elif agent.provider == "openai":
-            self.openai.respond_with(agent.model, codex_scenario(WORKSPACE))
-        else:
-            self.gemini.respond_with(agent.model, GeminiScenario(WORKSPACE))
-
-    def calls(self, agent: Agent) -> int:
-        fake = {"anthropic": self.anthropic, "openai": self.openai, "gemini": self.gemini}
-        return len(fake[agent.provider].requests)
-
-    def reset(self) -> None:
-        self.anthropic.reset()
-        self.openai.reset()
-        self.gemini.reset()
-
-
-@pytest.fixture(scope="module")
-async def fakes() -> AsyncIterator[Fakes]:
-    found = Fakes(FakeAnthropic(ANTHROPIC_KEY), FakeUpstream(OPENAI_KEY), FakeGemini(GEMINI_KEY))
-    for fake in (found.anthropic, found.openai, found.gemini):
-        await fake.start()
-    yield found
-    for fake in (found.anthropic, found.openai, found.gemini):
-        await fake.stop()
-
-
-@pytest.fixture(scope="module")
-def runbooks(stack_factory: StackFactory, fakes: Fakes) -> Iterator[TestStack]:
-    stack = stack_factory(
-        env={
-            "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
-            "ANTHROPIC_BASE_URL": fakes.anthropic.base_url,
-            "OPENAI_API_KEY": OPENAI_KEY,
-            "OPENAI_BASE_URL": fakes.openai.base_url,
-            "GEMINI_API_KEY": GEMINI_KEY,
-            "GEMINI_BASE_URL": fakes.gemini.base_url,
-            "JETTY_RUNNER_ACK_WAIT": "3",
-            "JETTY_RUNNER_CONCURRENCY": "2",
-            "JETTY_RUNBOOK_KEEPALIVE": "1",
-        }
-    )
-    yield stack
-    stack.close()
-
-
-@pytest.fixture
-def fake(fakes: Fakes) -> Fakes:
-    fakes.reset()
-    return fakes
-
-
-def _csv(agent: Agent) -> tuple[bytes, str]:
-    """A fresh random CSV and the summary ``agent``'s scenario will write for it."""
-    rng = random.Random()
-    rows = [(f"item{i}", rng.randint(1, 500), rng.randint(1, 9)) for i in range(rng.randint(3, 7))]
-    text = "name,price,qty\n" + "".join(f"{n},{p},{q}\n" for n, p, q in rows)
-    return text.encode(), agent.summary(text)
-
-
-async def _upload(stack: TestStack, data: bytes, name: str = "data.csv") -> str:
-    form = aiohttp.FormData()
-    form.add_field("file", data, filename=name, content_type="text/csv")
-    form.add_field("collection", COLLECTION)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            stack.base_url + "/api/v1/files/upload",
-            data=form,
-            headers={"Authorization": f"Bearer {stack.token}"},
-        ) as response,
-    ):
-        assert response.status == 200, await response.text()
-        path = (await response.json())["path"]
-        assert isinstance(path, str)
-        return path
-
-
-def _jetty(agent: Agent, task: str, file_paths: list[str], **more: Any) -> dict[str, Any]:
-    return {
-        "jetty": {
-            "runbook": True,
-            "collection": COLLECTION,
-            "task": task,
-            "agent": agent.name,
-            "file_paths": file_paths,
-            **more,
-        }
-    }
-
-
-MESSAGES: list[Any] = [
-    {"role": "system", "content": "Read uploads/data.csv and write results/summary.md."},
-    {"role": "user", "content": "Summarise the data."},
-]
-
-
-@dataclass
-class Progress:
-    content: str = ""
-    events: list[dict[str, Any]] = field(default_factory=list)
-    first: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
-    finish_reason: str | None = None
-
-
-async def _stream(stack: TestStack, agent: Agent, body_extra: dict[str, Any]) -> Progress:
-    client = AsyncOpenAI(base_url=stack.base_url + "/v1", api_key=stack.token, max_retries=0)
-    progress = Progress()
-    stream = await client.chat.completions.create(
-        model=agent.model, messages=MESSAGES, stream=True, extra_body=body_extra, timeout=240
-    )
-    async for chunk in stream:
-        validate("CreateChatCompletionStreamResponse", chunk.model_dump(exclude_unset=True))
-        extra = chunk.model_extra or {}
-        if "jetty" in extra:
-            progress.events.append(extra["jetty"])
-        if "jetty_metadata" in extra:
-            if progress.first is None:
-                progress.first = extra["jetty_metadata"]
-            progress.last = extra["jetty_metadata"]
-        for choice in chunk.choices:
-            progress.content += choice.delta.content or ""
-            progress.finish_reason = choice.finish_reason or progress.finish_reason
-    await client.close()
-    return progress
-
-
-async def _download(stack: TestStack, url: str) -> tuple[int, bytes]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(url, headers={"Authorization": f"Bearer {stack.token}"}) as response,
-    ):
-        return response.status, await response.read()
-
-
-def _trajectory(stack: TestStack, trajectory_id: str) -> dict[str, Any]:
-    status, _, view = call(stack.base_url + f"/api/v1/trajectories/{trajectory_id}", stack.token)
-    assert status == 200, view
-    assert isinstance(view, dict)
-    return view
-
-
-async def _until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(check)
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.2)
 
 
 @pytest.mark.parametrize("agent", AGENTS, ids=[a.name for a in AGENTS])
 async def test_an_agent_summarises_an_uploaded_csv(
     runbooks: TestStack, fake: Fakes, agent: Agent
 ) -> None:
-    data, expected = _csv(agent)
-    path = await _upload(runbooks, data)
+    data, expected = csv_for(agent)
+    path = await upload_file(runbooks, data)
     fake.script(agent)
-    progress = await _stream(runbooks, agent, _jetty(agent, f"summary-{agent.name}", [path]))
+    progress = await stream_run(runbooks, agent, jetty_body(agent, f"summary-{agent.name}", [path]))
 
     # The stream: pending first, running, steps, the artifact, then the final metadata.
     assert progress.first is not None and progress.first["status"] == "pending"
@@ -262,7 +89,7 @@ async def test_an_agent_summarises_an_uploaded_csv(
     artifacts = {a["path"]: a for a in final["artifacts"]}
     assert "results/summary.md" in artifacts, artifacts
     assert "uploads/data.csv" not in artifacts  # unchanged input: not an artifact
-    status, content = await _download(runbooks, artifacts["results/summary.md"]["url"])
+    status, content = await download_url(runbooks, artifacts["results/summary.md"]["url"])
     assert status == 200
     assert content.decode().strip() == expected.strip()
     # A short-lived presigned URL reaches the same bytes with no token at all...
@@ -285,7 +112,7 @@ async def test_an_agent_summarises_an_uploaded_csv(
     assert final["timing"]["run_ms"] > 0
 
     # The trajectory: every step, the inner model calls with usage, the artifact.
-    view = _trajectory(runbooks, final["trajectory_id"])
+    view = get_trajectory(runbooks, final["trajectory_id"])
     assert view["status"] == "completed" and view["mode"] == "runbook"
     assert view["task"] == f"summary-{agent.name}"
     completions = [s for s in view["steps"] if s["kind"] == "completion"]
@@ -327,12 +154,15 @@ async def _run_tokens(stack: TestStack, trajectory_id: str) -> list[str]:
 
 async def test_stream_false_waits_for_the_result(runbooks: TestStack, fake: Fakes) -> None:
     agent = AGENTS[0]
-    data, expected = _csv(agent)
-    path = await _upload(runbooks, data)
+    data, expected = csv_for(agent)
+    path = await upload_file(runbooks, data)
     fake.script(agent)
     client = AsyncOpenAI(base_url=runbooks.base_url + "/v1", api_key=runbooks.token)
     completion = await client.chat.completions.create(
-        model=agent.model, messages=MESSAGES, extra_body=_jetty(agent, "wait", [path]), timeout=240
+        model=agent.model,
+        messages=MESSAGES,
+        extra_body=jetty_body(agent, "wait", [path]),
+        timeout=240,
     )
     await client.close()
     meta = (completion.model_extra or {})["jetty_metadata"]
@@ -342,53 +172,11 @@ async def test_stream_false_waits_for_the_result(runbooks: TestStack, fake: Fake
     )
     assert completion.usage is not None and completion.usage.total_tokens > 0
     [artifact] = [a for a in meta["artifacts"] if a["path"] == "results/summary.md"]
-    status, content = await _download(runbooks, artifact["url"])
+    status, content = await download_url(runbooks, artifact["url"])
     assert status == 200 and content.decode().strip() == expected.strip()
 
 
 # --- failure paths (claude-code: the quickest of the three to start) ---------------
-
-
-async def _start(
-    stack: TestStack, agent: Agent, file_paths: list[str] | None = None, **jetty: Any
-) -> str:
-    """Start a run and return its id (read from the first SSE chunk; the stream is
-    then closed, which leaves the run going)."""
-    jetty_block = _jetty(agent, "failures", file_paths or [], **jetty)
-    body = {"model": agent.model, "messages": MESSAGES, **jetty_block}
-    url = stack.base_url + "/v1/chat/completions"
-    headers = {"Authorization": f"Bearer {stack.token}"}
-    # The SSE's first chunk names the run; the stream is then left to the run.
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url, json=body | {"stream": True}, headers=headers) as response,
-    ):
-        assert response.status == 200, await response.text()
-        async for line in response.content:
-            if line.startswith(b"data: {"):
-                doc = orjson.loads(line[6:])
-                trajectory_id = doc["jetty_metadata"]["trajectory_id"]
-                assert isinstance(trajectory_id, str)
-                return trajectory_id
-    raise AssertionError("no first chunk")
-
-
-async def _ended(stack: TestStack, trajectory_id: str, timeout: float = 90.0) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        view = _trajectory(stack, trajectory_id)
-        return view if view["status"] in ("completed", "failed", "cancelled") else None
-
-    view = await _until(check, timeout)
-    assert view is not None, f"run {trajectory_id} did not end"
-    assert isinstance(view, dict)
-    return view
-
-
-async def _running(stack: TestStack, trajectory_id: str) -> None:
-    def check() -> bool:
-        return bool(_trajectory(stack, trajectory_id)["status"] == "running")
-
-    assert await _until(check, 60), "run never started"
 
 
 CLAUDE = AGENTS[0]
@@ -399,7 +187,7 @@ async def test_an_agent_that_exits_non_zero_fails_the_run(runbooks: TestStack, f
         CLAUDE.model,
         AnthropicScript(status=400, error_type="invalid_request_error", error_message="bad"),
     )
-    view = await _ended(runbooks, await _start(runbooks, CLAUDE))
+    view = await wait_ended(runbooks, await start_run(runbooks, CLAUDE))
     assert view["status"] == "failed"
     assert view["error"]["code"] == "agent_failed"
     assert "exited with code" in view["error"]["message"]
@@ -407,20 +195,20 @@ async def test_an_agent_that_exits_non_zero_fails_the_run(runbooks: TestStack, f
 
 async def test_a_run_past_its_timeout_fails(runbooks: TestStack, fake: Fakes) -> None:
     fake.anthropic.script(CLAUDE.model, AnthropicScript(first_byte_delay=60))
-    view = await _ended(runbooks, await _start(runbooks, CLAUDE, timeout_s=4))
+    view = await wait_ended(runbooks, await start_run(runbooks, CLAUDE, timeout_s=4))
     assert view["status"] == "failed"
     assert view["error"]["code"] == "timeout"
 
 
 async def test_cancel_stops_a_running_agent(runbooks: TestStack, fake: Fakes) -> None:
     fake.anthropic.script(CLAUDE.model, AnthropicScript(first_byte_delay=60))
-    trajectory_id = await _start(runbooks, CLAUDE)
-    await _running(runbooks, trajectory_id)
+    trajectory_id = await start_run(runbooks, CLAUDE)
+    await wait_running(runbooks, trajectory_id)
     assert len(await _run_tokens(runbooks, trajectory_id)) == 1  # the agent's, while it runs
     url = runbooks.base_url + f"/api/v1/trajectories/{trajectory_id}/cancel"
     status, _, answer = await asyncio.to_thread(call, url, runbooks.token, {})
     assert (status, answer["status"]) == (200, "cancelled"), runbooks.log_tails(("runner",))
-    view = await _ended(runbooks, trajectory_id)
+    view = await wait_ended(runbooks, trajectory_id)
     assert view["status"] == "cancelled"
     assert await _run_tokens(runbooks, trajectory_id) == []
 
@@ -429,12 +217,12 @@ async def test_a_spent_budget_refuses_the_next_call_and_fails_the_run(
     runbooks: TestStack, fake: Fakes
 ) -> None:
     fake.script(CLAUDE)
-    data, _ = _csv(CLAUDE)
-    path = await _upload(runbooks, data)
+    data, _ = csv_for(CLAUDE)
+    path = await upload_file(runbooks, data)
     body = {
         "model": CLAUDE.model,
         "messages": MESSAGES,
-        **_jetty(CLAUDE, "budget", [path], budget={"max_tokens": 1}),
+        **jetty_body(CLAUDE, "budget", [path], budget={"max_tokens": 1}),
     }
     status, _, doc = await asyncio.to_thread(
         call, runbooks.base_url + "/v1/chat/completions", runbooks.token, body
@@ -445,7 +233,7 @@ async def test_a_spent_budget_refuses_the_next_call_and_fails_the_run(
     assert meta["status"] == "failed"
     assert meta["error"]["code"] == "budget_exceeded"
     assert meta["model_calls"] == 1  # the first call ran; the next was refused
-    view = _trajectory(runbooks, meta["trajectory_id"])
+    view = get_trajectory(runbooks, meta["trajectory_id"])
     assert view["status"] == "failed" and view["error"]["code"] == "budget_exceeded"
 
 
@@ -453,29 +241,29 @@ async def test_a_runner_killed_mid_run_leaves_no_run_stuck(
     runbooks: TestStack, fake: Fakes
 ) -> None:
     fake.anthropic.script(CLAUDE.model, AnthropicScript(first_byte_delay=60))
-    trajectory_id = await _start(runbooks, CLAUDE)
-    await _running(runbooks, trajectory_id)
+    trajectory_id = await start_run(runbooks, CLAUDE)
+    await wait_running(runbooks, trajectory_id)
     runbooks.kill("runner")
     await runbooks.restart_async("runner")
-    view = await _ended(runbooks, trajectory_id)
+    view = await wait_ended(runbooks, trajectory_id)
     assert view["status"] == "failed"
     assert view["error"]["code"] == "runner_lost"
 
 
 async def test_a_queued_run_survives_a_runner_restart(runbooks: TestStack, fake: Fakes) -> None:
     fake.script(CLAUDE)
-    data, expected = _csv(CLAUDE)
-    path = await _upload(runbooks, data)
+    data, expected = csv_for(CLAUDE)
+    path = await upload_file(runbooks, data)
     runbooks.kill("runner")
-    trajectory_id = await _start(runbooks, CLAUDE, file_paths=[path])
-    assert _trajectory(runbooks, trajectory_id)["status"] == "pending"
+    trajectory_id = await start_run(runbooks, CLAUDE, file_paths=[path])
+    assert get_trajectory(runbooks, trajectory_id)["status"] == "pending"
     await runbooks.restart_async("runner")
-    view = await _ended(runbooks, trajectory_id)
+    view = await wait_ended(runbooks, trajectory_id)
     assert view["status"] == "completed", view
     [artifact] = [
         a for a in view["artifacts"] if a.get("path", a.get("name")) == "results/summary.md"
     ]
-    status, content = await _download(runbooks, artifact["url"])
+    status, content = await download_url(runbooks, artifact["url"])
     assert status == 200 and content.decode().strip() == expected.strip()
 
 
@@ -489,7 +277,7 @@ async def test_a_quiet_run_streams_keepalives_and_ends_its_stream_with_the_failu
         "model": CLAUDE.model,
         "messages": MESSAGES,
         "stream": True,
-        **_jetty(CLAUDE, "quiet", [], timeout_s=3),
+        **jetty_body(CLAUDE, "quiet", [], timeout_s=3),
     }
     lines: list[bytes] = []
     async with (
@@ -524,13 +312,13 @@ async def test_a_run_ended_elsewhere_is_stopped_and_not_ended_twice(
     """A runner that missed its heartbeats may find its run failed by another runner
     (``runner_lost``): it stops the agent and publishes no second end event."""
     fake.anthropic.script(CLAUDE.model, AnthropicScript(first_byte_delay=60))
-    trajectory_id = await _start(runbooks, CLAUDE)
+    trajectory_id = await start_run(runbooks, CLAUDE)
 
     def call_in_flight() -> bool:
-        steps = _trajectory(runbooks, trajectory_id)["steps"]
+        steps = get_trajectory(runbooks, trajectory_id)["steps"]
         return any(s["kind"] == "completion" and s["status"] == "running" for s in steps)
 
-    assert await _until(call_in_flight, 30)
+    assert await wait_until(call_in_flight, 30)
     nc = await nats.connect(runbooks.nats_url)
     try:
         js = nc.jetstream()
@@ -545,16 +333,16 @@ async def test_a_run_ended_elsewhere_is_stopped_and_not_ended_twice(
         await EventPublisher(nc, js, "test/elsewhere", 256 * 1024).publish(
             COLLECTION, trajectory_id, lost
         )
-        view = await _ended(runbooks, trajectory_id)
+        view = await wait_ended(runbooks, trajectory_id)
         assert view["error"]["code"] == "runner_lost"
 
         # The agent is stopped: its model call in flight is cancelled when its
         # connection goes. And the run's runner publishes no end of its own.
         def call_cancelled() -> bool:
-            steps = _trajectory(runbooks, trajectory_id)["steps"]
+            steps = get_trajectory(runbooks, trajectory_id)["steps"]
             return any(s["kind"] == "completion" and s["status"] == "cancelled" for s in steps)
 
-        assert await _until(call_cancelled, 30), "the agent was not stopped"
+        assert await wait_until(call_cancelled, 30), "the agent was not stopped"
         await asyncio.sleep(2)
         ends = []
         sub = await js.subscribe(subjects.collection_events(COLLECTION), ordered_consumer=True)
@@ -584,14 +372,14 @@ async def test_a_long_runbook_travels_by_claim_check_and_runs(
     """A runbook too large for one NATS message (its event goes by claim check) is
     taken by the runner and reaches the agent whole."""
     fake.script(CLAUDE)
-    data, expected = _csv(CLAUDE)
-    path = await _upload(runbooks, data)
+    data, expected = csv_for(CLAUDE)
+    path = await upload_file(runbooks, data)
     filler = "".join(f"Rule {i}: keep the summary short.\n" for i in range(12_000))
     assert len(filler) > 300_000
     body = {
         "model": CLAUDE.model,
         "messages": [{"role": "system", "content": filler}, MESSAGES[1]],
-        **_jetty(CLAUDE, "long-runbook", [path]),
+        **jetty_body(CLAUDE, "long-runbook", [path]),
     }
     status, _, doc = await asyncio.to_thread(
         call, runbooks.base_url + "/v1/chat/completions", runbooks.token, body
@@ -600,7 +388,7 @@ async def test_a_long_runbook_travels_by_claim_check_and_runs(
     meta = doc["jetty_metadata"]
     assert meta["status"] == "completed", meta["error"]
     [artifact] = [a for a in meta["artifacts"] if a["path"] == "results/summary.md"]
-    status, content = await _download(runbooks, artifact["url"])
+    status, content = await download_url(runbooks, artifact["url"])
     assert status == 200 and content.decode().strip() == expected.strip()
     # The model saw the whole runbook in its system prompt.
     system = orjson.dumps(fake.anthropic.requests[0].body.get("system")).decode()
@@ -613,9 +401,9 @@ async def test_runs_beyond_the_runners_concurrency_wait_their_turn(
     """Three runs at once on a runner that takes two: all complete, each in its own
     sandbox, and no more than two ever run at the same time."""
     fake.script(CLAUDE)
-    data, expected = _csv(CLAUDE)
-    path = await _upload(runbooks, data)
-    body = {"model": CLAUDE.model, "messages": MESSAGES, **_jetty(CLAUDE, "parallel", [path])}
+    data, expected = csv_for(CLAUDE)
+    path = await upload_file(runbooks, data)
+    body = {"model": CLAUDE.model, "messages": MESSAGES, **jetty_body(CLAUDE, "parallel", [path])}
     url = runbooks.base_url + "/v1/chat/completions"
     answers = await asyncio.gather(
         *(asyncio.to_thread(call, url, runbooks.token, body) for _ in range(3))
@@ -625,7 +413,7 @@ async def test_runs_beyond_the_runners_concurrency_wait_their_turn(
     assert len({m["trajectory_id"] for m in metas}) == 3
     for meta in metas:
         [artifact] = [a for a in meta["artifacts"] if a["path"] == "results/summary.md"]
-        status, content = await _download(runbooks, artifact["url"])
+        status, content = await download_url(runbooks, artifact["url"])
         assert status == 200 and content.decode().strip() == expected.strip()
     spans = [
         (
@@ -674,9 +462,9 @@ async def test_an_agent_runs_on_another_providers_model(runbooks: TestStack, fak
     """claude-code speaks the Messages API; with an OpenAI model the gateway
     translates every call both ways, and the run is recorded the same."""
     fake.openai.respond_with("gpt-4o", _claude_tools_over_chat(WORKSPACE))
-    data, expected = _csv(CLAUDE)
-    path = await _upload(runbooks, data)
-    body = {"model": "gpt-4o", "messages": MESSAGES, **_jetty(CLAUDE, "cross", [path])}
+    data, expected = csv_for(CLAUDE)
+    path = await upload_file(runbooks, data)
+    body = {"model": "gpt-4o", "messages": MESSAGES, **jetty_body(CLAUDE, "cross", [path])}
     status, _, doc = await asyncio.to_thread(
         call, runbooks.base_url + "/v1/chat/completions", runbooks.token, body
     )
@@ -684,9 +472,9 @@ async def test_an_agent_runs_on_another_providers_model(runbooks: TestStack, fak
     meta = doc["jetty_metadata"]
     assert meta["status"] == "completed", meta["error"]
     [artifact] = [a for a in meta["artifacts"] if a["path"] == "results/summary.md"]
-    status, content = await _download(runbooks, artifact["url"])
+    status, content = await download_url(runbooks, artifact["url"])
     assert status == 200 and content.decode().strip() == expected.strip()
-    view = _trajectory(runbooks, meta["trajectory_id"])
+    view = get_trajectory(runbooks, meta["trajectory_id"])
     completions = [s for s in view["steps"] if s["kind"] == "completion"]
     assert completions and all(s["provider"] == "openai" for s in completions)
     assert all(s["ingress"] == "anthropic.messages" for s in completions)

@@ -12,16 +12,16 @@ import pytest
 
 from jetty_cli.testing import TestStack
 from tests.openapi import validate
-from tests.test_runbook_agents import (  # the stack and fakes of the runbook tests
+from tests.runbook_support import (  # the stack and fakes of the runbook tests
     AGENTS,
     MESSAGES,
     Fakes,
-    _csv,
-    _jetty,
-    _upload,
+    csv_for,
     fake,
     fakes,
+    jetty_body,
     runbooks,
+    upload_file,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -58,12 +58,12 @@ async def _read_sse(response: aiohttp.ClientResponse, stop_after: int | None = N
 async def test_a_lost_progress_stream_is_resumed_from_its_last_event_id(
     runbooks: TestStack, fake: Fakes
 ) -> None:
-    data, _ = _csv(CLAUDE)
-    path = await _upload(runbooks, data)
+    data, _ = csv_for(CLAUDE)
+    path = await upload_file(runbooks, data)
     fake.script(CLAUDE)
     headers = {"Authorization": f"Bearer {runbooks.token}"}
     body = {"model": CLAUDE.model, "messages": MESSAGES, "stream": True}
-    body |= _jetty(CLAUDE, "resume", [path])
+    body |= jetty_body(CLAUDE, "resume", [path])
     async with aiohttp.ClientSession() as session:
         async with session.post(
             runbooks.base_url + "/v1/chat/completions", json=body, headers=headers
@@ -109,11 +109,11 @@ async def test_following_needs_a_known_run_and_event_id(runbooks: TestStack, fak
             assert response.status == 404
             assert (await response.json())["error"]["code"] == "not_found"
 
-        data, _ = _csv(CLAUDE)
-        path = await _upload(runbooks, data)
+        data, _ = csv_for(CLAUDE)
+        path = await upload_file(runbooks, data)
         fake.script(CLAUDE)
         body = {"model": CLAUDE.model, "messages": MESSAGES, "stream": True}
-        body |= _jetty(CLAUDE, "resume-bad-id", [path])
+        body |= jetty_body(CLAUDE, "resume-bad-id", [path])
         async with session.post(
             runbooks.base_url + "/v1/chat/completions", json=body, headers=headers
         ) as response:

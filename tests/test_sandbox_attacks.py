@@ -12,7 +12,7 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 from jetty_cli.testing import StackFactory, TestStack, call, traversable_tmpdir
 from tests.fakes.anthropic_upstream import FakeAnthropic, Script
 from tests.fakes.scenario_bash import BashScript
+from tests.helpers import fake_anthropic_fixture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,12 +31,7 @@ MODEL = "claude-sonnet-4-6"
 COLLECTION = "default"
 
 
-@pytest.fixture(scope="module")
-async def anthropic() -> AsyncIterator[FakeAnthropic]:
-    fake = FakeAnthropic(KEY)
-    await fake.start()
-    yield fake
-    await fake.stop()
+anthropic = fake_anthropic_fixture(KEY)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from shared.secrets import new_key
 from shared.tokens import TokenStore, generate_token
 from tests.fakes.anthropic_upstream import FakeAnthropic, Script
 from tests.fakes.scenario_claude_code import tool_results
-from tests.test_labels_api import _request
+from tests.helpers import api_request, fake_anthropic_fixture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,12 +34,7 @@ KEY = "sk-ant-secrets-test"
 MODEL = "claude-sonnet-4-6"
 
 
-@pytest.fixture(scope="module")
-async def anthropic() -> AsyncIterator[FakeAnthropic]:
-    fake = FakeAnthropic(KEY)
-    await fake.start()
-    yield fake
-    await fake.stop()
+anthropic = fake_anthropic_fixture(KEY)
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +64,19 @@ class PrintSecrets:
 
 
 def test_secret_routes_without_a_key_are_503(stack: TestStack) -> None:
-    status, doc = _request(stack, "PUT", "/api/v1/secrets/API_TOKEN", {"value": "abcdef"})
+    status, doc = api_request(stack, "PUT", "/api/v1/secrets/API_TOKEN", {"value": "abcdef"})
     assert status == 503 and doc["error"]["code"] == "secrets_not_configured"
 
 
 async def test_secret_values_are_write_only_and_admin_only(sealed: TestStack) -> None:
-    status, doc = _request(sealed, "PUT", "/api/v1/secrets/API_TOKEN", {"value": "v-123456"})
+    status, doc = api_request(sealed, "PUT", "/api/v1/secrets/API_TOKEN", {"value": "v-123456"})
     assert status == 200, doc
     assert set(doc) == {"name", "created_at", "updated_at"}
-    status, doc = _request(sealed, "POST", "/api/v1/secrets", {"name": "OTHER", "value": "x-9876"})
+    status, doc = api_request(
+        sealed, "POST", "/api/v1/secrets", {"name": "OTHER", "value": "x-9876"}
+    )
     assert status == 200, doc
-    status, doc = _request(sealed, "GET", "/api/v1/secrets")
+    status, doc = api_request(sealed, "GET", "/api/v1/secrets")
     assert status == 200
     assert {s["name"] for s in doc["data"]} >= {"API_TOKEN", "OTHER"}
     assert "v-123456" not in json.dumps(doc)
@@ -90,7 +87,7 @@ async def test_secret_values_are_write_only_and_admin_only(sealed: TestStack) ->
         ("SHORT", {"value": "abc"}, "invalid_secret_value"),
         ("BIG", {"value": "x" * 40_000}, None),
     ]:
-        status, doc = _request(sealed, "PUT", f"/api/v1/secrets/{name}", body)
+        status, doc = api_request(sealed, "PUT", f"/api/v1/secrets/{name}", body)
         assert status == 400, (name, doc)
         assert code is None or doc["error"]["code"] == code
 
@@ -103,12 +100,12 @@ async def test_secret_values_are_write_only_and_admin_only(sealed: TestStack) ->
         )
     finally:
         await nc.close()
-    status, doc = _request(sealed, "GET", "/api/v1/secrets", token=run_token)
+    status, doc = api_request(sealed, "GET", "/api/v1/secrets", token=run_token)
     assert status == 403, doc
 
-    status, doc = _request(sealed, "DELETE", "/api/v1/secrets/OTHER")
+    status, doc = api_request(sealed, "DELETE", "/api/v1/secrets/OTHER")
     assert status == 200 and doc["deleted"] is True
-    assert _request(sealed, "DELETE", "/api/v1/secrets/OTHER")[0] == 404
+    assert api_request(sealed, "DELETE", "/api/v1/secrets/OTHER")[0] == 404
 
 
 def _files_containing(root: Path, needles: list[bytes]) -> list[str]:
@@ -124,7 +121,7 @@ async def test_secrets_reach_the_agent_and_no_store(
     sealed: TestStack, anthropic: FakeAnthropic
 ) -> None:
     team, password = "team-" + secrets.token_hex(12), "pw-" + secrets.token_hex(12)
-    status, doc = _request(sealed, "PUT", "/api/v1/secrets/TEAM_TOKEN", {"value": team})
+    status, doc = api_request(sealed, "PUT", "/api/v1/secrets/TEAM_TOKEN", {"value": team})
     assert status == 200, doc
     anthropic.respond_with(MODEL, PrintSecrets())
 
@@ -155,7 +152,7 @@ async def test_secrets_reach_the_agent_and_no_store(
     assert not any(n in seen for n in needles)
     assert "[secret:TEAM_TOKEN]|[secret:RUN_PASSWORD]" in last["result"]
     trajectory_id = last["trajectory_id"]
-    status, view = _request(sealed, "GET", f"/api/v1/trajectories/{trajectory_id}")
+    status, view = api_request(sealed, "GET", f"/api/v1/trajectories/{trajectory_id}")
     text = json.dumps(view)
     assert "[secret:RUN_PASSWORD]" in text and not any(n in text for n in needles)
     assert view["steps"], view
