@@ -31,15 +31,15 @@ from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeUpstream
 from tests.fakes.scenario_claude_code import ReadSummarizeWrite
 from tests.k8s_support import Cluster
-from tests.test_runbook_agents import (
+from tests.runbook_support import (
     AGENTS,
     ANTHROPIC_KEY,
     WORKSPACE,
-    _csv,
-    _download,
-    _jetty,
-    _stream,
-    _upload,
+    csv_for,
+    download_url,
+    jetty_body,
+    stream_run,
+    upload_file,
 )
 
 pytestmark = pytest.mark.timeout(900)
@@ -163,8 +163,8 @@ async def test_a_runbook_from_the_in_cluster_runner_runs_as_a_job(
 ) -> None:
     _, anthropic_fake = upstreams
     anthropic_fake.reset()
-    data, expected = _csv(CLAUDE)
-    path = await _upload(in_cluster, data)  # type: ignore[arg-type]
+    data, expected = csv_for(CLAUDE)
+    path = await upload_file(in_cluster, data)  # type: ignore[arg-type]
     anthropic_fake.respond_with(CLAUDE.model, ReadSummarizeWrite(WORKSPACE))
     jobs_seen: set[str] = set()
 
@@ -179,10 +179,10 @@ async def test_a_runbook_from_the_in_cluster_runner_runs_as_a_job(
 
     watcher = asyncio.create_task(watch_jobs())
     try:
-        progress = await _stream(
+        progress = await stream_run(
             in_cluster,  # type: ignore[arg-type]
             CLAUDE,
-            _jetty(CLAUDE, "in-cluster-summary", [path]),
+            jetty_body(CLAUDE, "in-cluster-summary", [path]),
         )
     finally:
         watcher.cancel()
@@ -193,7 +193,7 @@ async def test_a_runbook_from_the_in_cluster_runner_runs_as_a_job(
     assert job in jobs_seen, ("the run's Job was never seen", jobs_seen)
     artifacts = {a["path"]: a for a in final["artifacts"]}
     assert "results/summary.md" in artifacts, artifacts
-    status, content = await _download(in_cluster, artifacts["results/summary.md"]["url"])  # type: ignore[arg-type]
+    status, content = await download_url(in_cluster, artifacts["results/summary.md"]["url"])  # type: ignore[arg-type]
     assert status == 200 and content.decode().strip() == expected.strip()
     view = await _recorded(in_cluster, final["trajectory_id"])
     assert {"completion", "tool_call", "tool_result"} <= {s["kind"] for s in view["steps"]}
