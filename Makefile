@@ -22,7 +22,7 @@ CHROMIUM := /usr/lib/chromium/chromium
 SYSDEPS_STAMP := $(VENV)/.sysdeps
 SYSDEPS := python3-seccomp
 
-.PHONY: up test lint bench install clean console-vendor images k8s-up k8s-down bench-k8s
+.PHONY: up test lint bench install clean console-vendor images k8s-up k8s-platform k8s-down bench-k8s
 
 $(SYSDEPS_STAMP): | $(STAMP)
 	@if ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then \
@@ -87,6 +87,10 @@ k8s-up: images
 
 bench-k8s: $(STAMP) $(AGENTS_STAMP)
 	$(BIN)/python -m bench.k8s
+
+# The platform itself inside the local cluster (deploy/k8s/overlays/local).
+k8s-platform: k8s-up
+	$(BIN)/python -m jetty_cli.localkube platform
 
 k8s-down: $(STAMP)
 	$(BIN)/python -m jetty_cli.localkube down

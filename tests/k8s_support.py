@@ -69,10 +69,11 @@ def client_for(kubeconfig: Path) -> k8s.ApiClient:
 def build_images() -> tuple[Images, list[Path]]:
     subprocess.run([str(REPO / "deploy" / "images" / "build.sh")], check=True)
     env: dict[str, dict[str, str]] = {}
-    for name in ("jetty", "jetty-sandbox"):
+    for name in ("jetty", "jetty-sandbox", "jetty-data"):
         text = (REPO / ".jetty" / "images" / f"{name}.env").read_text()
         env[name] = dict(line.split("=", 1) for line in text.split())
     images = Images(env["jetty"]["IMAGE"], env["jetty-sandbox"]["IMAGE"])
+    # jetty-data: the data stores of the platform in the cluster (test_k8s_platform.py)
     return images, [Path(env[n]["ARCHIVE"]) for n in env]
 
 

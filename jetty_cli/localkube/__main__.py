@@ -1,4 +1,5 @@
-"""``python -m jetty_cli.localkube up|down|status|build`` (see ``make k8s-up``)."""
+"""``python -m jetty_cli.localkube up|down|status|build|platform|platform-down``
+(see ``make k8s-up``, ``make k8s-platform``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from jetty_cli.localkube.cluster import REPO, ClusterError, LocalCluster, build
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jetty_cli.localkube")
-    parser.add_argument("command", choices=["up", "down", "status", "build"])
+    parser.add_argument(
+        "command", choices=["up", "down", "status", "build", "platform", "platform-down"]
+    )
     parser.add_argument("--state", type=Path, default=REPO / ".jetty" / "k8s")
     parser.add_argument(
         "--image", type=Path, action="append", default=[], help="docker-archive to import"
@@ -37,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"k8s: ready in {secs:.1f}s at {cluster.api_server}")
         print(f"k8s: export KUBECONFIG={cluster.kubeconfig}")
         return 0
+    if args.command in ("platform", "platform-down"):
+        return _platform(cluster, args.command == "platform")
     if args.command == "down":
         left = cluster.down()
         for line in left:
@@ -46,6 +51,28 @@ def main(argv: list[str] | None = None) -> int:
         print("k8s: stopped" + ("" if not left else " (see above)"), flush=True)
         return 1 if left else 0
     print(f"k8s: {'running at ' + cluster.api_server if cluster.running() else 'not running'}")
+    return 0
+
+
+def _platform(cluster: LocalCluster, start: bool) -> int:
+    """The platform inside the running cluster (deploy/k8s/overlays/local)."""
+    from jetty_cli.localkube import platform
+
+    if not cluster.running():
+        print("k8s: the cluster is not running (make k8s-up)", file=sys.stderr)
+        return 1
+    try:
+        if not start:
+            platform.down(cluster)
+            print("k8s: platform removed", flush=True)
+            return 0
+        token, secs = platform.up(cluster)
+    except platform.PlatformError as exc:
+        print(f"k8s: {exc}", file=sys.stderr)
+        return 1
+    print(f"k8s: platform Ready in {secs:.1f}s (from apply to every pod Ready)")
+    print(f"k8s: gateway {platform.GATEWAY_URL}  token {token}")
+    print(f"k8s: kubectl --kubeconfig {cluster.kubeconfig} -n jetty get pods")
     return 0
 
 
