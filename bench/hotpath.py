@@ -128,9 +128,14 @@ async def measure(
     gw = int(stack.base_url.rsplit(":", 1)[1])
     headers = {"Authorization": f"Bearer {stack.token}"}
     path = "/v1/chat/completions"
-    await run("127.0.0.1", gw, path, BODY, headers, concurrency=concurrency, requests=200)
-    base = await wait_recorded(stack.database_url, 0, 0)
-    base = await wait_recorded(stack.database_url, base + 250, 30)
+    # Count before the warm-up and wait for exactly the warm-up calls made: the
+    # count read after it already held some of them, so waiting for "that + 250"
+    # waited for calls that never came (the whole timeout, every phase).
+    before = await wait_recorded(stack.database_url, 0, 0)
+    warm = await run(
+        "127.0.0.1", gw, path, BODY, headers, concurrency=concurrency, requests=200, warmup=0
+    )
+    base = await wait_recorded(stack.database_url, before + len(warm.latencies) + warm.errors, 30)
     ts = tracked(stack, pg)
     before = {t.name: cpu_seconds(t.members()) for t in ts}
     result = await run(
