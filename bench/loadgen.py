@@ -208,7 +208,7 @@ async def run_open(
     """Send ``rate * duration`` requests, request ``i`` due at ``start + i / rate``.
 
     The pool starts with ``connections`` keep-alive connections (default: enough
-    for the rate at 10 ms per answer, at least 2) and gains one whenever a request
+    for the rate at 20 ms per answer, at least 2) and gains one whenever a request
     is due and every connection is busy, up to ``max_connections``; past that,
     due requests wait in order and count as ``late``. Answers still missing
     ``drain_timeout`` seconds after the last scheduled send are given up on
@@ -267,7 +267,7 @@ async def run_open(
         idle[0] += 1  # free from the start: it takes the next due request
         workers.append(asyncio.create_task(worker(opened)))
 
-    initial = connections if connections is not None else max(2, math.ceil(rate * 0.01))
+    initial = connections if connections is not None else max(2, math.ceil(rate * 0.02))
     # The first connections are open before the clock starts; later ones open on demand.
     for opened in await asyncio.gather(
         *(asyncio.open_connection(host, port) for _ in range(min(initial, max_connections)))
