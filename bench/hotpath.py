@@ -554,16 +554,18 @@ def targets(h: HotResult) -> list[tuple[str, str, bool]]:
     return out
 
 
-def report(h: HotResult, quick: bool, profile: bool) -> str:
+def report(h: HotResult, quick: bool, profile: bool, command: str | None = None) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    flags = " --quick" if quick else ""
+    if command is None:
+        flags = (" --quick" if quick else "") + (" --profile" if profile else "")
+        command = f"python -m bench.hotpath{flags}"
     r = h.recorder
     target_rows = "\n".join(
         f"| {what} | {measured} | {'met' if ok else 'not met'} |"
         for what, measured, ok in targets(h)
     )
     parts = [
-        f"Run {stamp}; `python -m bench.hotpath{flags}` (`make bench`); {h.pinned}; "
+        f"Run {stamp}; `{command}`; {h.pinned}; "
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end.",
         _latency_table(h),
         _throughput_table(h),
@@ -605,7 +607,13 @@ def _listening(port: int) -> bool:
         return False
 
 
-def section(*, quick: bool = False, profile: bool = False, pin_servers: bool = True) -> str:
+def section(
+    *,
+    quick: bool = False,
+    profile: bool = False,
+    pin_servers: bool = True,
+    command: str | None = None,
+) -> str:
     """Start everything, measure, stop everything; the markdown section."""
     plan = Plan.quick() if quick else Plan()
     root = traversable_tmpdir("jetty-hotpath-")
@@ -649,7 +657,7 @@ def section(*, quick: bool = False, profile: bool = False, pin_servers: bool = T
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
         os.sched_setaffinity(0, affinity)
-    return report(result, quick, profile)
+    return report(result, quick, profile, command)
 
 
 def main() -> None:

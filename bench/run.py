@@ -241,7 +241,11 @@ def main() -> None:
 
     # The hot path first, on its own stack with the servers pinned to one core
     # (bench/hotpath.py); it gives this process all its cores back afterwards.
-    hot = hotpath.section(quick=args.quick, profile=args.profile)
+    hot = hotpath.section(
+        quick=args.quick,
+        profile=args.profile,
+        command="make bench" + (f' BENCH_ARGS="{" ".join(sys.argv[1:])}"' if sys.argv[1:] else ""),
+    )
     print(hot, flush=True)
     if not args.no_write:
         hotpath.write_doc(hot)
