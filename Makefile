@@ -66,8 +66,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check shared services jetty_cli tests bench examples
 	$(BIN)/mypy
 
+# `make bench BENCH_ARGS=--hot-only` (or --quick, --profile, --no-write): see bench/run.py.
 bench: $(STAMP) $(AGENTS_STAMP) $(SYSDEPS_STAMP)
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Refresh the console's vendored htmx + SSE extension from npm (versions pinned in
 # the script; it rewrites static/vendor/SHA256SUMS).

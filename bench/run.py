@@ -14,6 +14,12 @@ measures on the same machine in the same run:
   time, and a claude-code run through the platform against the same run bare;
 * the soak (:mod:`bench.soak`): 20 runbooks, 4 at a time, one hostile.
 
+Before all that, the hot path (:mod:`bench.hotpath`, on its own stack with the
+servers pinned to one core): added latency, closed- and open-loop throughput,
+CPU per recorded call per process, the recorder's lag, against issue 13's
+targets. ``--hot-only`` runs only that; ``--profile`` adds its py-spy flame
+graphs; ``--quick`` shortens everything.
+
 Results are printed and written into docs/benchmarks.md between markers.
 """
 
@@ -35,7 +41,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from bench import console, governance, runbook, soak, translation
+from bench import console, governance, hotpath, runbook, soak, translation
 from bench.loadgen import Result, run
 from jetty_cli import procs
 from jetty_cli.embedded import EmbeddedPostgres
@@ -222,7 +228,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Measure what the gateway adds.")
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--no-write", action="store_true", help="do not update docs")
+    parser.add_argument(
+        "--hot-only", action="store_true", help="only the hot-path section (bench/hotpath.py)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy flame graphs of gateway, proxy and recorder under c=32 "
+        "(bench/results/profiles/)",
+    )
     args = parser.parse_args()
+
+    # The hot path first, on its own stack with the servers pinned to one core
+    # (bench/hotpath.py); it gives this process all its cores back afterwards.
+    hot = hotpath.section(
+        quick=args.quick,
+        profile=args.profile,
+        command="make bench" + (f' BENCH_ARGS="{" ".join(sys.argv[1:])}"' if sys.argv[1:] else ""),
+    )
+    print(hot, flush=True)
+    if not args.no_write:
+        hotpath.write_doc(hot)
+    if args.hot_only:
+        return
 
     root = traversable_tmpdir("jetty-bench-")
     pg = EmbeddedPostgres(root / "pg", durable=True).start()
