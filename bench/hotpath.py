@@ -400,26 +400,29 @@ def record_profiles(stack: TestStack, gw_port: int, seconds: float) -> list[Path
     PROFILES.mkdir(parents=True, exist_ok=True)
     targets = [s for s in stack if s.pid is not None and s.alive and service_of(s.name) in PROFILED]
     spies: list[tuple[Path, subprocess.Popen[bytes]]] = []
+    # Each process twice: a flame graph to look at, and collapsed stacks (``.txt``,
+    # one line per stack with its sample count) to add up with ``bench.profiles``.
     for s in targets:
-        out = PROFILES / f"{s.name}.svg"
-        cmd = [
-            spy,
-            "record",
-            "--pid",
-            str(s.pid),
-            "--duration",
-            str(math.ceil(seconds)),
-            "--rate",
-            "250",
-            "--nonblocking",
-            "--format",
-            "flamegraph",
-            "--output",
-            str(out),
-        ]
-        spies.append(
-            (out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        )
+        for fmt, suffix in (("flamegraph", "svg"), ("raw", "txt")):
+            out = PROFILES / f"{s.name}.{suffix}"
+            cmd = [
+                spy,
+                "record",
+                "--pid",
+                str(s.pid),
+                "--duration",
+                str(math.ceil(seconds)),
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--format",
+                fmt,
+                "--output",
+                str(out),
+            ]
+            spies.append(
+                (out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            )
     headers = {"Authorization": f"Bearer {stack.token}"}
     calls = 1_000_000  # ended by the time limit
     asyncio.run(
